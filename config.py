@@ -1,0 +1,234 @@
+"""Configuration: one dataclass per section, composed into `Config`.
+
+Precedence, lowest to highest (stated here once, tested in tests/test_config.py):
+    dataclass defaults -> profile YAML (configs/<profile>.yaml) -> --config FILE
+    -> key=value overrides on the command line.
+Unknown keys are rejected with the valid ones listed; bad values are rejected
+naming the field. YAML is read with yaml.safe_load only.
+"""
+
+import dataclasses
+import difflib
+import typing
+from pathlib import Path
+from typing import Optional
+
+import yaml
+
+from data.splits import SplitSpec
+from errors import InputError
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+PROFILES = ("low_memory", "default", "high_performance", "quick_demo")
+MIB = 1024 * 1024
+
+
+@dataclasses.dataclass
+class DataConfig:
+    """Where the data is, how windows are cut, split and normalized, and how HDF5 is read."""
+
+    paths: list = dataclasses.field(default_factory=lambda: ["demo_data/demo.h5"])
+    """HDF5 files, directories or globs; each file holds one or many sessions."""
+    feature_columns: list = dataclasses.field(default_factory=list)
+    """Model inputs by name; empty = every feature column."""
+    target_columns: list = dataclasses.field(default_factory=list)
+    """Predicted columns, from `targets` or from the features; empty = all targets, else all features."""
+    lookback: int = 64
+    """Input rows per window (L)."""
+    horizon: int = 1
+    """Target rows per window (H)."""
+    stride: int = 1
+    """Rows between consecutive window starts."""
+    split: SplitSpec = dataclasses.field(default_factory=SplitSpec)
+    """Train/val/test borders per session (fractions, timestamps or rows) and held-out sessions."""
+    nan_policy: str = "error"
+    """NaN/Inf in the data: error (stop naming session and row), drop (skip those windows), ffill."""
+    normalize: str = "global"
+    """global, per_session or none; statistics always from the train split only."""
+    normalize_targets: bool = True
+    """Also standardize float targets (metrics are reported in original units)."""
+    normalize_exact: bool = False
+    """Stream every train row for exact statistics instead of sampling."""
+    max_samples_for_normalize: int = 1_000_000
+    """Rows sampled (in contiguous blocks) for the statistics; ~1M gives 3+ significant digits."""
+    chunk_cache_size: int = 4 * MIB
+    """HDF5 chunk cache bytes per open dataset per process (rdcc_nbytes)."""
+    chunk_cache_slots: int = 0
+    """rdcc_nslots; 0 = a prime ~100x the number of chunks that fit in the cache."""
+    chunk_cache_w0: float = 0.75
+    """rdcc_w0: 0 evicts least recently used chunks, 1 evicts fully read chunks first."""
+    max_open_sessions: int = 64
+    """Open sessions per process (LRU); bounds chunk-cache memory with many sessions."""
+    block_rows: int = 8192
+    """Rows per block read (one h5py call); windows per block follow from it."""
+    allow_external_links: bool = False
+    """Follow external links / virtual datasets that point outside the data files."""
+
+    def __post_init__(self):
+        if isinstance(self.paths, str):
+            self.paths = [self.paths]
+        positive = ("lookback", "horizon", "stride", "max_samples_for_normalize", "chunk_cache_size",
+                    "max_open_sessions", "block_rows")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise InputError(f"data.{name} must be at least 1, got {getattr(self, name)}")
+        choices = {"nan_policy": ("error", "drop", "ffill"), "normalize": ("global", "per_session", "none")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise InputError(f"data.{name} is {getattr(self, name)!r}; choose one of {', '.join(allowed)}")
+        if not 0.0 <= self.chunk_cache_w0 <= 1.0:
+            raise InputError(f"data.chunk_cache_w0 must be within [0, 1], got {self.chunk_cache_w0}")
+        if self.chunk_cache_slots < 0:
+            raise InputError(f"data.chunk_cache_slots must be >= 0, got {self.chunk_cache_slots}")
+
+
+@dataclasses.dataclass
+class Config:
+    """The whole run."""
+
+    profile: str = "default"
+    """Name of the profile this config started from."""
+    seed: int = 0
+    """Seed of every random choice (sampling, shuffling, initialization)."""
+    memory_budget_mb: int = 4096
+    """Memory the run plans to stay within (main process + workers, PSS)."""
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+
+    def __post_init__(self):
+        if self.memory_budget_mb < 64:
+            raise InputError(f"memory_budget_mb must be at least 64, got {self.memory_budget_mb}")
+
+
+# --- building a Config from nested dicts -------------------------------------------------
+
+def _from_dict(cls, values, prefix):
+    if not isinstance(values, dict):
+        raise InputError(f"{prefix.rstrip('.') or 'config'} must be a mapping of keys, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in values.items():
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
+            raise InputError(f"unknown config key {prefix}{key}{hint}; valid keys: {', '.join(prefix + n for n in names)}")
+        kwargs[key] = _coerce(hints[key], value, f"{prefix}{key}")
+    return cls(**kwargs)
+
+
+def _coerce(hint, value, key):
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        return _from_dict(hint, value, key + ".")
+    if origin is typing.Union:  # Optional[X]
+        if value is None:
+            return None
+        inner = [a for a in typing.get_args(hint) if a is not type(None)]
+        return _coerce(inner[0], value, key) if len(inner) == 1 else value
+    if hint is object:
+        return value
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise InputError(f"{key} must be true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise InputError(f"{key} must be an integer, got {value!r}")
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise InputError(f"{key} must be a number, got {value!r}")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise InputError(f"{key} must be a string, got {value!r}")
+    if hint in (list, tuple):
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise InputError(f"{key} must be a list, got {value!r}")
+        return hint(value)
+    if hint is dict:
+        if not isinstance(value, dict):
+            raise InputError(f"{key} must be a mapping, got {value!r}")
+        return value
+    return value
+
+
+def _merge(base, update):
+    """Nested dict update: mappings merge key by key, everything else replaces."""
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def to_dict(config):
+    """A plain nested dict (YAML/JSON-ready) of a Config."""
+    def clean(value):
+        if isinstance(value, tuple):
+            return [clean(v) for v in value]
+        if isinstance(value, list):
+            return [clean(v) for v in value]
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        return value
+    return clean(dataclasses.asdict(config))
+
+
+def read_yaml(path):
+    """A YAML mapping from a file, with one-line errors for missing or malformed files."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: config file not found; check the path")
+    try:
+        with open(path) as f:
+            values = yaml.safe_load(f) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise InputError(f"{path}:{where} is not valid YAML ({getattr(exc, 'problem', exc)}); fix the syntax") from None
+    if not isinstance(values, dict):
+        raise InputError(f"{path}: must hold a mapping of config keys, got {type(values).__name__}")
+    return values
+
+
+def parse_override(text):
+    """'data.lookback=128' -> {'data': {'lookback': 128}} (the value parsed as YAML)."""
+    if "=" not in text:
+        raise InputError(f"override {text!r} is not key=value; write e.g. data.lookback=128")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    nested = value
+    for part in reversed(key.strip().split(".")):
+        if not part:
+            raise InputError(f"override {text!r} has an empty key part; write e.g. data.lookback=128")
+        nested = {part: nested}
+    return nested
+
+
+def profile_path(profile):
+    if profile not in PROFILES:
+        raise InputError(f"profile {profile!r} does not exist; choose one of {', '.join(PROFILES)}")
+    return CONFIG_DIR / f"{profile}.yaml"
+
+
+def load_config(profile="default", config_file=None, overrides=()):
+    """Defaults -> profile YAML -> config file -> key=value overrides, validated."""
+    values = {"profile": profile}
+    values = _merge(values, read_yaml(profile_path(profile)))
+    if config_file:
+        values = _merge(values, read_yaml(config_file))
+    for text in overrides:
+        values = _merge(values, parse_override(text))
+    values["profile"] = profile
+    return _from_dict(Config, values, "")

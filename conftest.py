@@ -1,0 +1,1 @@
+# Present so pytest puts the repository root on sys.path (imports like `from data import ...`).

@@ -1,0 +1,2 @@
+"""Everything between an HDF5 file and a batch: sessions, catalog, splits, windows,
+normalization, datasets and the converter."""

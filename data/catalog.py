@@ -1,0 +1,262 @@
+"""Discover the sessions of a dataset and check their schema, reading metadata only.
+
+A dataset is one HDF5 file, a directory of them, a glob, or a list of those. The
+catalog walks each file's groups without following soft or external links,
+checks every session (2-D numeric features, matching lengths, same feature names
+and dtypes everywhere, nothing that points outside the data unless allowed) and
+reads lengths and attributes. No row of data is read.
+"""
+
+import dataclasses
+import glob
+import logging
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from data import layout
+from data.session import HandlePool, SessionData, open_file
+from errors import InputError
+
+log = logging.getLogger("h5series")
+
+HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".he5")
+
+
+@dataclasses.dataclass
+class Catalog:
+    """The sessions of a dataset, in a stable order, with their shared schema."""
+
+    sessions: list
+    feature_names: list
+    target_names: list
+    paths: list
+
+    @property
+    def n_rows(self):
+        return sum(s.n_rows for s in self.sessions)
+
+    def session(self, name):
+        for s in self.sessions:
+            if s.name == name:
+                return s
+        raise InputError(f"session {name!r} is not in the dataset ({len(self.sessions)} sessions, "
+                         f"e.g. {', '.join(s.name for s in self.sessions[:3])}); check the name")
+
+
+def resolve_paths(paths):
+    """Expand files, directories and globs into a sorted list of HDF5 file paths."""
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    files = []
+    for entry in paths:
+        entry = str(entry)
+        if any(ch in entry for ch in "*?["):
+            matches = sorted(glob.glob(entry, recursive=True))
+            if not matches:
+                raise InputError(f"{entry}: the pattern matches no file; check the path or pattern")
+            files.extend(m for m in matches if os.path.isfile(m))
+        elif os.path.isdir(entry):
+            found = sorted(str(p) for p in Path(entry).rglob("*") if p.suffix.lower() in HDF5_SUFFIXES)
+            if not found:
+                raise InputError(f"{entry}: directory holds no HDF5 file ({', '.join(HDF5_SUFFIXES)}); "
+                                 "convert your data with `python main.py convert`")
+            files.extend(found)
+        elif not os.path.exists(entry):
+            raise InputError(f"{entry}: no such file or directory; check the path")
+        else:
+            files.append(entry)
+    if not files:
+        raise InputError("no data path given; set data.paths or pass a file")
+    # Keep the first occurrence: the same file listed twice is one dataset, not two.
+    return list(dict.fromkeys(os.path.abspath(f) for f in files))
+
+
+def open_catalog(paths, *, pool=None, allow_external_links=False):
+    """Catalog every session under `paths`. Raises InputError on any schema problem."""
+    files = resolve_paths(paths)
+    pool = pool or HandlePool()
+    sessions = []
+    multi = len(files) > 1
+    for path in files:
+        with open_file(path) as h5file:
+            try:
+                found = list(_walk_sessions(h5file, path, allow_external_links))
+            except (OSError, KeyError, RuntimeError) as exc:
+                raise InputError(f"{path}: cannot be read ({str(exc).splitlines()[0]}); the file may be "
+                                 "truncated or damaged; re-create or re-copy it") from None
+            if not found:
+                raise InputError(
+                    f"{path}: holds no session (no group with a `features` dataset); write sessions "
+                    "with `python main.py convert` or see docs/data_format.md")
+            stem = Path(path).stem
+            for group_name, group in found:
+                short = group_name.strip("/") or stem
+                name = f"{stem}/{short}" if multi and short != stem else short
+                sessions.append(_describe_session(path, group_name, name, group, pool, allow_external_links))
+    if not sessions:
+        raise InputError(f"{', '.join(files)}: the dataset is empty (no sessions)")
+    _check_same_schema(sessions)
+    return Catalog(sessions=sessions, feature_names=sessions[0].feature_names,
+                   target_names=sessions[0].target_names, paths=files)
+
+
+def _walk_sessions(group, path, allow_external_links):
+    """Yield (hdf5 path, group) of every session group, depth first in name order."""
+    if layout.FEATURES in group:
+        yield group.name, group
+        return
+    if any(name in group for name in (layout.TARGETS, layout.TIMESTAMPS)) or \
+            group.attrs.get(layout.ATTR_FORMAT) == layout.FORMAT_NAME:
+        raise InputError(f"{path}: session {group.name!r} has no `features` dataset; add a 2-D "
+                         "[rows, features] dataset named `features` (docs/data_format.md)")
+    for name in sorted(group.keys()):
+        link = group.get(name, getlink=True)
+        if isinstance(link, h5py.ExternalLink):
+            if not allow_external_links:
+                raise InputError(
+                    f"{path}: {group.name.rstrip('/')}/{name} is an external link to "
+                    f"{link.filename}:{link.path}; refused because it points outside the data; set "
+                    "data.allow_external_links=true if you trust it")
+        elif isinstance(link, h5py.SoftLink):
+            continue  # an alias of something walked elsewhere; following it would count it twice
+        child = group.get(name)
+        if isinstance(child, h5py.Group):
+            yield from _walk_sessions(child, path, allow_external_links)
+
+
+def _check_link(group, name, path, session, allow_external_links):
+    link = group.get(name, getlink=True)
+    if isinstance(link, h5py.ExternalLink) and not allow_external_links:
+        raise InputError(
+            f"{path}: session {session!r} `{name}` is an external link to {link.filename}:{link.path}; "
+            "refused because it points outside the data; set data.allow_external_links=true if you trust it")
+
+
+def _check_storage(dataset, path, session, allow_external_links):
+    """Refuse virtual datasets with sources in other files and external raw storage."""
+    if allow_external_links:
+        return
+    if dataset.is_virtual:
+        outside = sorted({src.file_name for src in dataset.virtual_sources() if src.file_name != "."})
+        if outside:
+            raise InputError(
+                f"{path}: session {session!r} `{dataset.name}` is a virtual dataset reading from "
+                f"{', '.join(outside)}; refused because it points outside the data; set "
+                "data.allow_external_links=true if you trust it")
+    if dataset.external:
+        raise InputError(
+            f"{path}: session {session!r} `{dataset.name}` stores its data in external files "
+            f"{', '.join(str(e[0]) for e in dataset.external)}; refused; set "
+            "data.allow_external_links=true if you trust them")
+
+
+def _check_numeric(dataset, path, session, what, kinds="fiu"):
+    if dataset.dtype.kind not in kinds:
+        raise InputError(
+            f"{path}: session {session!r} `{what}` has dtype {dataset.dtype}, which is not numeric; "
+            "store numbers (float32 is best), e.g. by converting with `python main.py convert`")
+
+
+def _describe_session(path, group_name, name, group, pool, allow_external_links):
+    for dataset_name in (layout.FEATURES, layout.TARGETS, layout.TIMESTAMPS):
+        if dataset_name in group:
+            _check_link(group, dataset_name, path, name, allow_external_links)
+    features = group[layout.FEATURES]
+    if not isinstance(features, h5py.Dataset):
+        raise InputError(f"{path}: session {name!r} `features` is a group, not a dataset; "
+                         "store a 2-D [rows, features] dataset")
+    if features.ndim != 2:
+        raise InputError(
+            f"{path}: session {name!r} `features` has shape {features.shape} ({features.ndim}-D); "
+            "expected 2-D [rows, features]; reshape it (one row per time step)")
+    _check_numeric(features, path, name, "features")
+    _check_storage(features, path, name, allow_external_links)
+    n_rows, n_features = features.shape
+
+    target_names, target_dtype = [], None
+    if layout.TARGETS in group:
+        targets = group[layout.TARGETS]
+        if not isinstance(targets, h5py.Dataset) or targets.ndim != 2:
+            raise InputError(
+                f"{path}: session {name!r} `targets` has shape {getattr(targets, 'shape', None)}; "
+                "expected 2-D [rows, targets]; store one target column per column")
+        _check_numeric(targets, path, name, "targets")
+        _check_storage(targets, path, name, allow_external_links)
+        if targets.shape[0] != n_rows:
+            raise InputError(
+                f"{path}: session {name!r} has {n_rows} feature rows but {targets.shape[0]} target rows; "
+                "write one target row per feature row")
+        target_names = layout.read_names(group, layout.ATTR_TARGET_NAMES, targets.shape[1], "y")
+        target_dtype = str(targets.dtype)
+
+    has_timestamps = layout.TIMESTAMPS in group
+    if has_timestamps:
+        stamps = group[layout.TIMESTAMPS]
+        if not isinstance(stamps, h5py.Dataset) or stamps.ndim != 1 or stamps.shape[0] != n_rows:
+            raise InputError(
+                f"{path}: session {name!r} `timestamps` has shape {getattr(stamps, 'shape', None)}; "
+                f"expected ({n_rows},), one per row")
+        _check_numeric(stamps, path, name, "timestamps", kinds="iu")
+        _check_storage(stamps, path, name, allow_external_links)
+
+    return SessionData(
+        path=path, group=group_name, name=name, n_rows=int(n_rows),
+        feature_names=layout.read_names(group, layout.ATTR_FEATURE_NAMES, n_features, "f"),
+        target_names=target_names, feature_dtype=str(features.dtype), target_dtype=target_dtype,
+        has_timestamps=has_timestamps, pool=pool)
+
+
+def _check_same_schema(sessions):
+    first = sessions[0]
+    for s in sessions[1:]:
+        if s.feature_names != first.feature_names:
+            differ = [f"{a}!={b}" for a, b in zip(first.feature_names, s.feature_names) if a != b]
+            detail = ", ".join(differ[:3]) or f"{len(first.feature_names)} vs {len(s.feature_names)} columns"
+            raise InputError(
+                f"{s.path}: session {s.name!r} has feature names different from session {first.name!r} "
+                f"({detail}); every session must have the same features in the same order")
+        if s.feature_dtype != first.feature_dtype:
+            raise InputError(
+                f"{s.path}: session {s.name!r} features are {s.feature_dtype} but session {first.name!r} "
+                f"features are {first.feature_dtype}; store all sessions with one dtype")
+        if s.target_names != first.target_names:
+            raise InputError(
+                f"{s.path}: session {s.name!r} target columns {s.target_names} differ from session "
+                f"{first.name!r} {first.target_names}; every session must have the same targets")
+
+
+def describe(paths, *, allow_external_links=False):
+    """What `inspect` shows: per file and session rows, columns, dtypes, chunking, compression, size."""
+    catalog = open_catalog(paths, allow_external_links=allow_external_links)
+    files = []
+    for path in catalog.paths:
+        entries = []
+        with open_file(path) as h5file:
+            for s in (s for s in catalog.sessions if s.path == path):
+                group = h5file[s.group]
+                entry = {"session": s.name, "group": s.group, "rows": s.n_rows}
+                for dataset_name in (layout.FEATURES, layout.TARGETS, layout.TIMESTAMPS):
+                    if dataset_name not in group:
+                        continue
+                    d = group[dataset_name]
+                    entry[dataset_name] = {
+                        "shape": list(d.shape), "dtype": str(d.dtype),
+                        "chunks": list(d.chunks) if d.chunks else None,
+                        "compression": layout.compression_name(d),
+                        "stored_bytes": int(d.id.get_storage_size()),
+                    }
+                entries.append(entry)
+        files.append({"path": path, "size_bytes": os.path.getsize(path), "sessions": entries})
+    return {
+        "n_sessions": len(catalog.sessions), "n_rows": catalog.n_rows,
+        "feature_names": catalog.feature_names, "feature_dtype": catalog.sessions[0].feature_dtype,
+        "target_names": catalog.target_names, "target_dtype": catalog.sessions[0].target_dtype,
+        "has_timestamps": all(s.has_timestamps for s in catalog.sessions),
+        "files": files,
+        "total_size_bytes": sum(f["size_bytes"] for f in files),
+        "min_rows": int(np.min([s.n_rows for s in catalog.sessions])),
+        "max_rows": int(np.max([s.n_rows for s in catalog.sessions])),
+    }

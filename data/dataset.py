@@ -1,0 +1,134 @@
+"""From a DataConfig to window datasets: prepare_data() and the per-index dataset.
+
+prepare_data runs the data flow of DESIGN.md up to the block plans:
+catalog -> columns -> splits (with embargo gap) -> NaN scan (drop/ffill) ->
+block plan per split -> normalization statistics from the train split.
+TimeSeriesDataset is the per-index compatibility path over the same block plan
+(the fast block path is data/dataloader.py).
+"""
+
+import dataclasses
+import logging
+
+import numpy as np
+import torch
+
+from data import quality
+from data.catalog import open_catalog
+from data.normalize import fit_normalizer
+from data.session import ChunkCache, HandlePool
+from data.splits import SPLITS, split_ranges
+from data.windows import WindowIndex, WindowSpec, block_windows_for, plan_blocks, resolve_columns, valid_ranges
+
+log = logging.getLogger("h5series")
+
+
+@dataclasses.dataclass
+class PreparedData:
+    catalog: object        # data.catalog.Catalog
+    window: WindowSpec
+    columns: object        # data.windows.Columns
+    ranges: dict           # split -> [(session, start, stop)] before NaN handling
+    blocks: dict           # split -> int64 (n_blocks, 3) block plan
+    normalizer: object     # data.normalize.Normalizer
+    nan_policy: str
+
+    def n_windows(self, split):
+        return int(self.blocks[split][:, 2].sum()) if len(self.blocks[split]) else 0
+
+    def dataset(self, split, return_ids=False):
+        """The per-index dataset of one split."""
+        return TimeSeriesDataset(self.catalog, self.blocks[split], self.window, self.columns,
+                                 nan_policy=self.nan_policy, normalizer=self.normalizer,
+                                 return_ids=return_ids)
+
+
+def make_pool(data_cfg):
+    cache = ChunkCache(nbytes=data_cfg.chunk_cache_size, nslots=data_cfg.chunk_cache_slots,
+                       w0=data_cfg.chunk_cache_w0)
+    return HandlePool(cache, max_open=data_cfg.max_open_sessions)
+
+
+def prepare_data(data_cfg, seed=0, progress=True):
+    """Everything a loader needs, from metadata and the sampled train statistics."""
+    pool = make_pool(data_cfg)
+    catalog = open_catalog(data_cfg.paths, pool=pool, allow_external_links=data_cfg.allow_external_links)
+    columns = resolve_columns(catalog, data_cfg.feature_columns, data_cfg.target_columns)
+    window = WindowSpec(data_cfg.lookback, data_cfg.horizon, data_cfg.stride,
+                        target_offset=1 if columns.target_source == "features" else 0)
+    ranges = split_ranges(catalog, data_cfg.split, window)
+    bad_rows = quality.bad_rows_by_session(catalog, columns, ranges, data_cfg.nan_policy, progress)
+    per_block = block_windows_for(data_cfg.block_rows, window)
+    blocks = {}
+    clean_ranges = {}
+    for split in SPLITS:
+        pieces = []
+        for session, start, stop in ranges[split]:
+            if session in bad_rows:
+                pieces.extend((session, a, b) for a, b in valid_ranges(start, stop, bad_rows[session], window))
+            else:
+                pieces.append((session, start, stop))
+        clean_ranges[split] = pieces
+        blocks[split] = plan_blocks(pieces, window, per_block)
+    normalizer = fit_normalizer(
+        catalog, clean_ranges["train"], columns, mode=data_cfg.normalize,
+        max_samples=data_cfg.max_samples_for_normalize, exact=data_cfg.normalize_exact, seed=seed,
+        nan_policy=data_cfg.nan_policy, normalize_targets=data_cfg.normalize_targets, progress=progress)
+    # The main process may fork workers next: no HDF5 handle may be open across fork.
+    pool.close()
+    return PreparedData(catalog, window, columns, ranges, blocks, normalizer, data_cfg.nan_policy)
+
+
+class TimeSeriesDataset(torch.utils.data.Dataset):
+    """dataset[i] -> (x (L, F), y (H, K)) [, session index, first row] for any PyTorch code.
+
+    Opens files lazily in whichever process reads (safe with DataLoader workers);
+    one h5py call per window, so prefer the block loader for speed.
+    """
+
+    def __init__(self, catalog, blocks, window, columns, *, nan_policy="error", normalizer=None,
+                 return_ids=False):
+        self.catalog = catalog
+        self.window = window
+        self.columns = columns
+        self.index = WindowIndex(blocks, window)
+        self.nan_policy = nan_policy
+        self.normalizer = normalizer
+        self.return_ids = return_ids
+        self._read_cols = quality.read_columns(columns)
+        # Positions of the model's feature / target columns inside the columns read.
+        self._x_cols = [self._read_cols.index(c) for c in columns.feature_index]
+        self._y_cols = ([self._read_cols.index(c) for c in columns.target_index]
+                        if columns.target_source == "features" else list(columns.target_index))
+
+    def __len__(self):
+        return len(self.index)
+
+    def __getitem__(self, i):
+        session_idx, row = self.index.locate(int(i))
+        session = self.catalog.sessions[session_idx]
+        w = self.window
+        values = session.read_rows(row, row + w.span)[:, self._read_cols]         # (span, C)
+        if self.nan_policy == "ffill":
+            quality.forward_fill(values, session, row, self._read_cols)
+        target_start = w.lookback - 1 + w.target_offset
+        x = values[:w.lookback, self._x_cols]                                      # (L, F)
+        if self.columns.target_source == "features":
+            y = values[target_start:target_start + w.horizon, self._y_cols]        # (H, K)
+        else:
+            y = session.read_targets(row + target_start, row + target_start + w.horizon)[:, self._y_cols]
+        if self.nan_policy == "error":
+            quality.check_finite(x, session, row, "features", self.columns.feature_names)
+            if y.dtype.kind == "f":
+                quality.check_finite(y, session, row + target_start, self.columns.target_source,
+                                     self.columns.target_names)
+        x = torch.from_numpy(np.ascontiguousarray(x))
+        y = torch.from_numpy(np.ascontiguousarray(y))
+        if self.normalizer is not None:
+            ids = torch.tensor([session_idx])
+            x = self.normalizer.normalize_features(x[None], ids)[0]
+            if y.is_floating_point():
+                y = self.normalizer.normalize_targets(y[None], ids)[0]
+        if self.return_ids:
+            return x, y, session_idx, row
+        return x, y

@@ -1,0 +1,148 @@
+"""The one place that knows the session HDF5 layout (see docs/data_format.md).
+
+A session is an HDF5 group holding
+  features    [T, F] float32/float64 (numeric), chunked along time
+  targets     [T, K] float, or integer class labels (optional)
+  timestamps  [T]    int64, e.g. ns since the epoch (optional)
+with attributes naming the columns and the format version. A file holds one
+session (at the root) or many (one group each, at any depth).
+"""
+
+import hdf5plugin  # noqa: F401  registers the Blosc filter for reading and writing
+import h5py
+import numpy as np
+
+FORMAT_NAME = "h5series-session"
+FORMAT_VERSION = 1
+
+FEATURES = "features"
+TARGETS = "targets"
+TIMESTAMPS = "timestamps"
+
+ATTR_FORMAT = "h5series_format"
+ATTR_VERSION = "h5series_format_version"
+ATTR_FEATURE_NAMES = "feature_names"
+ATTR_TARGET_NAMES = "target_names"
+
+COMPRESSIONS = ("none", "lzf", "gzip", "blosc-lz4")
+CHUNK_TARGET_BYTES = 512 * 1024  # aim of the writer: 256 KiB - 1 MiB per chunk
+MIN_CHUNK_ROWS = 64
+
+
+def chunk_rows_for(n_columns, itemsize, target_bytes=CHUNK_TARGET_BYTES):
+    """Rows per chunk so that one chunk of [rows, n_columns] is about target_bytes."""
+    row_bytes = max(1, n_columns * itemsize)
+    return max(MIN_CHUNK_ROWS, target_bytes // row_bytes)
+
+
+def compression_options(name):
+    """h5py create_dataset keyword arguments for a compression name."""
+    if name == "none":
+        return {}
+    if name == "lzf":
+        return {"compression": "lzf", "shuffle": True}
+    if name == "gzip":
+        return {"compression": "gzip", "compression_opts": 4, "shuffle": True}
+    if name == "blosc-lz4":
+        # Byte shuffle + LZ4 decompresses at several GB/s (DESIGN.md, HDF5 facts).
+        return dict(hdf5plugin.Blosc(cname="lz4", clevel=5, shuffle=hdf5plugin.Blosc.SHUFFLE))
+    raise ValueError(f"unknown compression {name!r}; choose one of {', '.join(COMPRESSIONS)}")
+
+
+def compression_name(dataset):
+    """Human name of a dataset's compression filter, for `inspect`."""
+    if dataset.compression:
+        return str(dataset.compression)
+    plist = dataset.id.get_create_plist()
+    for i in range(plist.get_nfilters()):
+        code = plist.get_filter(i)[0]
+        if code == hdf5plugin.BLOSC_ID:
+            return "blosc"
+        if code not in (h5py.h5z.FILTER_SHUFFLE, h5py.h5z.FILTER_FLETCHER32):
+            return f"filter-{code}"
+    return "none"
+
+
+def _as_str_list(value):
+    if value is None:
+        return None
+    return [v.decode() if isinstance(v, bytes) else str(v) for v in np.atleast_1d(value)]
+
+
+def read_names(group, attr, n_columns, prefix):
+    """Column names stored on a session group, or generated ones (f0, f1, ...)."""
+    names = _as_str_list(group.attrs.get(attr))
+    if names is None or len(names) != n_columns:
+        return [f"{prefix}{i}" for i in range(n_columns)]
+    return names
+
+
+class SessionWriter:
+    """Append rows to one session group in an open, writable h5py.File.
+
+    Datasets are created resizable along time with writer-chosen chunks, so a
+    converter can stream a session larger than RAM in pieces.
+    """
+
+    def __init__(self, h5file, name, feature_names, target_names=None, *,
+                 feature_dtype=np.float32, target_dtype=np.float32, with_timestamps=False,
+                 compression="none"):
+        self.group = h5file.require_group(name) if name not in ("", "/") else h5file
+        options = compression_options(compression)
+        n_f = len(feature_names)
+        rows = chunk_rows_for(n_f, np.dtype(feature_dtype).itemsize)
+        self.features = self.group.create_dataset(
+            FEATURES, shape=(0, n_f), maxshape=(None, n_f), dtype=feature_dtype,
+            chunks=(rows, n_f), **options)
+        self.targets = None
+        if target_names:
+            n_k = len(target_names)
+            self.targets = self.group.create_dataset(
+                TARGETS, shape=(0, n_k), maxshape=(None, n_k), dtype=target_dtype,
+                chunks=(rows, n_k), **options)
+        self.timestamps = None
+        if with_timestamps:
+            self.timestamps = self.group.create_dataset(
+                TIMESTAMPS, shape=(0,), maxshape=(None,), dtype=np.int64,
+                chunks=(rows,), **options)
+        self.group.attrs[ATTR_FORMAT] = FORMAT_NAME
+        self.group.attrs[ATTR_VERSION] = FORMAT_VERSION
+        self.group.attrs[ATTR_FEATURE_NAMES] = list(feature_names)
+        if target_names:
+            self.group.attrs[ATTR_TARGET_NAMES] = list(target_names)
+        self.rows = 0
+
+    def append(self, features, targets=None, timestamps=None):
+        """Append n rows: features (n, F), targets (n, K), timestamps (n,)."""
+        n = len(features)
+        if n == 0:
+            return
+        stop = self.rows + n
+        for dset, values in ((self.features, features), (self.targets, targets),
+                             (self.timestamps, timestamps)):
+            if dset is None:
+                continue
+            if values is None or len(values) != n:
+                raise ValueError(f"{dset.name}: expected {n} rows to append")
+            dset.resize(stop, axis=0)
+            dset[self.rows:stop] = values
+        self.rows = stop
+
+
+def write_session(h5file, name, features, targets=None, timestamps=None, *,
+                  feature_names=None, target_names=None, compression="none"):
+    """Write a whole in-memory session (tests, demo data, small conversions)."""
+    features = np.asarray(features)
+    feature_names = feature_names or [f"f{i}" for i in range(features.shape[1])]
+    if targets is not None:
+        targets = np.asarray(targets)
+        if targets.ndim == 1:
+            targets = targets[:, None]
+        target_names = target_names or [f"y{i}" for i in range(targets.shape[1])]
+    writer = SessionWriter(
+        h5file, name, feature_names, target_names if targets is not None else None,
+        feature_dtype=features.dtype,
+        target_dtype=targets.dtype if targets is not None else np.float32,
+        with_timestamps=timestamps is not None, compression=compression)
+    writer.append(features, targets, timestamps)
+    return writer

@@ -1,0 +1,115 @@
+"""Non-finite values (NaN / Inf): find them, refuse them, or fill them.
+
+Policies (data.nan_policy):
+  error  every block read is checked; the first NaN/Inf stops the run naming the
+         session, row and column (the check is a vectorized isfinite, cheap
+         next to the read itself)
+  drop   a streaming scan finds the bad rows once; windows containing one are left
+         out of the block plan
+  ffill  values are forward-filled on read from the last finite value of the same
+         column (looking back before the block when needed); rows before a
+         column's first finite value, and non-finite `targets` rows, are dropped
+"""
+
+import logging
+
+import numpy as np
+from tqdm import tqdm
+
+from errors import InputError
+
+log = logging.getLogger("h5series")
+
+NAN_POLICIES = ("error", "drop", "ffill")
+SCAN_ROWS = 1 << 18  # rows per read while scanning
+
+
+def read_columns(columns):
+    """Feature columns that windows read: model inputs, plus targets taken from features."""
+    if columns.target_source == "features":
+        return sorted(set(columns.feature_index) | set(columns.target_index))
+    return sorted(columns.feature_index)
+
+
+def check_finite(values, session, start, what, names):
+    """Raise InputError at the first non-finite value of a (n, C) block read from row start."""
+    finite = np.isfinite(values)
+    if finite.all():
+        return
+    row, col = np.argwhere(~finite)[0]
+    raise InputError(
+        f"{session.path}: session {session.name!r} {what} row {start + int(row)} column "
+        f"{names[int(col)]!r} is {values[row, col]}; clean the data, or set data.nan_policy to "
+        "drop (skip windows with it) or ffill (carry the last value forward)")
+
+
+def scan_bad_rows(session, columns, policy, progress=False):
+    """Sorted row indices that no window may contain under `policy` (drop or ffill)."""
+    feature_cols = read_columns(columns)
+    bad, leading_done = [], np.zeros(len(feature_cols), dtype=bool)
+    target_cols = list(columns.target_index) if columns.target_source == "targets" else []
+    steps = range(0, session.n_rows, SCAN_ROWS)
+    for start in tqdm(steps, desc=f"scan {session.name}", unit="block", disable=not progress, leave=False):
+        stop = min(start + SCAN_ROWS, session.n_rows)
+        feats = session.read_rows(start, stop)[:, feature_cols]
+        finite = np.isfinite(feats)
+        if policy == "drop":
+            bad_mask = ~finite.all(axis=1)
+        else:
+            # ffill: only rows before a column's first finite value cannot be filled.
+            seen = np.logical_or.accumulate(finite, axis=0) | leading_done
+            bad_mask = ~seen.all(axis=1)
+            leading_done = seen[-1]
+        if target_cols and session.target_dtype and np.dtype(session.target_dtype).kind == "f":
+            targets = session.read_targets(start, stop)[:, target_cols]
+            bad_mask |= ~np.isfinite(targets).all(axis=1)
+        bad.append(np.flatnonzero(bad_mask) + start)
+    return np.concatenate(bad) if bad else np.zeros(0, np.int64)
+
+
+def forward_fill(values, session, start, feature_cols):
+    """Forward-fill non-finite values of a (n, C) block in place.
+
+    values holds columns feature_cols of rows [start, start + n). Columns whose
+    first rows are non-finite take the last finite value before `start`.
+    """
+    finite = np.isfinite(values)
+    if finite.all():
+        return values
+    carry = np.full(values.shape[1], np.nan, dtype=values.dtype)
+    need = ~finite[0]
+    cursor = start
+    while need.any() and cursor > 0:
+        lo = max(0, cursor - 4096)
+        before = session.read_rows(lo, cursor)[:, feature_cols]
+        ok = np.isfinite(before)
+        for c in np.flatnonzero(need):
+            rows = np.flatnonzero(ok[:, c])
+            if len(rows):
+                carry[c] = before[rows[-1], c]
+                need[c] = False
+        cursor = lo
+    stacked = np.vstack([carry[None, :], values])
+    ok = np.isfinite(stacked)
+    idx = np.where(ok, np.arange(len(stacked))[:, None], 0)
+    np.maximum.accumulate(idx, axis=0, out=idx)
+    values[:] = np.take_along_axis(stacked, idx, axis=0)[1:]
+    return values
+
+
+def bad_rows_by_session(catalog, columns, ranges, policy, progress=True):
+    """{session index: bad rows} for every session that appears in `ranges`."""
+    if policy == "error":
+        return {}
+    indices = sorted({r[0] for split in ranges.values() for r in split})
+    out = {}
+    for i in tqdm(indices, desc=f"nan_policy={policy}: scanning sessions", unit="session",
+                  disable=not progress or len(indices) < 2):
+        rows = scan_bad_rows(catalog.sessions[i], columns, policy)
+        if len(rows):
+            out[i] = rows
+    if out:
+        total = sum(len(v) for v in out.values())
+        log.warning("nan_policy=%s: %d rows with NaN/Inf in %d sessions are kept out of every window",
+                    policy, total, len(out))
+    return out

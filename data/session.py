@@ -1,0 +1,242 @@
+"""SessionData: a lazy handle on one session, and the per-process pool of open files.
+
+Nothing here opens a file until the first read, and nothing h5py crosses a
+process boundary: a SessionData pickles as paths and metadata, and the pool of
+open handles notices a fork (new pid) and starts empty in the child, because an
+HDF5 handle shared across fork gives wrong data (DESIGN.md, HDF5 facts).
+"""
+
+import collections
+import dataclasses
+import os
+from typing import Optional
+
+import h5py
+import numpy as np
+
+from data import layout
+from errors import InputError
+
+MIB = 1024 * 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class ChunkCache:
+    """Chunk cache settings applied to every dataset a pool opens."""
+
+    nbytes: int = 4 * MIB   # rdcc_nbytes per open dataset; size it to the chunks one block read spans
+    nslots: int = 0          # rdcc_nslots; 0 = a prime ~100x the chunks that fit (HDF5 docs' advice)
+    w0: float = 0.75         # rdcc_w0; 1.0 evicts fully read chunks first (sequential reads)
+
+
+def _next_prime(n):
+    n = max(2, int(n))
+    while any(n % d == 0 for d in range(2, int(n ** 0.5) + 1)):
+        n += 1
+    return n
+
+
+def _chunk_bytes(dataset):
+    if dataset.chunks is None:
+        return dataset.dtype.itemsize * int(np.prod(dataset.shape[1:], dtype=np.int64))
+    return dataset.dtype.itemsize * int(np.prod(dataset.chunks, dtype=np.int64))
+
+
+class _OpenSession:
+    """The open h5py objects of one session (features, targets, timestamps)."""
+
+    def __init__(self, h5file, group_name, cache):
+        group = h5file[group_name] if group_name not in ("", "/") else h5file
+        self.features = self._open(group, layout.FEATURES, cache)
+        self.targets = self._open(group, layout.TARGETS, cache)
+        self.timestamps = self._open(group, layout.TIMESTAMPS, cache)
+
+    @staticmethod
+    def _open(group, name, cache):
+        if name not in group:
+            return None
+        # A dataset access property list gives each dataset its own cache size and
+        # a slot count matched to its chunk size.
+        dapl = h5py.h5p.create(h5py.h5p.DATASET_ACCESS)
+        probe = group[name]
+        nslots = cache.nslots or _next_prime(100 * max(1, cache.nbytes // max(1, _chunk_bytes(probe))))
+        dapl.set_chunk_cache(nslots, cache.nbytes, cache.w0)
+        return h5py.Dataset(h5py.h5d.open(group.id, name.encode(), dapl))
+
+
+class HandlePool:
+    """Per-process LRU of open sessions, at most `max_open` at once.
+
+    The chunk cache lives per open dataset per process, so bounding open sessions
+    bounds cache memory: max_open x (features + targets) x cache.nbytes per process.
+    Picklable: the copy in another process starts with no open handles.
+    """
+
+    def __init__(self, cache=ChunkCache(), max_open=64):
+        if max_open < 1:
+            raise ValueError("max_open must be at least 1")
+        self.cache = cache
+        self.max_open = max_open
+        self._reset()
+
+    def _reset(self):
+        self._pid = os.getpid()
+        self._sessions = collections.OrderedDict()   # (path, group) -> _OpenSession
+        self._files = {}                             # path -> [h5py.File, n open sessions]
+
+    def __getstate__(self):
+        return {"cache": self.cache, "max_open": self.max_open}
+
+    def __setstate__(self, state):
+        self.cache = state["cache"]
+        self.max_open = state["max_open"]
+        self._reset()
+
+    @property
+    def n_open(self):
+        return len(self._sessions) if self._pid == os.getpid() else 0
+
+    def get(self, path, group_name):
+        """The open datasets of a session, opening (and evicting the LRU) as needed."""
+        if self._pid != os.getpid():
+            # Inherited through fork: never touch the parent's handles here.
+            self._reset()
+        key = (path, group_name)
+        opened = self._sessions.get(key)
+        if opened is not None:
+            self._sessions.move_to_end(key)
+            return opened
+        while len(self._sessions) >= self.max_open:
+            self._evict()
+        entry = self._files.get(path)
+        if entry is None:
+            entry = [open_file(path), 0]
+            self._files[path] = entry
+        opened = _OpenSession(entry[0], group_name, self.cache)
+        entry[1] += 1
+        self._sessions[key] = opened
+        return opened
+
+    def _evict(self):
+        (path, _), _ = self._sessions.popitem(last=False)
+        entry = self._files[path]
+        entry[1] -= 1
+        if entry[1] == 0:
+            entry[0].close()
+            del self._files[path]
+
+    def close(self):
+        """Close every handle this process opened (call before forking workers)."""
+        if self._pid == os.getpid():
+            self._sessions.clear()
+            for h5file, _ in self._files.values():
+                h5file.close()
+        self._reset()
+
+
+def open_file(path):
+    """Open an HDF5 file read-only, turning the usual failures into one-line InputErrors."""
+    path = str(path)
+    if not os.path.exists(path):
+        raise InputError(f"{path}: no such file; check the path (data.paths or the command line)")
+    if not h5py.is_hdf5(path):
+        raise InputError(
+            f"{path}: not an HDF5 file; convert it first with `python main.py convert {path} --out DATA.h5`")
+    try:
+        return h5py.File(path, "r")
+    except OSError as exc:
+        raise InputError(
+            f"{path}: cannot be opened as HDF5 ({_first_line(exc)}); the file may be truncated or "
+            "still being written; re-create or re-copy it") from None
+
+
+def _first_line(exc):
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+@dataclasses.dataclass
+class SessionData:
+    """One session: where it is, its shape and names, and lazy row reads.
+
+    Built by the catalog from metadata only. Reading goes through `pool`, which
+    opens the file in the reading process on first use.
+    """
+
+    path: str
+    group: str                    # HDF5 path of the session group ("/" for a root session)
+    name: str                     # unique session id within a dataset
+    n_rows: int
+    feature_names: list
+    target_names: list            # empty when the session has no `targets`
+    feature_dtype: str
+    target_dtype: Optional[str]
+    has_timestamps: bool
+    pool: HandlePool = dataclasses.field(default_factory=HandlePool, repr=False, compare=False)
+
+    @property
+    def n_features(self):
+        return len(self.feature_names)
+
+    def _datasets(self):
+        try:
+            return self.pool.get(self.path, self.group)
+        except (OSError, KeyError) as exc:
+            raise InputError(
+                f"{self.path}: session {self.name!r} cannot be read ({_first_line(exc)}); "
+                "the file may be truncated or changed since it was catalogued") from None
+
+    def _read(self, dataset, start, stop, out, what):
+        if not 0 <= start <= stop <= self.n_rows:
+            raise IndexError(f"{self.name}: rows [{start}, {stop}) outside [0, {self.n_rows})")
+        n = stop - start
+        if out is None:
+            # Floats are read as float32 (HDF5 converts on read); integer labels as int64.
+            dtype = np.float32 if dataset.dtype.kind == "f" or what == "features" else np.int64
+            out = np.empty((n,) + dataset.shape[1:], dtype=dtype)
+        elif len(out) < n:
+            raise ValueError(f"out has {len(out)} rows, need {n}")
+        if n == 0:
+            return out[:0]
+        try:
+            # One h5py call per range: h5py's per-call cost is tens of microseconds.
+            dataset.read_direct(out, source_sel=np.s_[start:stop], dest_sel=np.s_[0:n])
+        except OSError as exc:
+            raise InputError(
+                f"{self.path}: session {self.name!r} {what} rows [{start}, {stop}) cannot be read "
+                f"({_first_line(exc)}); the file is damaged or truncated; re-create it") from None
+        return out[:n]
+
+    def read_rows(self, start, stop, out=None):
+        """Features of rows [start, stop) as (n, F), float32 unless `out` says otherwise."""
+        return self._read(self._datasets().features, start, stop, out, "features")
+
+    def read_targets(self, start, stop, out=None):
+        """Targets of rows [start, stop) as (n, K): float32, or int64 for class labels."""
+        dataset = self._datasets().targets
+        if dataset is None:
+            raise InputError(f"{self.path}: session {self.name!r} has no `targets` dataset; "
+                             "choose target columns from the features instead")
+        return self._read(dataset, start, stop, out, "targets")
+
+    def read_timestamps(self, start, stop):
+        """Timestamps of rows [start, stop) as (n,) int64."""
+        dataset = self._datasets().timestamps
+        if dataset is None:
+            raise InputError(f"{self.path}: session {self.name!r} has no `timestamps` dataset; "
+                             "split by fractions or row borders instead")
+        return self._read(dataset, start, stop, np.empty(stop - start, np.int64), "timestamps")
+
+    def timestamp_row(self, value):
+        """First row whose timestamp is >= value (binary search with point reads, no full load)."""
+        dataset = self._datasets().timestamps
+        if dataset is None:
+            raise InputError(f"{self.path}: session {self.name!r} has no `timestamps` dataset; "
+                             "split by fractions or row borders instead")
+        lo, hi = 0, self.n_rows
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if int(dataset[mid]) < value:
+                lo = mid + 1
+            else:
+                hi = mid
+        return lo

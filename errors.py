@@ -1,0 +1,12 @@
+"""The one exception type for mistakes in the user's input.
+
+Bad files, bad data and bad config raise `InputError` with a single line that
+names the file / session / key, the value found, and the fix. The CLI prints it
+and exits with code 2; any other exception is a bug and keeps its traceback.
+"""
+
+
+class InputError(Exception):
+    """A problem with the user's files, data or configuration (exit code 2)."""
+
+    exit_code = 2
