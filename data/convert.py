@@ -1,0 +1,303 @@
+"""Convert CSV / Parquet / pandas-HDF5 tables into session HDF5 (docs/data_format.md).
+
+Inputs are read in chunks (pandas read_csv chunksize, pyarrow iter_batches,
+HDFStore.select chunksize), so a file larger than RAM converts in bounded memory;
+the only exception is pandas' `fixed` HDF5 format, which cannot be read in parts.
+Sessions are one per input file (or per HDF5 key), or one per value of a session
+column. The output is written to a temporary file and renamed at the end, so a
+failed conversion leaves nothing behind and never replaces an existing file.
+"""
+
+import logging
+import os
+import re
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+
+from atomic import atomic_path
+from data.layout import COMPRESSIONS, SessionWriter
+from errors import InputError
+
+log = logging.getLogger("h5series")
+
+CSV_SUFFIXES = (".csv", ".txt", ".csv.gz", ".csv.bz2", ".csv.zst", ".tsv")
+PARQUET_SUFFIXES = (".parquet", ".pq")
+HDF_SUFFIXES = (".h5", ".hdf5", ".hdf")
+TIME_NAMES = ("timestamp", "datetime", "date", "time")
+TARGET_TRANSFORMS = ("next_log_return", "next_return", "next_value")
+CHUNK_ROWS = 200_000        # rows per chunk read from an input
+FLUSH_ROWS = 1_000_000      # buffered rows (session-column mode) before writing out
+
+
+def input_kind(path):
+    name = str(path).lower()
+    if name.endswith(CSV_SUFFIXES):
+        return "csv"
+    if name.endswith(PARQUET_SUFFIXES):
+        return "parquet"
+    if name.endswith(HDF_SUFFIXES):
+        return "pandas-hdf"
+    raise InputError(f"{path}: unknown input type; give a CSV ({', '.join(CSV_SUFFIXES)}), Parquet "
+                     f"({', '.join(PARQUET_SUFFIXES)}) or pandas HDF5 ({', '.join(HDF_SUFFIXES)}) file")
+
+
+def expand_inputs(inputs):
+    files = []
+    for entry in inputs:
+        p = Path(entry)
+        if p.is_dir():
+            found = sorted(str(f) for f in p.iterdir() if f.is_file() and _known(f))
+            if not found:
+                raise InputError(f"{entry}: directory holds no CSV, Parquet or HDF5 file to convert")
+            files.extend(found)
+        elif not p.exists():
+            raise InputError(f"{entry}: no such file or directory; check the path")
+        else:
+            files.append(str(p))
+    return files
+
+
+def _known(path):
+    try:
+        input_kind(path)
+        return True
+    except InputError:
+        return False
+
+
+def _chunks(path, kind, hdf_key):
+    """Yield (session name or None, DataFrame chunk) from one input file."""
+    stem = re.sub(r"\.(csv|txt|tsv|parquet|pq|h5|hdf5|hdf)(\.\w+)?$", "", Path(path).name, flags=re.I)
+    if kind == "csv":
+        sep = "\t" if str(path).lower().endswith(".tsv") else ","
+        try:
+            for chunk in pd.read_csv(path, chunksize=CHUNK_ROWS, sep=sep):
+                yield stem, chunk
+        except pd.errors.EmptyDataError:
+            raise InputError(f"{path}: the CSV is empty; give a file with a header row and data") from None
+        except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+            raise InputError(f"{path}: not a readable CSV ({str(exc).splitlines()[0]}); check the "
+                             "delimiter and quoting") from None
+    elif kind == "parquet":
+        import pyarrow.parquet as pq
+        try:
+            parquet = pq.ParquetFile(path)
+        except Exception as exc:  # pyarrow raises several types for a bad file
+            raise InputError(f"{path}: not a readable Parquet file ({str(exc).splitlines()[0]})") from None
+        for batch in parquet.iter_batches(batch_size=CHUNK_ROWS):
+            yield stem, batch.to_pandas()
+    else:
+        try:
+            store = pd.HDFStore(path, mode="r")
+        except Exception as exc:  # PyTables raises HDF5ExtError and others
+            raise InputError(f"{path}: not a pandas HDF5 file ({str(exc).splitlines()[0]}); session "
+                             "HDF5 files need no conversion") from None
+        with store:
+            keys = [hdf_key] if hdf_key else store.keys()
+            if not keys:
+                raise InputError(f"{path}: holds no pandas table (written by DataFrame.to_hdf)")
+            for key in keys:
+                if key.lstrip("/") not in [k.lstrip("/") for k in store.keys()]:
+                    raise InputError(f"{path}: no pandas key {key!r}; available: {', '.join(store.keys())}")
+                name = stem if len(keys) == 1 else key.strip("/").replace("/", "_")
+                storer = store.get_storer(key)
+                if storer.is_table:
+                    for chunk in store.select(key, chunksize=CHUNK_ROWS):
+                        yield name, _with_index(chunk)
+                else:
+                    log.warning("%s:%s is in pandas' fixed format, which is read whole; write it with "
+                                "format='table' to convert in bounded memory", path, key)
+                    yield name, _with_index(store.get(key))
+
+
+def _with_index(frame):
+    """Keep a named or datetime index as a column (pandas HDF5 stores the time there)."""
+    if frame.index.name is not None or isinstance(frame.index, pd.DatetimeIndex):
+        frame = frame.reset_index()
+    return frame
+
+
+class _Sink:
+    """Collects one session's rows, derives a look-ahead target if asked, and appends."""
+
+    def __init__(self, h5file, name, plan, compression):
+        self.plan = plan
+        self.writer = SessionWriter(h5file, name, plan["features"], plan["target_names"],
+                                    with_timestamps=plan["time"] is not None, compression=compression)
+        self.pending = None   # last row, held back until the next row gives its target
+        self.rows_in = 0
+
+    def add(self, feats, targs, stamps, source):
+        self.rows_in += len(feats)
+        if self.plan["transform"]:
+            if self.pending is not None:
+                feats = np.vstack([self.pending[0], feats])
+                source = np.concatenate([self.pending[1], source])
+                stamps = None if stamps is None else np.concatenate([self.pending[2], stamps])
+            if len(feats) == 0:
+                return
+            self.pending = (feats[-1:], source[-1:], None if stamps is None else stamps[-1:])
+            targs = _transform(source, self.plan["transform"])[:, None]   # (n - 1, 1)
+            feats, stamps = feats[:-1], None if stamps is None else stamps[:-1]
+        self.writer.append(feats, targs, stamps)
+
+
+def _transform(values, transform):
+    """Target of row t from rows t and t+1 of a column (n rows in -> n - 1 targets)."""
+    now, nxt = values[:-1].astype(np.float64), values[1:].astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if transform == "next_log_return":
+            out = np.log(nxt / now)
+        elif transform == "next_return":
+            out = nxt / now - 1.0
+        else:
+            out = nxt
+    return out.astype(np.float32)
+
+
+def _plan_columns(frame, path, features, targets, time_column, session_column, target_from, transform):
+    """Decide the feature/target/time columns from the first chunk; errors name the file."""
+    columns = [str(c) for c in frame.columns]
+    frame.columns = columns
+
+    def need(name, role):
+        if name not in columns:
+            raise InputError(f"{path}: {role} column {name!r} is missing; available: {', '.join(columns)}")
+
+    if time_column is None:
+        time_column = next((c for c in columns if c.lower() in TIME_NAMES), None)
+    elif time_column:
+        need(time_column, "time")
+    time_column = time_column or None
+    if session_column:
+        need(session_column, "session")
+    for t in targets:
+        need(t, "target")
+    if target_from:
+        need(target_from, "--target-from")
+    reserved = {time_column, session_column} | set(targets)
+    if features:
+        for f in features:
+            need(f, "feature")
+    else:
+        features = [c for c in columns if c not in reserved and pd.api.types.is_numeric_dtype(frame[c])]
+        skipped = [c for c in columns if c not in reserved and c not in features]
+        if skipped:
+            log.info("%s: non-numeric columns left out of the features: %s", path, ", ".join(skipped))
+        if not features:
+            raise InputError(f"{path}: no numeric column to use as features; columns: {', '.join(columns)}")
+    for c in list(features) + list(targets):
+        if not pd.api.types.is_numeric_dtype(frame[c]) and not frame[c].isna().all():
+            example = frame[c].dropna().iloc[0]
+            raise InputError(f"{path}: column {c!r} is not numeric (e.g. {example!r}); leave it out with "
+                             "--features, or clean it")
+    if transform and transform not in TARGET_TRANSFORMS:
+        raise InputError(f"--target-transform {transform!r} is unknown; choose {', '.join(TARGET_TRANSFORMS)}")
+    if transform and not target_from:
+        raise InputError("--target-transform needs --target-from COLUMN (the column it is computed from)")
+    if transform and targets:
+        raise InputError("give either --targets or --target-from/--target-transform, not both")
+    target_names = list(targets) or ([f"{transform}_{target_from}"] if transform else [])
+    return {"features": list(features), "targets": list(targets), "target_names": target_names or None,
+            "time": time_column, "session": session_column, "target_from": target_from,
+            "transform": transform}
+
+
+def _parse_time(series, path):
+    if pd.api.types.is_integer_dtype(series):
+        return series.to_numpy(np.int64)
+    try:
+        stamps = pd.to_datetime(series)
+    except (ValueError, TypeError) as exc:
+        raise InputError(f"{path}: time column {series.name!r} has values that are not dates "
+                         f"({str(exc).splitlines()[0]}); fix them or pass --time-column ''") from None
+    if stamps.isna().any():
+        row = int(np.flatnonzero(stamps.isna().to_numpy())[0])
+        raise InputError(f"{path}: time column {series.name!r} is empty in row {row} of a chunk; "
+                         "fill it or drop that row")
+    return stamps.to_numpy(dtype="datetime64[ns]").astype(np.int64)
+
+
+def convert(inputs, out, *, features=(), targets=(), time_column=None, session_column=None,
+            target_from=None, target_transform=None, compression="none", overwrite=False, hdf_key=None):
+    """Convert input tables to one session HDF5 file. Returns a summary dict."""
+    if compression not in COMPRESSIONS:
+        raise InputError(f"--compression {compression!r} is unknown; choose {', '.join(COMPRESSIONS)}")
+    files = expand_inputs(inputs)
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise InputError(f"{out}: already exists; pass --overwrite to replace it (it is replaced only "
+                         "after the new file is complete)")
+    if any(os.path.abspath(f) == os.path.abspath(out) for f in files):
+        raise InputError(f"{out}: the output is also an input; choose another --out")
+    summary = {"out": str(out), "sessions": {}, "inputs": len(files)}
+    plan = None
+    with atomic_path(out) as tmp:
+        with h5py.File(tmp, "w") as h5file:
+            sinks = {}
+            for path in files:
+                kind = input_kind(path)
+                buffers, buffered = {}, 0
+                for name, frame in _chunks(path, kind, hdf_key):
+                    if plan is None:
+                        plan = _plan_columns(frame, path, list(features), list(targets), time_column,
+                                             session_column, target_from, target_transform)
+                    else:
+                        frame.columns = [str(c) for c in frame.columns]
+                        missing = [c for c in _used(plan) if c not in frame.columns]
+                        if missing:
+                            raise InputError(f"{path}: column {missing[0]!r} is missing; every input "
+                                             f"needs the columns {', '.join(_used(plan))}")
+                    if plan["session"]:
+                        for key, part in frame.groupby(plan["session"], sort=False):
+                            buffers.setdefault(_clean_name(key), []).append(part)
+                        buffered += len(frame)
+                        if buffered >= FLUSH_ROWS:
+                            _flush(buffers, sinks, h5file, plan, compression, path)
+                            buffers, buffered = {}, 0
+                    else:
+                        if name in sinks and sinks[name][1] != path:
+                            raise InputError(f"{path}: session name {name!r} is also made from "
+                                             f"{sinks[name][1]}; rename one of the files")
+                        _append(sinks, h5file, _clean_name(name), frame, plan, compression, path)
+                _flush(buffers, sinks, h5file, plan, compression, path)
+            for name, (sink, _) in sinks.items():
+                summary["sessions"][name] = sink.writer.rows
+            if not sinks:
+                raise InputError(f"{', '.join(files)}: no rows to convert")
+            h5file.attrs["h5series_converted_from"] = [str(f) for f in files][:1000]
+    summary["rows"] = sum(summary["sessions"].values())
+    summary["features"] = plan["features"]
+    summary["targets"] = plan["target_names"] or []
+    return summary
+
+
+def _used(plan):
+    cols = list(plan["features"]) + list(plan["targets"])
+    for key in ("time", "session", "target_from"):
+        if plan[key]:
+            cols.append(plan[key])
+    return list(dict.fromkeys(cols))
+
+
+def _clean_name(name):
+    return str(name).replace("/", "_").strip() or "_"
+
+
+def _flush(buffers, sinks, h5file, plan, compression, path):
+    for name, parts in buffers.items():
+        _append(sinks, h5file, name, pd.concat(parts), plan, compression, path)
+
+
+def _append(sinks, h5file, name, frame, plan, compression, path):
+    if name not in sinks:
+        sinks[name] = (_Sink(h5file, name, plan, compression), path)
+    sink = sinks[name][0]
+    feats = frame[plan["features"]].to_numpy(np.float32, na_value=np.nan)
+    targs = frame[plan["targets"]].to_numpy(np.float32, na_value=np.nan) if plan["targets"] else None
+    stamps = _parse_time(frame[plan["time"]], path) if plan["time"] else None
+    source = frame[plan["target_from"]].to_numpy(np.float64, na_value=np.nan) if plan["transform"] else None
+    sink.add(feats, targs, stamps, source)
