@@ -83,7 +83,7 @@ def open_catalog(paths, *, pool=None, allow_external_links=False):
     for path in files:
         with open_file(path) as h5file:
             try:
-                found = list(_walk_sessions(h5file, path, allow_external_links))
+                found = list(_walk_sessions(h5file, "/", path, allow_external_links))
             except (OSError, KeyError, RuntimeError) as exc:
                 raise InputError(f"{path}: cannot be read ({str(exc).splitlines()[0]}); the file may be "
                                  "truncated or damaged; re-create or re-copy it") from None
@@ -103,28 +103,32 @@ def open_catalog(paths, *, pool=None, allow_external_links=False):
                    target_names=sessions[0].target_names, paths=files)
 
 
-def _walk_sessions(group, path, allow_external_links):
-    """Yield (hdf5 path, group) of every session group, depth first in name order."""
+def _walk_sessions(group, where, path, allow_external_links):
+    """Yield (hdf5 path in this file, group) of every session group, depth first in name order.
+
+    `where` is tracked here because a group reached through an external link
+    reports its name in the other file.
+    """
     if layout.FEATURES in group:
-        yield group.name, group
+        yield where, group
         return
     if any(name in group for name in (layout.TARGETS, layout.TIMESTAMPS)) or \
             group.attrs.get(layout.ATTR_FORMAT) == layout.FORMAT_NAME:
-        raise InputError(f"{path}: session {group.name!r} has no `features` dataset; add a 2-D "
+        raise InputError(f"{path}: session {where!r} has no `features` dataset; add a 2-D "
                          "[rows, features] dataset named `features` (docs/data_format.md)")
     for name in sorted(group.keys()):
+        child_path = f"{where.rstrip('/')}/{name}"
         link = group.get(name, getlink=True)
         if isinstance(link, h5py.ExternalLink):
             if not allow_external_links:
                 raise InputError(
-                    f"{path}: {group.name.rstrip('/')}/{name} is an external link to "
-                    f"{link.filename}:{link.path}; refused because it points outside the data; set "
-                    "data.allow_external_links=true if you trust it")
+                    f"{path}: {child_path} is an external link to {link.filename}:{link.path}; refused "
+                    "because it points outside the data; set data.allow_external_links=true if you trust it")
         elif isinstance(link, h5py.SoftLink):
             continue  # an alias of something walked elsewhere; following it would count it twice
         child = group.get(name)
         if isinstance(child, h5py.Group):
-            yield from _walk_sessions(child, path, allow_external_links)
+            yield from _walk_sessions(child, child_path, path, allow_external_links)
 
 
 def _check_link(group, name, path, session, allow_external_links):

@@ -265,6 +265,7 @@ def convert(inputs, out, *, features=(), targets=(), time_column=None, session_c
                         _append(sinks, h5file, _clean_name(name), frame, plan, compression, path)
                 _flush(buffers, sinks, h5file, plan, compression, path)
             for name, (sink, _) in sinks.items():
+                sink.writer.close()
                 summary["sessions"][name] = sink.writer.rows
             if not sinks:
                 raise InputError(f"{', '.join(files)}: no rows to convert")

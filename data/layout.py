@@ -88,35 +88,42 @@ class SessionWriter:
                  feature_dtype=np.float32, target_dtype=np.float32, with_timestamps=False,
                  compression="none"):
         self.group = h5file.require_group(name) if name not in ("", "/") else h5file
-        options = compression_options(compression)
-        n_f = len(feature_names)
-        rows = chunk_rows_for(n_f, np.dtype(feature_dtype).itemsize)
-        self.features = self.group.create_dataset(
-            FEATURES, shape=(0, n_f), maxshape=(None, n_f), dtype=feature_dtype,
-            chunks=(rows, n_f), **options)
-        self.targets = None
-        if target_names:
-            n_k = len(target_names)
-            self.targets = self.group.create_dataset(
-                TARGETS, shape=(0, n_k), maxshape=(None, n_k), dtype=target_dtype,
-                chunks=(rows, n_k), **options)
-        self.timestamps = None
-        if with_timestamps:
-            self.timestamps = self.group.create_dataset(
-                TIMESTAMPS, shape=(0,), maxshape=(None,), dtype=np.int64,
-                chunks=(rows,), **options)
+        self.options = compression_options(compression)
+        self.feature_names = list(feature_names)
+        self.target_names = list(target_names or [])
+        self.feature_dtype, self.target_dtype = np.dtype(feature_dtype), np.dtype(target_dtype)
+        self.with_timestamps = with_timestamps
+        self.features = self.targets = self.timestamps = None
         self.group.attrs[ATTR_FORMAT] = FORMAT_NAME
         self.group.attrs[ATTR_VERSION] = FORMAT_VERSION
-        self.group.attrs[ATTR_FEATURE_NAMES] = list(feature_names)
-        if target_names:
-            self.group.attrs[ATTR_TARGET_NAMES] = list(target_names)
+        self.group.attrs[ATTR_FEATURE_NAMES] = self.feature_names
+        if self.target_names:
+            self.group.attrs[ATTR_TARGET_NAMES] = self.target_names
         self.rows = 0
+
+    def _create(self, first_rows):
+        # Chunks of ~CHUNK_TARGET_BYTES, but no larger than the first piece: a session
+        # that arrives whole and short gets one small chunk, not mostly empty space.
+        rows = min(chunk_rows_for(len(self.feature_names), self.feature_dtype.itemsize),
+                   max(MIN_CHUNK_ROWS, first_rows))
+        def make(name, width, dtype):
+            shape = (0,) if width is None else (0, width)
+            return self.group.create_dataset(
+                name, shape=shape, maxshape=(None,) + shape[1:], dtype=dtype,
+                chunks=(rows,) + shape[1:], **self.options)
+        self.features = make(FEATURES, len(self.feature_names), self.feature_dtype)
+        if self.target_names:
+            self.targets = make(TARGETS, len(self.target_names), self.target_dtype)
+        if self.with_timestamps:
+            self.timestamps = make(TIMESTAMPS, None, np.int64)
 
     def append(self, features, targets=None, timestamps=None):
         """Append n rows: features (n, F), targets (n, K), timestamps (n,)."""
         n = len(features)
         if n == 0:
             return
+        if self.features is None:
+            self._create(n)
         stop = self.rows + n
         for dset, values in ((self.features, features), (self.targets, targets),
                              (self.timestamps, timestamps)):
@@ -127,6 +134,11 @@ class SessionWriter:
             dset.resize(stop, axis=0)
             dset[self.rows:stop] = values
         self.rows = stop
+
+    def close(self):
+        """Create empty datasets for a session that received no rows."""
+        if self.features is None:
+            self._create(MIN_CHUNK_ROWS)
 
 
 def write_session(h5file, name, features, targets=None, timestamps=None, *,
@@ -145,4 +157,5 @@ def write_session(h5file, name, features, targets=None, timestamps=None, *,
         target_dtype=targets.dtype if targets is not None else np.float32,
         with_timestamps=timestamps is not None, compression=compression)
     writer.append(features, targets, timestamps)
+    writer.close()
     return writer

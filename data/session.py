@@ -57,9 +57,14 @@ class _OpenSession:
             return None
         # A dataset access property list gives each dataset its own cache size and
         # a slot count matched to its chunk size.
-        dapl = h5py.h5p.create(h5py.h5p.DATASET_ACCESS)
+        # The probe must be closed first: HDF5 shares one cache among all opens of a
+        # dataset, so an open probe would keep the default cache for this one too.
         probe = group[name]
-        nslots = cache.nslots or _next_prime(100 * max(1, cache.nbytes // max(1, _chunk_bytes(probe))))
+        chunk_bytes = _chunk_bytes(probe)
+        probe.id.close()
+        del probe
+        dapl = h5py.h5p.create(h5py.h5p.DATASET_ACCESS)
+        nslots = cache.nslots or _next_prime(100 * max(1, cache.nbytes // max(1, chunk_bytes)))
         dapl.set_chunk_cache(nslots, cache.nbytes, cache.w0)
         return h5py.Dataset(h5py.h5d.open(group.id, name.encode(), dapl))
 

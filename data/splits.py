@@ -103,7 +103,7 @@ def split_ranges(catalog, spec, window):
             raise InputError(
                 f"every session is shorter than one window ({window.span} rows = lookback "
                 f"{window.lookback} + horizon {window.horizon}); the longest has {longest} rows; "
-                "lower window.lookback / window.horizon or use longer sessions")
+                "lower data.lookback / data.horizon or use longer sessions")
     for name in SPLITS:
         if not out[name] and _requested(spec, name, held):
             raise InputError(

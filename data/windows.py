@@ -34,7 +34,7 @@ class WindowSpec:
     def __post_init__(self):
         for name in ("lookback", "horizon", "stride"):
             if getattr(self, name) < 1:
-                raise InputError(f"window.{name} must be at least 1, got {getattr(self, name)}")
+                raise InputError(f"data.{name} must be at least 1, got {getattr(self, name)}")
         if self.target_offset not in (0, 1):
             raise InputError(f"window.target_offset must be 0 or 1, got {self.target_offset}")
 

@@ -1,0 +1,178 @@
+import h5py
+import numpy as np
+import pytest
+
+from data.catalog import describe, open_catalog, resolve_paths
+from data.layout import write_session
+from errors import InputError
+from tests.conftest import write_file
+
+
+def test_sessions_in_nested_groups_and_at_the_root(tmp_path, rng):
+    path = tmp_path / "nested.h5"
+    with h5py.File(path, "w") as f:
+        write_session(f, "equities/AAPL", rng.normal(size=(50, 2)), feature_names=["p", "v"])
+        write_session(f, "equities/MSFT", rng.normal(size=(60, 2)), feature_names=["p", "v"])
+        write_session(f, "fx/EURUSD", rng.normal(size=(70, 2)), feature_names=["p", "v"])
+    root = tmp_path / "root.h5"
+    with h5py.File(root, "w") as f:
+        write_session(f, "/", rng.normal(size=(40, 2)), feature_names=["p", "v"])
+    single = open_catalog(path)
+    assert [s.name for s in single.sessions] == ["equities/AAPL", "equities/MSFT", "fx/EURUSD"]
+    assert [s.n_rows for s in single.sessions] == [50, 60, 70]
+    assert single.feature_names == ["p", "v"]
+    both = open_catalog([path, root])
+    assert [s.name for s in both.sessions][-1] == "root"
+    assert both.sessions[0].name == "nested/equities/AAPL"
+    assert both.n_rows == 220
+
+
+def test_directory_glob_and_list_resolve_to_the_same_files(tmp_path, rng):
+    for i in range(3):
+        write_file(tmp_path / f"part{i}.h5", {"s": rng.normal(size=(20, 2))})
+    (tmp_path / "notes.txt").write_text("not data")
+    by_dir = resolve_paths(tmp_path)
+    by_glob = resolve_paths(str(tmp_path / "part*.h5"))
+    by_list = resolve_paths([str(tmp_path / f"part{i}.h5") for i in (0, 1, 2, 1)])
+    assert by_dir == by_glob == by_list
+    assert len(by_dir) == 3
+
+
+def test_names_and_dtypes_are_read_without_data(make_file, rng):
+    path = make_file({"a": (rng.normal(size=(30, 3)), rng.integers(0, 3, size=(30, 1)))},
+                     feature_names=["x", "y", "z"], target_names=["label"])
+    s = open_catalog(path).sessions[0]
+    assert s.feature_names == ["x", "y", "z"] and s.target_names == ["label"]
+    assert s.feature_dtype == "float64" and s.target_dtype == "int64"
+    labels = s.read_targets(0, 30)
+    assert labels.dtype == np.int64 and labels.shape == (30, 1)
+
+
+def test_describe_reports_layout(make_file, rng):
+    path = make_file({"a": rng.normal(size=(1000, 4)).astype(np.float32)}, compression="gzip")
+    info = describe(path)
+    entry = info["files"][0]["sessions"][0]
+    assert info["n_sessions"] == 1 and info["n_rows"] == 1000
+    assert entry["features"]["compression"] == "gzip"
+    assert entry["features"]["chunks"][1] == 4
+    assert entry["features"]["stored_bytes"] > 0
+
+
+# --- bad input: one clear InputError naming the file/session, the value and the fix ----------
+
+def test_missing_path():
+    with pytest.raises(InputError, match=r"nope\.h5: no such file"):
+        open_catalog("/tmp/definitely/nope.h5")
+
+
+def test_not_an_hdf5_file(tmp_path):
+    p = tmp_path / "data.h5"
+    p.write_text("date,price\n2020-01-01,1\n")
+    with pytest.raises(InputError, match=r"data\.h5: not an HDF5 file; convert it first"):
+        open_catalog(p)
+
+
+def test_truncated_file(make_file, rng):
+    path = make_file({f"s{i}": rng.normal(size=(20_000, 8)).astype(np.float32) for i in range(4)})
+    with open(path, "rb+") as f:
+        f.truncate(f.seek(0, 2) // 2)
+    with pytest.raises(InputError, match=r"truncated"):
+        catalog = open_catalog(path)
+        for s in catalog.sessions:
+            s.read_rows(0, s.n_rows)
+
+
+def test_session_without_features(tmp_path, rng):
+    path = tmp_path / "d.h5"
+    with h5py.File(path, "w") as f:
+        write_session(f, "good", rng.normal(size=(10, 2)))
+        f.create_dataset("bad/targets", data=rng.normal(size=(10, 1)))
+    with pytest.raises(InputError, match=r"session '/bad' has no `features` dataset"):
+        open_catalog(path)
+
+
+@pytest.mark.parametrize("shape", [(100,), (10, 5, 2)])
+def test_features_must_be_2d(tmp_path, shape):
+    path = tmp_path / "d.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("s/features", data=np.zeros(shape, np.float32))
+    with pytest.raises(InputError, match=rf"has shape {tuple(shape)!r}".replace("(", r"\(").replace(")", r"\)")):
+        open_catalog(path)
+
+
+def test_non_numeric_features(tmp_path):
+    path = tmp_path / "d.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("s/features", data=np.array([[b"a", b"b"]] * 5))
+    with pytest.raises(InputError, match=r"session 's' `features` has dtype \|S1, which is not numeric"):
+        open_catalog(path)
+
+
+def test_feature_names_differ_between_sessions(tmp_path, rng):
+    path = tmp_path / "d.h5"
+    with h5py.File(path, "w") as f:
+        write_session(f, "a", rng.normal(size=(10, 2)), feature_names=["open", "close"])
+        write_session(f, "b", rng.normal(size=(10, 2)), feature_names=["open", "volume"])
+    with pytest.raises(InputError, match=r"session 'b' has feature names different from session 'a' "
+                                         r"\(close!=volume\)"):
+        open_catalog(path)
+
+
+def test_feature_dtypes_differ_between_sessions(tmp_path, rng):
+    path = tmp_path / "d.h5"
+    with h5py.File(path, "w") as f:
+        write_session(f, "a", rng.normal(size=(10, 2)).astype(np.float32))
+        write_session(f, "b", rng.normal(size=(10, 2)).astype(np.float64))
+    with pytest.raises(InputError, match=r"features are float64 but session 'a' features are float32"):
+        open_catalog(path)
+
+
+def test_targets_of_another_length(tmp_path, rng):
+    path = tmp_path / "d.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("s/features", data=rng.normal(size=(10, 2)))
+        f.create_dataset("s/targets", data=rng.normal(size=(9, 1)))
+    with pytest.raises(InputError, match=r"10 feature rows but 9 target rows"):
+        open_catalog(path)
+
+
+def test_empty_dataset(tmp_path):
+    path = tmp_path / "empty.h5"
+    with h5py.File(path, "w") as f:
+        f.create_group("nothing_here")
+    with pytest.raises(InputError, match=r"empty\.h5: holds no session"):
+        open_catalog(path)
+
+
+def test_external_link_refused_unless_allowed(tmp_path, rng):
+    other = write_file(tmp_path / "other.h5", {"s": rng.normal(size=(10, 2))})
+    path = tmp_path / "d.h5"
+    with h5py.File(path, "w") as f:
+        write_session(f, "local", rng.normal(size=(10, 2)))
+        f["remote"] = h5py.ExternalLink(other, "/s")
+    with pytest.raises(InputError, match=r"/remote is an external link to .*other\.h5:/s; refused"):
+        open_catalog(path)
+    catalog = open_catalog(path, allow_external_links=True)
+    assert [s.name for s in catalog.sessions] == ["local", "remote"]
+    assert catalog.session("remote").read_rows(0, 10).shape == (10, 2)
+
+
+def test_external_link_as_features_refused(tmp_path, rng):
+    other = write_file(tmp_path / "other.h5", {"s": rng.normal(size=(10, 2))})
+    path = tmp_path / "d.h5"
+    with h5py.File(path, "w") as f:
+        f["s/features"] = h5py.ExternalLink(other, "/s/features")
+    with pytest.raises(InputError, match=r"session 's' `features` is an external link"):
+        open_catalog(path)
+
+
+def test_virtual_dataset_reading_another_file_refused(tmp_path, rng):
+    other = write_file(tmp_path / "other.h5", {"s": rng.normal(size=(10, 2))})
+    layout = h5py.VirtualLayout(shape=(10, 2), dtype="f8")
+    layout[:] = h5py.VirtualSource(other, "/s/features", shape=(10, 2))
+    path = tmp_path / "d.h5"
+    with h5py.File(path, "w") as f:
+        f.create_group("v").create_virtual_dataset("features", layout)
+    with pytest.raises(InputError, match=r"virtual dataset reading from .*other\.h5; refused"):
+        open_catalog(path)
+    assert open_catalog(path, allow_external_links=True).sessions[0].read_rows(0, 10).shape == (10, 2)
