@@ -51,6 +51,8 @@ class DataConfig:
     """Stream every train row for exact statistics instead of sampling."""
     max_samples_for_normalize: int = 1_000_000
     """Rows sampled (in contiguous blocks) for the statistics; ~1M gives 3+ significant digits."""
+    normalize_sample_rows: int = 1024
+    """Rows per sampled block: more, smaller blocks cover drifting series better (docs/data_format.md)."""
     chunk_cache_size: int = 4 * MIB
     """HDF5 chunk cache bytes per open dataset per process (rdcc_nbytes)."""
     chunk_cache_slots: int = 0
@@ -67,7 +69,8 @@ class DataConfig:
     def __post_init__(self):
         if isinstance(self.paths, str):
             self.paths = [self.paths]
-        positive = ("lookback", "horizon", "stride", "max_samples_for_normalize", "chunk_cache_size",
+        positive = ("lookback", "horizon", "stride", "max_samples_for_normalize", "normalize_sample_rows",
+                    "chunk_cache_size",
                     "max_open_sessions", "block_rows")
         for name in positive:
             if getattr(self, name) < 1:

@@ -72,7 +72,8 @@ def prepare_data(data_cfg, seed=0, progress=True):
         blocks[split] = plan_blocks(pieces, window, per_block)
     normalizer = fit_normalizer(
         catalog, clean_ranges["train"], columns, mode=data_cfg.normalize,
-        max_samples=data_cfg.max_samples_for_normalize, exact=data_cfg.normalize_exact, seed=seed,
+        max_samples=data_cfg.max_samples_for_normalize,
+        sample_rows=data_cfg.normalize_sample_rows, exact=data_cfg.normalize_exact, seed=seed,
         nan_policy=data_cfg.nan_policy, normalize_targets=data_cfg.normalize_targets, progress=progress)
     # The main process may fork workers next: no HDF5 handle may be open across fork.
     pool.close()
