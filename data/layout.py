@@ -51,13 +51,13 @@ def compression_options(name):
 
 def compression_name(dataset):
     """Human name of a dataset's compression filter, for `inspect`."""
-    if dataset.compression:
+    if dataset.compression and dataset.compression != "unknown":
         return str(dataset.compression)
     plist = dataset.id.get_create_plist()
     for i in range(plist.get_nfilters()):
         code = plist.get_filter(i)[0]
         if code == hdf5plugin.BLOSC_ID:
-            return "blosc"
+            return "blosc-lz4" if plist.get_filter(i)[2][6:7] == (1,) else "blosc"
         if code not in (h5py.h5z.FILTER_SHUFFLE, h5py.h5z.FILTER_FLETCHER32):
             return f"filter-{code}"
     return "none"

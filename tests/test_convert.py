@@ -1,0 +1,156 @@
+import os
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+
+import data.convert as convert_module
+from data.catalog import open_catalog
+from data.convert import convert
+from data.layout import compression_name
+from errors import InputError
+from tests.conftest import STOCKS, needs_stocks
+
+
+def frame(n, seed=0, start="2021-01-04"):
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame({
+        "date": pd.date_range(start, periods=n, freq="min"),
+        "open": rng.normal(100, 1, n), "close": rng.normal(100, 1, n),
+        "volume": rng.integers(0, 1000, n), "label": rng.integers(0, 3, n).astype(float),
+    })
+
+
+def test_csv_one_session_per_file(tmp_path):
+    for name, n in (("AAA", 50), ("BBB", 80)):
+        frame(n, seed=n).to_csv(tmp_path / f"{name}.csv", index=False)
+    out = tmp_path / "out.h5"
+    summary = convert([tmp_path / "AAA.csv", tmp_path / "BBB.csv"], out, targets=["label"])
+    assert summary["sessions"] == {"AAA": 50, "BBB": 80}
+    catalog = open_catalog(out)
+    assert catalog.feature_names == ["open", "close", "volume"] and catalog.target_names == ["label"]
+    ref = frame(80, seed=80)
+    s = catalog.session("BBB")
+    np.testing.assert_allclose(s.read_rows(0, 80)[:, 1], ref["close"].to_numpy(np.float32))
+    np.testing.assert_array_equal(s.read_timestamps(0, 80), ref["date"].to_numpy("datetime64[ns]").astype(np.int64))
+
+
+def test_long_csv_with_session_column_streams_in_chunks(tmp_path, monkeypatch):
+    # Interleaved sessions, read 7 rows at a time and flushed every 20 rows: bounded memory.
+    monkeypatch.setattr(convert_module, "CHUNK_ROWS", 7)
+    monkeypatch.setattr(convert_module, "FLUSH_ROWS", 20)
+    parts = []
+    for i, sym in enumerate(("X", "Y", "Z")):
+        f = frame(40, seed=i)
+        f["sym"] = sym
+        parts.append(f)
+    long = pd.concat(parts).sort_values(["date", "sym"], kind="stable")
+    long.to_csv(tmp_path / "long.csv", index=False)
+    out = tmp_path / "long.h5"
+    summary = convert([tmp_path / "long.csv"], out, session_column="sym", features=["open", "close"])
+    assert summary["sessions"] == {"X": 40, "Y": 40, "Z": 40}
+    catalog = open_catalog(out)
+    for i, sym in enumerate(("X", "Y", "Z")):
+        np.testing.assert_allclose(catalog.session(sym).read_rows(0, 40)[:, 0],
+                                   frame(40, seed=i)["open"].to_numpy(np.float32))
+
+
+def test_derived_next_log_return_target(tmp_path, monkeypatch):
+    monkeypatch.setattr(convert_module, "CHUNK_ROWS", 9)  # the look-ahead crosses chunk borders
+    f = frame(30)
+    f.to_csv(tmp_path / "a.csv", index=False)
+    out = tmp_path / "a.h5"
+    convert([tmp_path / "a.csv"], out, features=["open", "close"], target_from="close",
+            target_transform="next_log_return")
+    s = open_catalog(out).sessions[0]
+    assert s.n_rows == 29 and s.target_names == ["next_log_return_close"]
+    close = f["close"].to_numpy()
+    np.testing.assert_allclose(s.read_targets(0, 29)[:, 0], np.log(close[1:] / close[:-1]), rtol=1e-5)
+    np.testing.assert_allclose(s.read_rows(0, 29)[:, 1], close[:-1].astype(np.float32))
+
+
+def test_parquet(tmp_path):
+    frame(60).to_parquet(tmp_path / "p.parquet")
+    out = tmp_path / "p.h5"
+    convert([tmp_path / "p.parquet"], out)
+    s = open_catalog(out).sessions[0]
+    assert s.n_rows == 60 and s.has_timestamps
+    np.testing.assert_allclose(s.read_rows(0, 60)[:, 0], frame(60)["open"].to_numpy(np.float32))
+
+
+@pytest.mark.parametrize("fmt", ["fixed", "table"])
+def test_pandas_hdf(tmp_path, fmt):
+    df = frame(70).set_index("date")
+    path = tmp_path / f"pandas_{fmt}.h5"
+    df.to_hdf(path, key="prices", format=fmt)
+    out = tmp_path / "out.h5"
+    convert([path], out)
+    s = open_catalog(out).sessions[0]
+    assert s.n_rows == 70 and s.has_timestamps
+    np.testing.assert_allclose(s.read_rows(0, 70)[:, 1], df["close"].to_numpy(np.float32))
+
+
+@pytest.mark.parametrize("compression", ["lzf", "gzip", "blosc-lz4"])
+def test_compressed_output_reads_back(tmp_path, compression):
+    frame(500).to_csv(tmp_path / "a.csv", index=False)
+    out = tmp_path / "a.h5"
+    convert([tmp_path / "a.csv"], out, compression=compression)
+    with h5py.File(out, "r") as f:
+        assert compression_name(f["a/features"]) == compression
+    np.testing.assert_allclose(open_catalog(out).sessions[0].read_rows(0, 500)[:, 0],
+                               frame(500)["open"].to_numpy(np.float32))
+
+
+def test_csv_missing_column(tmp_path):
+    frame(10).to_csv(tmp_path / "a.csv", index=False)
+    with pytest.raises(InputError, match=r"a\.csv: feature column 'high' is missing; available: date, open"):
+        convert([tmp_path / "a.csv"], tmp_path / "o.h5", features=["open", "high"])
+    assert not (tmp_path / "o.h5").exists()
+
+
+def test_later_file_missing_a_column(tmp_path):
+    frame(10).to_csv(tmp_path / "a.csv", index=False)
+    frame(10).drop(columns=["close"]).to_csv(tmp_path / "b.csv", index=False)
+    with pytest.raises(InputError, match=r"b\.csv: column 'close' is missing"):
+        convert([tmp_path / "a.csv", tmp_path / "b.csv"], tmp_path / "o.h5")
+
+
+def test_failed_conversion_keeps_the_existing_output(tmp_path):
+    frame(10).to_csv(tmp_path / "a.csv", index=False)
+    out = tmp_path / "o.h5"
+    convert([tmp_path / "a.csv"], out)
+    before = out.read_bytes()
+    with pytest.raises(InputError, match=r"o\.h5: already exists; pass --overwrite"):
+        convert([tmp_path / "a.csv"], out)
+    bad = tmp_path / "bad.csv"
+    bad.write_text("date,open\n2020-01-01,1\n2020-01-02,abc\n")
+    with pytest.raises(InputError, match=r"column 'open' is not numeric \(e.g. '1'\)"):
+        convert([bad], out, overwrite=True, features=["open"])
+    assert out.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".o.h5")] == []
+
+
+def test_empty_csv_and_unknown_input(tmp_path):
+    (tmp_path / "e.csv").write_text("")
+    with pytest.raises(InputError, match=r"e\.csv: the CSV is empty"):
+        convert([tmp_path / "e.csv"], tmp_path / "o.h5")
+    (tmp_path / "x.xlsx").write_text("")
+    with pytest.raises(InputError, match=r"x\.xlsx: unknown input type"):
+        convert([tmp_path / "x.xlsx"], tmp_path / "o.h5")
+
+
+@needs_stocks
+def test_the_505_stock_files_become_505_sessions(tmp_path):
+    out = tmp_path / "stocks.h5"
+    summary = convert([STOCKS], out, target_from="close", target_transform="next_log_return")
+    assert len(summary["sessions"]) == 505
+    catalog = open_catalog(out)
+    assert len(catalog.sessions) == 505
+    assert catalog.feature_names == ["open", "high", "low", "close", "volume"]
+    lengths = sorted(s.n_rows for s in catalog.sessions)
+    assert lengths[0] < 100 and lengths[-1] == 1258   # some short; the longest lose their last row to the target
+    # The files with empty cells keep them as NaN (the loader's nan_policy decides).
+    with_nan = [s.name for s in catalog.sessions if np.isnan(s.read_rows(0, s.n_rows)).any()]
+    assert len(with_nan) == 9
+    assert os.path.getsize(out) < 60 * 2**20
