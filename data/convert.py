@@ -129,8 +129,11 @@ class _Sink:
                                     with_timestamps=plan["time"] is not None, compression=compression)
         self.pending = None   # last row, held back until the next row gives its target
         self.rows_in = 0
+        self.last_stamp = None
 
-    def add(self, feats, targs, stamps, source):
+    def add(self, feats, targs, stamps, source, path):
+        if stamps is not None and len(stamps):
+            self._check_order(stamps, path)
         self.rows_in += len(feats)
         if self.plan["transform"]:
             if self.pending is not None:
@@ -143,6 +146,20 @@ class _Sink:
             targs = _transform(source, self.plan["transform"])[:, None]   # (n - 1, 1)
             feats, stamps = feats[:-1], None if stamps is None else stamps[:-1]
         self.writer.append(feats, targs, stamps)
+
+
+    def _check_order(self, stamps, path):
+        """Splits by time and windows assume rows in time order; refuse otherwise."""
+        before = stamps[:-1] if self.last_stamp is None else np.concatenate([[self.last_stamp], stamps[:-1]])
+        after = stamps if self.last_stamp is not None else stamps[1:]
+        back = np.flatnonzero(after < before)
+        if len(back):
+            row = self.rows_in + int(back[0]) + (0 if self.last_stamp is not None else 1)
+            raise InputError(
+                f"{path}: session {self.writer.group.name.strip('/')!r} row {row} goes back in time "
+                f"({np.datetime64(int(after[back[0]]), 'ns')} after {np.datetime64(int(before[back[0]]), 'ns')}); "
+                "sort the rows by time (and session) first")
+        self.last_stamp = stamps[-1]
 
 
 def _transform(values, transform):
@@ -301,4 +318,4 @@ def _append(sinks, h5file, name, frame, plan, compression, path):
     targs = frame[plan["targets"]].to_numpy(np.float32, na_value=np.nan) if plan["targets"] else None
     stamps = _parse_time(frame[plan["time"]], path) if plan["time"] else None
     source = frame[plan["target_from"]].to_numpy(np.float64, na_value=np.nan) if plan["transform"] else None
-    sink.add(feats, targs, stamps, source)
+    sink.add(feats, targs, stamps, source, path)

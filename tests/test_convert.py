@@ -154,3 +154,12 @@ def test_the_505_stock_files_become_505_sessions(tmp_path):
     with_nan = [s.name for s in catalog.sessions if np.isnan(s.read_rows(0, s.n_rows)).any()]
     assert len(with_nan) == 9
     assert os.path.getsize(out) < 60 * 2**20
+
+
+def test_rows_out_of_time_order_are_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(convert_module, "CHUNK_ROWS", 4)
+    f = frame(10)
+    f.loc[6, "date"] = pd.Timestamp("2020-01-01")
+    f.to_csv(tmp_path / "a.csv", index=False)
+    with pytest.raises(InputError, match=r"a\.csv: session 'a' row 6 goes back in time .*sort the rows"):
+        convert([tmp_path / "a.csv"], tmp_path / "o.h5")

@@ -1,0 +1,126 @@
+"""The command line: every user mistake is one line on stderr and exit code 2."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+
+import main
+from data.catalog import open_catalog
+from data.demo import generate
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(argv, capsys):
+    code = main.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code, err, *fragments):
+    assert code == 2
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_make_demo_inspect_json(tmp_path, capsys):
+    out = tmp_path / "demo.h5"
+    code, stdout, _ = run(["make-demo", "--out", out, "--sessions", 3, "--rows", 500, "--features", 5], capsys)
+    assert code == 0 and "3 sessions x 500 rows x 5 features" in stdout
+    code, stdout, _ = run(["inspect", out, "--json"], capsys)
+    info = json.loads(stdout)
+    assert info["n_sessions"] == 3 and info["n_rows"] == 1500 and info["target_names"] == ["next_log_return"]
+    code, stdout, _ = run(["inspect", out], capsys)
+    assert code == 0 and "stock_0002" in stdout and "3 sessions, 1,500 rows" in stdout
+
+
+def test_prepare_writes_run_dir(tmp_path, capsys):
+    data = tmp_path / "demo.h5"
+    generate(data, sessions=2, rows=800, features=4, progress=False)
+    run_dir = tmp_path / "run"
+    code, stdout, _ = run(["prepare", "--profile", "default", "--run-dir", run_dir,
+                           f"data.paths=[{data}]", "data.lookback=16"], capsys)
+    assert code == 0, stdout
+    assert (run_dir / "config.yaml").exists() and (run_dir / "normalizer.json").exists()
+    assert "train" in stdout and "windows" in stdout
+
+
+def test_convert_cli(tmp_path, capsys):
+    pd.DataFrame({"t": [1, 2, 3], "x": [1.0, 2.0, 3.0]}).to_csv(tmp_path / "a.csv", index=False)
+    code, stdout, _ = run(["convert", tmp_path / "a.csv", "--out", tmp_path / "a.h5", "--time-column", "t"], capsys)
+    assert code == 0 and "wrote 1 sessions, 3 rows" in stdout
+    assert open_catalog(tmp_path / "a.h5").sessions[0].read_timestamps(0, 3).tolist() == [1, 2, 3]
+
+
+# --- bad input, end to end --------------------------------------------------------------
+
+def test_missing_path(capsys):
+    code, _, err = run(["inspect", "/no/such/file.h5"], capsys)
+    assert_one_line_error(code, err, "/no/such/file.h5", "no such file")
+
+
+def test_not_hdf5(tmp_path, capsys):
+    (tmp_path / "x.h5").write_text("hello")
+    code, _, err = run(["inspect", tmp_path / "x.h5"], capsys)
+    assert_one_line_error(code, err, "x.h5", "not an HDF5 file", "python main.py convert")
+
+
+def test_truncated(tmp_path, capsys):
+    generate(tmp_path / "d.h5", sessions=4, rows=20_000, features=8, progress=False)
+    with open(tmp_path / "d.h5", "rb+") as f:
+        f.truncate(f.seek(0, 2) // 3)
+    code, _, err = run(["inspect", tmp_path / "d.h5"], capsys)
+    assert_one_line_error(code, err, "d.h5", "truncated")
+
+
+def test_bad_features_shape(tmp_path, capsys):
+    with h5py.File(tmp_path / "d.h5", "w") as f:
+        f.create_dataset("s/features", data=np.zeros(10, np.float32))
+    code, _, err = run(["inspect", tmp_path / "d.h5"], capsys)
+    assert_one_line_error(code, err, "d.h5", "session 's'", "(10,)", "expected 2-D")
+
+
+def test_bad_config_key_and_value(tmp_path, capsys):
+    code, _, err = run(["config", "data.lookbak=3"], capsys)
+    assert_one_line_error(code, err, "unknown config key data.lookbak", "did you mean data.lookback")
+    code, _, err = run(["config", "data.nan_policy=zero"], capsys)
+    assert_one_line_error(code, err, "data.nan_policy is 'zero'", "error, drop, ffill")
+    code, _, err = run(["config", "data.lookback=many"], capsys)
+    assert_one_line_error(code, err, "data.lookback must be an integer, got 'many'")
+
+
+def test_no_window_fits(tmp_path, capsys):
+    generate(tmp_path / "d.h5", sessions=2, rows=50, features=3, progress=False)
+    code, _, err = run(["prepare", "--run-dir", tmp_path / "r", f"data.paths=[{tmp_path / 'd.h5'}]",
+                        "data.lookback=100"], capsys)
+    assert_one_line_error(code, err, "every session is shorter than one window", "data.lookback")
+
+
+def test_csv_missing_column(tmp_path, capsys):
+    pd.DataFrame({"x": [1.0]}).to_csv(tmp_path / "a.csv", index=False)
+    code, _, err = run(["convert", tmp_path / "a.csv", "--out", tmp_path / "a.h5", "--features", "y"], capsys)
+    assert_one_line_error(code, err, "a.csv", "feature column 'y' is missing", "available: x")
+
+
+def test_subprocess_exit_code_is_2():
+    result = subprocess.run([sys.executable, "main.py", "inspect", "/no/such.h5"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("error: /no/such.h5: no such file")
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["convert", "--help"]])
+def test_help(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main.main(argv)
+    assert exc.value.code == 0

@@ -1,0 +1,60 @@
+import pytest
+
+from config import PROFILES, load_config, parse_override, to_dict
+from errors import InputError
+
+
+def test_every_profile_loads():
+    budgets = {p: load_config(p).memory_budget_mb for p in PROFILES}
+    assert budgets["low_memory"] < budgets["default"] < budgets["high_performance"]
+
+
+def test_precedence_profile_then_file_then_overrides(tmp_path):
+    base = load_config("low_memory")
+    assert base.data.chunk_cache_size == 1048576 and base.data.lookback == 64
+    f = tmp_path / "mine.yaml"
+    f.write_text("data:\n  lookback: 100\n  horizon: 5\n")
+    from_file = load_config("low_memory", f)
+    assert from_file.data.lookback == 100 and from_file.data.horizon == 5
+    assert from_file.data.chunk_cache_size == 1048576            # the profile still shows through
+    final = load_config("low_memory", f, ["data.lookback=7", "data.split.fractions=[0.5, 0.25, 0.25]"])
+    assert final.data.lookback == 7 and final.data.horizon == 5
+    assert final.data.split.fractions == (0.5, 0.25, 0.25)
+
+
+def test_unknown_keys_list_the_valid_ones(tmp_path):
+    with pytest.raises(InputError, match=r"unknown config key data.split.metod \(did you mean "
+                                         r"data.split.method\?\); valid keys: data.split.method"):
+        load_config("default", overrides=["data.split.metod=rows"])
+    f = tmp_path / "bad.yaml"
+    f.write_text("trainingg: {}\n")
+    with pytest.raises(InputError, match=r"unknown config key trainingg"):
+        load_config("default", f)
+
+
+def test_bad_values_name_the_field(tmp_path):
+    with pytest.raises(InputError, match=r"data.chunk_cache_w0 must be within \[0, 1\], got 2.0"):
+        load_config("default", overrides=["data.chunk_cache_w0=2"])
+    with pytest.raises(InputError, match=r"data.allow_external_links must be true or false"):
+        load_config("default", overrides=["data.allow_external_links=maybe"])
+    with pytest.raises(InputError, match=r"profile 'huge' does not exist"):
+        load_config("huge")
+    f = tmp_path / "broken.yaml"
+    f.write_text("data: [unclosed\n")
+    with pytest.raises(InputError, match=r"broken.yaml: line \d+ is not valid YAML"):
+        load_config("default", f)
+
+
+def test_override_parsing():
+    assert parse_override("a.b=3") == {"a": {"b": 3}}
+    assert parse_override("paths=[x.h5, y.h5]") == {"paths": ["x.h5", "y.h5"]}
+    with pytest.raises(InputError, match="not key=value"):
+        parse_override("lookback")
+
+
+def test_resolved_config_round_trips(tmp_path):
+    import yaml
+    config = load_config("quick_demo", overrides=["data.split.rows={train: [0, 10]}", "data.split.method=rows"])
+    f = tmp_path / "resolved.yaml"
+    f.write_text(yaml.safe_dump({k: v for k, v in to_dict(config).items() if k != "profile"}))
+    assert load_config("quick_demo", f) == config
