@@ -5,6 +5,7 @@
     python main.py convert INPUT... --out OUT.h5
     python main.py make-demo --out PATH [--sessions N --rows N --features N | --preset NAME]
     python main.py inspect PATH... [--json]
+    python main.py index PATH...
     python main.py config [--profile P] [--config FILE] [key=value ...]
 
 Mistakes in files, data or config print one line and exit with code 2.
@@ -74,6 +75,10 @@ def build_parser():
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--allow-external-links", action="store_true")
 
+    p = sub.add_parser("index", help="check every session of HDF5 files written by other tools and "
+                       "add a session index, so opening them takes milliseconds (modifies the files)")
+    p.add_argument("paths", nargs="+")
+
     p = sub.add_parser("config", help="print the resolved config")
     _config_args(p)
     return parser
@@ -129,6 +134,12 @@ def cmd_inspect(args):
             shown += 1
 
 
+def cmd_index(args):
+    from data.catalog import resolve_paths, write_index
+    for path in resolve_paths(args.paths):
+        print(f"indexed {write_index(path)} sessions in {path}")
+
+
 def cmd_config(args):
     import yaml
     from config import load_config, to_dict
@@ -182,7 +193,7 @@ def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     commands = {"convert": cmd_convert, "make-demo": cmd_make_demo, "inspect": cmd_inspect,
-                "config": cmd_config, "prepare": cmd_prepare}
+                "config": cmd_config, "prepare": cmd_prepare, "index": cmd_index}
     try:
         if args.command is None:
             from config import load_config

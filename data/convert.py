@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from atomic import atomic_path
+from data.catalog import write_index
 from data.layout import COMPRESSIONS, SessionWriter
 from errors import InputError
 
@@ -287,6 +288,7 @@ def convert(inputs, out, *, features=(), targets=(), time_column=None, session_c
             if not sinks:
                 raise InputError(f"{', '.join(files)}: no rows to convert")
             h5file.attrs["h5series_converted_from"] = [str(f) for f in files][:1000]
+        write_index(tmp)
     summary["rows"] = sum(summary["sessions"].values())
     summary["features"] = plan["features"]
     summary["targets"] = plan["target_names"] or []

@@ -14,6 +14,7 @@ from scipy.signal import lfilter
 from tqdm import tqdm
 
 from atomic import atomic_path
+from data.catalog import write_index
 from data.layout import COMPRESSIONS, SessionWriter
 from errors import InputError
 
@@ -85,4 +86,5 @@ def generate(out, *, sessions=16, rows=20_000, features=8, seed=0, compression="
                     keep = n - 1
                     writer.append(feats[:keep], returns[1:n, None].astype(np.float32), stamps[:keep])
                     carry = (feats[keep:], stamps[keep:])
+        write_index(tmp)
     return {"out": str(out), "sessions": sessions, "rows": rows, "features": names}

@@ -19,6 +19,8 @@ FEATURES = "features"
 TARGETS = "targets"
 TIMESTAMPS = "timestamps"
 
+INDEX = "_h5series_index"   # root dataset: one row per session (group, rows, timestamps)
+
 ATTR_FORMAT = "h5series_format"
 ATTR_VERSION = "h5series_format_version"
 ATTR_FEATURE_NAMES = "feature_names"
@@ -69,6 +71,17 @@ def _as_str_list(value):
     return [v.decode() if isinstance(v, bytes) else str(v) for v in np.atleast_1d(value)]
 
 
+def encode_names(names):
+    """Column names as a fixed-length UTF-8 byte array (fast to read back, unlike vlen strings)."""
+    encoded = [str(n).encode() for n in names]
+    return np.array(encoded, dtype=f"S{max([len(e) for e in encoded] + [1])}")
+
+
+def decode_names(value):
+    names = _as_str_list(value) or []
+    return [] if names == [""] else names
+
+
 def read_names(group, attr, n_columns, prefix):
     """Column names stored on a session group, or generated ones (f0, f1, ...)."""
     names = _as_str_list(group.attrs.get(attr))
@@ -96,9 +109,9 @@ class SessionWriter:
         self.features = self.targets = self.timestamps = None
         self.group.attrs[ATTR_FORMAT] = FORMAT_NAME
         self.group.attrs[ATTR_VERSION] = FORMAT_VERSION
-        self.group.attrs[ATTR_FEATURE_NAMES] = self.feature_names
+        self.group.attrs[ATTR_FEATURE_NAMES] = encode_names(self.feature_names)
         if self.target_names:
-            self.group.attrs[ATTR_TARGET_NAMES] = self.target_names
+            self.group.attrs[ATTR_TARGET_NAMES] = encode_names(self.target_names)
         self.rows = 0
 
     def _create(self, first_rows):

@@ -50,6 +50,7 @@ class _OpenSession:
         self.features = self._open(group, layout.FEATURES, cache)
         self.targets = self._open(group, layout.TARGETS, cache)
         self.timestamps = self._open(group, layout.TIMESTAMPS, cache)
+        self.checked = False   # shape compared with the catalog's once per open
 
     @staticmethod
     def _open(group, name, cache):
@@ -184,11 +185,19 @@ class SessionData:
 
     def _datasets(self):
         try:
-            return self.pool.get(self.path, self.group)
-        except (OSError, KeyError) as exc:
+            opened = self.pool.get(self.path, self.group)
+        except (OSError, KeyError, AttributeError) as exc:
             raise InputError(
                 f"{self.path}: session {self.name!r} cannot be read ({_first_line(exc)}); "
                 "the file may be truncated or changed since it was catalogued") from None
+        if not opened.checked:
+            rows = None if opened.features is None else opened.features.shape[0]
+            if rows != self.n_rows:
+                raise InputError(
+                    f"{self.path}: session {self.name!r} has {rows} rows but its index says {self.n_rows}; "
+                    f"the file changed after it was indexed; run `python main.py index {self.path}`")
+            opened.checked = True
+        return opened
 
     def _read(self, dataset, start, stop, out, what):
         if not 0 <= start <= stop <= self.n_rows:

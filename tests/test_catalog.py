@@ -176,3 +176,39 @@ def test_virtual_dataset_reading_another_file_refused(tmp_path, rng):
     with pytest.raises(InputError, match=r"virtual dataset reading from .*other\.h5; refused"):
         open_catalog(path)
     assert open_catalog(path, allow_external_links=True).sessions[0].read_rows(0, 10).shape == (10, 2)
+
+
+# --- the session index ---------------------------------------------------------------------
+
+def test_index_gives_the_same_catalog_as_a_scan(tmp_path, rng):
+    from data.catalog import write_index
+    path = tmp_path / "d.h5"
+    with h5py.File(path, "w") as f:
+        for i, n in enumerate((30, 40, 50)):
+            write_session(f, f"grp/s{i}", rng.normal(size=(n, 2)), rng.integers(0, 2, (n, 1)),
+                          feature_names=["a", "b"], target_names=["y"], timestamps=np.arange(n))
+    scanned = open_catalog(path)
+    assert write_index(path) == 3
+    with h5py.File(path, "r") as f:
+        assert "_h5series_index" in f
+    indexed = open_catalog(path)
+    assert indexed.sessions == scanned.sessions
+    assert open_catalog(path, use_index=False).sessions == scanned.sessions
+
+
+def test_stale_index_is_caught_at_the_first_read(tmp_path, rng):
+    from data.catalog import write_index
+    path = write_file(tmp_path / "d.h5", {"s": rng.normal(size=(30, 2))})
+    write_index(path)
+    with h5py.File(path, "r+") as f:   # someone appends rows after indexing
+        f["s/features"].resize(40, axis=0)
+    s = open_catalog(path).sessions[0]
+    with pytest.raises(InputError, match=r"session 's' has 40 rows but its index says 30; .*python main.py index"):
+        s.read_rows(0, 5)
+
+
+def test_converter_and_demo_files_carry_an_index(tmp_path):
+    from data.demo import generate
+    generate(tmp_path / "demo.h5", sessions=2, rows=100, features=3, progress=False)
+    with h5py.File(tmp_path / "demo.h5", "r") as f:
+        assert list(f["_h5series_index"]["rows"]) == [100, 100]
