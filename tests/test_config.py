@@ -58,3 +58,18 @@ def test_resolved_config_round_trips(tmp_path):
     f = tmp_path / "resolved.yaml"
     f.write_text(yaml.safe_dump({k: v for k, v in to_dict(config).items() if k != "profile"}))
     assert load_config("quick_demo", f) == config
+
+
+def test_every_key_is_documented():
+    from pathlib import Path
+    from config import Config
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "configuration.md").read_text()
+
+    def keys(obj, prefix=""):
+        for k, v in obj.items():
+            if isinstance(v, dict) and k != "rows":
+                yield from keys(v, f"{prefix}{k}.")
+            else:
+                yield prefix + k
+    missing = [k for k in keys(to_dict(Config())) if f"`{k}`" not in doc]
+    assert not missing, f"docs/configuration.md lacks {missing}"
