@@ -86,6 +86,33 @@ class DataConfig:
 
 
 @dataclasses.dataclass
+class TrainingConfig:
+    """Batches and the loader that feeds them (the trainer's own keys arrive with issue 3/5)."""
+
+    batch_size: int = 256
+    """Windows per optimizer micro-batch."""
+    num_workers: int = -1
+    """DataLoader worker processes; -1 = auto (cores - 1, at least 1, at most 4)."""
+    pin_memory: bool = True
+    """Pin host batches for fast non_blocking copies to the GPU; turned off without CUDA."""
+    persistent_workers: bool = True
+    """Keep workers (and their open files and caches) between epochs; off without workers."""
+    prefetch_factor: int = 2
+    """Rounds each worker reads ahead; not used without workers."""
+    round_blocks: int = 8
+    """Blocks per round: one worker item, and the shuffle buffer windows are drawn from."""
+    drop_last: bool = False
+    """Drop the last, smaller batch of a training epoch."""
+
+    def __post_init__(self):
+        for name in ("batch_size", "prefetch_factor", "round_blocks"):
+            if getattr(self, name) < 1:
+                raise InputError(f"training.{name} must be at least 1, got {getattr(self, name)}")
+        if self.num_workers < -1:
+            raise InputError(f"training.num_workers must be -1 (auto) or >= 0, got {self.num_workers}")
+
+
+@dataclasses.dataclass
 class Config:
     """The whole run."""
 
@@ -96,6 +123,7 @@ class Config:
     memory_budget_mb: int = 4096
     """Memory the run plans to stay within (main process + workers, PSS)."""
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig)
 
     def __post_init__(self):
         if self.memory_budget_mb < 64:

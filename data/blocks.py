@@ -1,0 +1,112 @@
+"""Worker side of the block loader: read a round of blocks as raw rows.
+
+A round is a few blocks (data/sampler.py). For each block, one h5py call reads its
+rows [first_row, first_row + (n_windows - 1) * stride + span) into a reused staging
+buffer; the columns the model needs are copied into the round's tensor. Workers
+ship rows, never windows: a window of L rows repeats each row L times, so shipping
+rows cuts inter-process traffic by the lookback (DESIGN.md, "Why blocks").
+"""
+
+import numpy as np
+import torch
+
+from data import quality
+from data.windows import FIRST_ROW, N_WINDOWS, SESSION
+
+
+class RoundReader(torch.utils.data.Dataset):
+    """reader[block ids] -> {"rows" (R, C), "targets" (R, K) or (0,), "blocks" (G, 3), "row_offsets" (G,)}.
+
+    C are the feature columns windows read (model inputs, plus targets taken from the
+    features); "targets" holds rows of the `targets` dataset when targets come from it.
+    Runs in DataLoader workers; opens files lazily there.
+    """
+
+    def __init__(self, catalog, blocks, window, columns, nan_policy="error"):
+        self.catalog = catalog
+        self.blocks = blocks
+        self.window = window
+        self.columns = columns
+        self.nan_policy = nan_policy
+        self.read_cols = quality.read_columns(columns)
+        self.x_cols = [self.read_cols.index(c) for c in columns.feature_index]
+        self.y_from_features = columns.target_source == "features"
+        self.y_cols = ([self.read_cols.index(c) for c in columns.target_index]
+                       if self.y_from_features else list(columns.target_index))
+        self._all_cols = self.read_cols == list(range(catalog.sessions[0].n_features))
+        self._staging = None  # reused per process: one h5py read target for every block
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_staging"] = None
+        return state
+
+    def __len__(self):
+        return len(self.blocks)
+
+    def _stage(self, n_rows, n_cols):
+        if self._staging is None or self._staging.shape[0] < n_rows or self._staging.shape[1] != n_cols:
+            self._staging = np.empty((max(n_rows, 1024), n_cols), dtype=np.float32)
+        return self._staging[:n_rows]
+
+    def block_rows(self, table):
+        return [self.window.block_rows(int(n)) for n in table[:, N_WINDOWS]]
+
+    def __getitem__(self, block_ids):
+        table = self.blocks[np.asarray(block_ids, dtype=np.int64)]       # (G, 3)
+        sizes = self.block_rows(table)
+        offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+        total = int(sum(sizes))
+        rows = torch.empty((total, len(self.read_cols)), dtype=torch.float32)   # (R, C)
+        rows_np = rows.numpy()
+        targets = None
+        if not self.y_from_features:
+            dtype = np.dtype(self.catalog.sessions[0].target_dtype)
+            targets = torch.empty((total, len(self.y_cols)),
+                                  dtype=torch.float32 if dtype.kind == "f" else torch.int64)
+        for (session_idx, first_row, n_windows), size, offset in zip(table, sizes, offsets):
+            session = self.catalog.sessions[int(session_idx)]
+            start, stop = int(first_row), int(first_row) + size
+            staged = session.read_rows(start, stop, out=self._stage(size, session.n_features))
+            block = rows_np[offset:offset + size]
+            block[:] = staged if self._all_cols else staged[:, self.read_cols]
+            if self.nan_policy == "ffill":
+                quality.forward_fill(block, session, start, self.read_cols)
+            if targets is not None:
+                raw = session.read_targets(start, stop)
+                targets[offset:offset + size] = torch.from_numpy(np.ascontiguousarray(raw[:, self.y_cols]))
+            if self.nan_policy == "error":
+                self._check(block, targets, session, start, int(n_windows), offset)
+        return {"rows": rows, "targets": targets if targets is not None else torch.empty(0),
+                "blocks": torch.from_numpy(table), "row_offsets": torch.from_numpy(offsets)}
+
+    def _check(self, block, targets, session, start, n_windows, offset):
+        """NaN/Inf in the rows windows use: inputs, then targets."""
+        w = self.window
+        last_input = (n_windows - 1) * w.stride + w.lookback
+        first_target = w.lookback - 1 + w.target_offset
+        quality.check_finite(block[:last_input, self.x_cols], session, start, "features",
+                             self.columns.feature_names)
+        if self.y_from_features:
+            quality.check_finite(block[first_target:, self.y_cols], session, start + first_target,
+                                 "features", self.columns.target_names)
+        elif targets.is_floating_point():
+            size = len(block)
+            quality.check_finite(targets[offset + first_target:offset + size].numpy(), session,
+                                 start + first_target, "targets", self.columns.target_names)
+
+
+def window_starts(item, window):
+    """Row index (into the round's rows) of every window in the round, block by block: (Nw,)."""
+    table, offsets = item["blocks"], item["row_offsets"]
+    counts = table[:, N_WINDOWS]
+    block_of = torch.repeat_interleave(torch.arange(len(table)), counts)             # (Nw,)
+    first = torch.cumsum(counts, 0) - counts
+    within = torch.arange(int(counts.sum())) - first[block_of]
+    return offsets[block_of] + within * window.stride, block_of, within
+
+
+def window_ids(item, window, block_of, within):
+    """(session index, first row) of each window, for batches that carry ids."""
+    table = item["blocks"]
+    return table[block_of, SESSION], table[block_of, FIRST_ROW] + within * window.stride
