@@ -53,7 +53,7 @@ class DataConfig:
     """Rows sampled (in contiguous blocks) for the statistics; ~1M gives 3+ significant digits."""
     normalize_sample_rows: int = 1024
     """Rows per sampled block: more, smaller blocks cover drifting series better (docs/data_format.md)."""
-    chunk_cache_size: int = 4 * MIB
+    chunk_cache_size: int = 1 * MIB
     """HDF5 chunk cache bytes per open dataset per process (rdcc_nbytes)."""
     chunk_cache_slots: int = 0
     """rdcc_nslots; 0 = a prime ~100x the number of chunks that fit in the cache."""

@@ -171,6 +171,12 @@ def prepare_run(config, run_dir=None):
     with atomic_path(run_dir / "config.yaml") as tmp:
         tmp.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
     prepared.normalizer.save(run_dir / "normalizer.json")
+    from data.dataloader import loader_options
+    from data.memory_plan import check_plan, format_plan, loader_plan
+    options, _ = loader_options(config.training, "cpu")
+    plan = loader_plan(prepared, config.data, config.training, options)
+    print(format_plan(plan, config.memory_budget_mb))
+    check_plan(plan, config.memory_budget_mb)
     catalog = prepared.catalog
     print(f"data: {len(catalog.sessions)} sessions, {catalog.n_rows:,} rows, "
           f"{len(prepared.columns.feature_names)} features -> {len(prepared.columns.target_names)} "

@@ -221,12 +221,13 @@ def run_row(args):
 
 # --- the parent ------------------------------------------------------------------------------
 
-def measure(name, data, args, label=None):
+def measure(name, data, args, label=None, workers=None):
     from trainers.memory import PeakSampler
     cmd = [sys.executable, __file__, "--run-row", name, "--data", str(data)]
     for key in ("lookback", "horizon", "batch", "workers", "seconds", "features", "block_rows",
                 "round_blocks", "chunk_cache_mb"):
-        cmd += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
+        value = workers if key == "workers" and workers is not None else getattr(args, key)
+        cmd += [f"--{key.replace('_', '-')}", str(value)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT)
     with PeakSampler(proc.pid, interval=0.25) as sampler:
         out, _ = proc.communicate()
@@ -270,16 +271,24 @@ def main():
     Path(args.dir).mkdir(parents=True, exist_ok=True)
     data = data_file(args.dir, args.sessions, args.rows, args.features)
     rows = [measure(name, data, args) for name in ROWS if name in args.only]
+    if "framework" in args.only and args.workers != 0:
+        # h5py holds the GIL, so reading can't overlap in threads; on 2 cores reading in
+        # the training process itself (no workers) was faster: measure both.
+        rows.append(measure("framework", data, args, label="5. h5series block loader, 0 workers", workers=0))
     if args.codecs:
         for codec in ("lzf", "gzip", "blosc-lz4"):
             path = data_file(args.dir, args.sessions, args.rows, args.features, codec)
             rows.append(measure("framework", path, args, label=f"5. h5series block loader, {codec}"))
+            rows.append(measure("framework", path, args, label=f"5. h5series block loader, {codec}, 0 workers",
+                                workers=0))
     if args.scale:
         for gb in (1, 8):
             # 16 float32 features + target + timestamp: 76 bytes a row.
             per_session = int(gb * 1e9 / 76 / args.sessions)
             path = data_file(args.dir, args.sessions, per_session, args.features)
             rows.append(measure("framework", path, args, label=f"5. h5series block loader, {gb} GB file"))
+            rows.append(measure("framework", path, args, label=f"5. h5series block loader, {gb} GB file, 0 workers",
+                                workers=0))
     print(table(rows, ["name", "windows_per_s", "peak_pss_mb", "file", "file_gb"]))
     by_name = {r["name"]: r["windows_per_s"] for r in rows}
     if all(ROWS[k] in by_name for k in ROWS):

@@ -30,6 +30,8 @@ class RoundReader(torch.utils.data.Dataset):
         self.nan_policy = nan_policy
         self.read_cols = quality.read_columns(columns)
         self.x_cols = [self.read_cols.index(c) for c in columns.feature_index]
+        if self.x_cols == list(range(len(self.read_cols))):
+            self.x_cols = slice(None)   # every column: a view, not a copy
         self.y_from_features = columns.target_source == "features"
         self.y_cols = ([self.read_cols.index(c) for c in columns.target_index]
                        if self.y_from_features else list(columns.target_index))
@@ -67,9 +69,12 @@ class RoundReader(torch.utils.data.Dataset):
         for (session_idx, first_row, n_windows), size, offset in zip(table, sizes, offsets):
             session = self.catalog.sessions[int(session_idx)]
             start, stop = int(first_row), int(first_row) + size
-            staged = session.read_rows(start, stop, out=self._stage(size, session.n_features))
             block = rows_np[offset:offset + size]
-            block[:] = staged if self._all_cols else staged[:, self.read_cols]
+            if self._all_cols:
+                session.read_rows(start, stop, out=block)         # straight into the round's tensor
+            else:
+                staged = session.read_rows(start, stop, out=self._stage(size, session.n_features))
+                block[:] = staged[:, self.read_cols]
             if self.nan_policy == "ffill":
                 quality.forward_fill(block, session, start, self.read_cols)
             if targets is not None:
@@ -82,6 +87,12 @@ class RoundReader(torch.utils.data.Dataset):
 
     def _check(self, block, targets, session, start, n_windows, offset):
         """NaN/Inf in the rows windows use: inputs, then targets."""
+        # Fast path: a float64 sum of float32 values cannot overflow, so it is finite
+        # exactly when every value is; only a non-finite block pays for the search.
+        if np.isfinite(block.sum(dtype=np.float64)) and (
+                targets is None or not targets.is_floating_point()
+                or bool(torch.isfinite(targets[offset:offset + len(block)].sum(dtype=torch.float64)))):
+            return
         w = self.window
         last_input = (n_windows - 1) * w.stride + w.lookback
         first_target = w.lookback - 1 + w.target_offset

@@ -40,7 +40,9 @@ def loader_options(training_cfg, device, cpu_count=None):
     notes = []
     workers = training_cfg.num_workers
     if workers == -1:
-        workers = max(1, min(4, cpu_count - 1))
+        # On 2 cores the consumer's gather needs both; h5py holds the GIL, so reading in
+        # the training process beat workers there (docs/benchmarks.md). More cores: workers.
+        workers = 0 if cpu_count <= 2 else min(4, cpu_count - 1)
         notes.append(f"training.num_workers=-1 (auto): {workers} workers for {cpu_count} cores")
     pin = training_cfg.pin_memory
     if pin and torch.device(device).type != "cuda":
@@ -111,7 +113,7 @@ class WindowLoader:
             self.reader, sampler=self._rounds, batch_size=None, worker_init_fn=_worker_init,
             multiprocessing_context="fork" if self.options["num_workers"] else None, **self.options)
         reader = self.reader
-        self._x_cols = _as_index(reader.x_cols, len(reader.read_cols))
+        self._x_cols = reader.x_cols if isinstance(reader.x_cols, slice) else _as_index(reader.x_cols, len(reader.read_cols))
         self._y_cols = _as_index(reader.y_cols, len(reader.read_cols)) if reader.y_from_features else None
 
     # --- position -------------------------------------------------------------
@@ -189,18 +191,35 @@ class WindowLoader:
             perm = torch.from_numpy(self.sampler.window_rng(epoch, round_index).permutation(len(starts)))
             starts = starts[perm]
             ids = None if ids is None else (ids[0][perm], ids[1][perm])
+        if len(x_rows) < 2**31 - 1:
+            starts = starts.to(torch.int32)
         return x_rows, y_rows, starts.to(self.device), ids
 
     def _gather(self, x_rows, y_rows, starts, ids, k, n):
         """x (n, L, F), y (n, H, K) for windows starting at `starts` (row indices into the round)."""
         w = self.window
-        steps_x = torch.arange(w.lookback, device=starts.device)
-        steps_y = torch.arange(w.horizon, device=starts.device) + (w.lookback - 1 + w.target_offset)
-        x = x_rows.index_select(0, (starts[:, None] + steps_x).reshape(-1)).view(n, w.lookback, -1)
-        y = y_rows.index_select(0, (starts[:, None] + steps_y).reshape(-1)).view(n, w.horizon, -1)
+        steps_x, steps_y, idx = self._index_buffers(starts.device, starts.dtype)
+        idx = idx[:n]
+        torch.add(starts[:, None], steps_x, out=idx)                                  # (n, L) row indices
+        x = x_rows.index_select(0, idx.view(-1)).view(n, w.lookback, -1)
+        if w.horizon == 1:
+            y = y_rows.index_select(0, starts + int(steps_y[0])).view(n, 1, -1)
+        else:
+            y = y_rows.index_select(0, (starts[:, None] + steps_y).view(-1)).view(n, w.horizon, -1)
         if ids is None:
             return x, y, None, None
         return x, y, ids[0][k:k + n], ids[1][k:k + n]
+
+    def _index_buffers(self, device, dtype):
+        """Row offsets inside a window and a reused index buffer (int32 indices gather faster)."""
+        key = (device, dtype)
+        if getattr(self, "_buffers_key", None) != key:
+            w = self.window
+            steps_x = torch.arange(w.lookback, device=device, dtype=dtype)
+            steps_y = torch.arange(w.horizon, device=device, dtype=dtype) + (w.lookback - 1 + w.target_offset)
+            idx = torch.empty((self.batch_size, w.lookback), device=device, dtype=dtype)
+            self._buffers, self._buffers_key = (steps_x, steps_y, idx), key
+        return self._buffers
 
 
 def _as_index(cols, width):

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from atomic import write_json
 from data.quality import check_finite
+from data.session import MIB, ChunkCache, HandlePool, scratch_copy
 from errors import InputError
 
 log = logging.getLogger("h5series")
@@ -188,10 +189,13 @@ def fit_normalizer(catalog, train_ranges, columns, *, mode="global", max_samples
         chosen = _stratified(0, len(pieces), math.ceil(max_samples / sample_rows), rng)
 
     all_f, all_t, feats, targs = _Accumulator(), _Accumulator(), {}, {}
+    pool, copies = HandlePool(ChunkCache(nbytes=MIB), max_open=2), {}
     for j in tqdm(chosen, desc="normalization statistics", unit="block",
                   disable=not progress or len(chosen) < 50, leave=False):
         session, start, stop = pieces[j]
-        x, y = _read_piece(catalog.sessions[session], start, stop, columns, fit_targets, nan_policy)
+        if session not in copies:
+            copies = {session: scratch_copy(catalog.sessions[session], pool)}
+        x, y = _read_piece(copies[session], start, stop, columns, fit_targets, nan_policy)
         all_f.add(x)
         if per_session:
             feats.setdefault(session, _Accumulator()).add(x)
@@ -199,6 +203,7 @@ def fit_normalizer(catalog, train_ranges, columns, *, mode="global", max_samples
             all_t.add(y)
             if per_session:
                 targs.setdefault(session, _Accumulator()).add(y)
+    pool.close()
     info = {"rows_used": all_f.rows, "train_rows": int(total_rows),
             "exact": bool(exact or total_rows <= max_samples), "sample_rows": int(sample_rows), "seed": int(seed)}
     global_f = all_f.stats(columns.feature_names, "normalization (features)")

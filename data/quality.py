@@ -16,6 +16,7 @@ import logging
 import numpy as np
 from tqdm import tqdm
 
+from data.session import MIB, ChunkCache, HandlePool, scratch_copy
 from errors import InputError
 
 log = logging.getLogger("h5series")
@@ -103,11 +104,13 @@ def bad_rows_by_session(catalog, columns, ranges, policy, progress=True):
         return {}
     indices = sorted({r[0] for split in ranges.values() for r in split})
     out = {}
+    pool = HandlePool(ChunkCache(nbytes=MIB), max_open=1)
     for i in tqdm(indices, desc=f"nan_policy={policy}: scanning sessions", unit="session",
                   disable=not progress or len(indices) < 2):
-        rows = scan_bad_rows(catalog.sessions[i], columns, policy)
+        rows = scan_bad_rows(scratch_copy(catalog.sessions[i], pool), columns, policy)
         if len(rows):
             out[i] = rows
+    pool.close()
     if out:
         total = sum(len(v) for v in out.values())
         log.warning("nan_policy=%s: %d rows with NaN/Inf in %d sessions are kept out of every window",

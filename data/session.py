@@ -24,8 +24,8 @@ MIB = 1024 * 1024
 class ChunkCache:
     """Chunk cache settings applied to every dataset a pool opens."""
 
-    nbytes: int = 4 * MIB   # rdcc_nbytes per open dataset; size it to the chunks one block read spans
-    nslots: int = 0          # rdcc_nslots; 0 = a prime ~100x the chunks that fit (HDF5 docs' advice)
+    nbytes: int = 1 * MIB   # rdcc_nbytes per open dataset; size it to the chunks one block read spans
+    nslots: int = 0          # rdcc_nslots; 0 = a prime ~100x the writer's chunks that fit (HDF5 docs' advice)
     w0: float = 0.75         # rdcc_w0; 1.0 evicts fully read chunks first (sequential reads)
 
 
@@ -36,38 +36,15 @@ def _next_prime(n):
     return n
 
 
-def _chunk_bytes(dataset):
-    if dataset.chunks is None:
-        return dataset.dtype.itemsize * int(np.prod(dataset.shape[1:], dtype=np.int64))
-    return dataset.dtype.itemsize * int(np.prod(dataset.chunks, dtype=np.int64))
-
-
 class _OpenSession:
     """The open h5py objects of one session (features, targets, timestamps)."""
 
-    def __init__(self, h5file, group_name, cache):
+    def __init__(self, h5file, group_name):
         group = h5file[group_name] if group_name not in ("", "/") else h5file
-        self.features = self._open(group, layout.FEATURES, cache)
-        self.targets = self._open(group, layout.TARGETS, cache)
-        self.timestamps = self._open(group, layout.TIMESTAMPS, cache)
+        self.features = group.get(layout.FEATURES)
+        self.targets = group.get(layout.TARGETS)
+        self.timestamps = group.get(layout.TIMESTAMPS)
         self.checked = False   # shape compared with the catalog's once per open
-
-    @staticmethod
-    def _open(group, name, cache):
-        if name not in group:
-            return None
-        # A dataset access property list gives each dataset its own cache size and
-        # a slot count matched to its chunk size.
-        # The probe must be closed first: HDF5 shares one cache among all opens of a
-        # dataset, so an open probe would keep the default cache for this one too.
-        probe = group[name]
-        chunk_bytes = _chunk_bytes(probe)
-        probe.id.close()
-        del probe
-        dapl = h5py.h5p.create(h5py.h5p.DATASET_ACCESS)
-        nslots = cache.nslots or _next_prime(100 * max(1, cache.nbytes // max(1, chunk_bytes)))
-        dapl.set_chunk_cache(nslots, cache.nbytes, cache.w0)
-        return h5py.Dataset(h5py.h5d.open(group.id, name.encode(), dapl))
 
 
 class HandlePool:
@@ -116,9 +93,9 @@ class HandlePool:
             self._evict()
         entry = self._files.get(path)
         if entry is None:
-            entry = [open_file(path), 0]
+            entry = [open_file(path, self.cache), 0]
             self._files[path] = entry
-        opened = _OpenSession(entry[0], group_name, self.cache)
+        opened = _OpenSession(entry[0], group_name)
         entry[1] += 1
         self._sessions[key] = opened
         return opened
@@ -140,16 +117,30 @@ class HandlePool:
         self._reset()
 
 
-def open_file(path):
-    """Open an HDF5 file read-only, turning the usual failures into one-line InputErrors."""
+def scratch_copy(session, pool):
+    """The same session read through another pool: one-off passes (statistics, scans) use a
+    small pool of their own so they leave no large caches behind in the training process."""
+    return dataclasses.replace(session, pool=pool)
+
+
+def open_file(path, cache=None):
+    """Open an HDF5 file read-only, turning the usual failures into one-line InputErrors.
+
+    `cache` sets the chunk cache every dataset opened from this file gets (its own,
+    per dataset): HDF5's file-level default, so no per-dataset property list is needed.
+    """
     path = str(path)
     if not os.path.exists(path):
         raise InputError(f"{path}: no such file; check the path (data.paths or the command line)")
     if not h5py.is_hdf5(path):
         raise InputError(
             f"{path}: not an HDF5 file; convert it first with `python main.py convert {path} --out DATA.h5`")
+    options = {}
+    if cache is not None:
+        nslots = cache.nslots or _next_prime(100 * max(1, cache.nbytes // layout.CHUNK_TARGET_BYTES))
+        options = {"rdcc_nbytes": cache.nbytes, "rdcc_nslots": nslots, "rdcc_w0": cache.w0}
     try:
-        return h5py.File(path, "r")
+        return h5py.File(path, "r", **options)
     except OSError as exc:
         raise InputError(
             f"{path}: cannot be opened as HDF5 ({_first_line(exc)}); the file may be truncated or "

@@ -67,8 +67,9 @@ def test_chunk_cache_settings_reach_each_dataset(ramp_file):
     s = open_catalog(ramp_file, pool=pool).session("s0")
     s.read_rows(0, 1)
     nslots, nbytes, w0 = pool.get(s.path, s.group).features.id.get_access_plist().get_chunk_cache()
+    assert pool.get(s.path, s.group).targets is None
     assert nbytes == 3 * 1024 * 1024 and w0 == 1.0
-    assert nslots == _next_prime(nslots) and nslots >= 100  # a prime, ~100x the chunks that fit
+    assert nslots == _next_prime(nslots) and nslots >= 100  # a prime, ~100x the writer's chunks that fit
 
 
 def _child_read(session, queue):

@@ -1,0 +1,82 @@
+"""What the loader will hold, computed from the config before anything runs.
+
+Each line is a component, its size and the knob that turns it down. The trainer
+adds its own lines (model, optimizer) and checks the total against the profile's
+`memory_budget_mb`; a plan over budget stops the run before it starts, naming the
+largest component and its knob (docs/memory.md).
+"""
+
+import dataclasses
+
+from errors import InputError
+
+MB = 1024 * 1024
+# Measured on the reference machine (docs/memory.md): PSS of the training process after
+# importing torch, h5py, numpy and scikit-learn, and of one forked DataLoader worker.
+MAIN_PROCESS_MB = 400
+WORKER_PROCESS_MB = 150
+
+
+@dataclasses.dataclass
+class PlanLine:
+    name: str
+    mb: float
+    knob: str        # the config key that turns this line down
+    detail: str = ""
+
+
+def loader_plan(prepared, data_cfg, training_cfg, options, split="train"):
+    """Plan lines for one training loader (the val/test loaders reuse its rounds' size)."""
+    workers = options["num_workers"]
+    readers = max(1, workers)
+    columns = prepared.columns
+    n_cols = len(set(columns.feature_index) | (set(columns.target_index) if columns.target_source == "features" else set()))
+    n_targets = len(columns.target_index) if columns.target_source == "targets" else 0
+    blocks = prepared.blocks[split]
+    max_block_rows = max((prepared.window.block_rows(int(n)) for n in blocks[:, 2]), default=0)
+    round_bytes = training_cfg.round_blocks * max_block_rows * (n_cols + n_targets) * 4
+    open_sessions = min(data_cfg.max_open_sessions, len(prepared.catalog.sessions))
+    datasets = 1 + (n_targets > 0)
+    in_flight = workers * ((options["prefetch_factor"] or 0) + 1) if workers else 1
+    pinned = 2 if options["pin_memory"] else 1
+    w = prepared.window
+    batch_bytes = training_cfg.batch_size * (w.lookback * len(columns.feature_index)
+                                             + w.horizon * len(columns.target_index)) * 4
+    return [
+        PlanLine("training process (python, torch, h5py)", MAIN_PROCESS_MB, "-", "measured baseline"),
+        PlanLine("DataLoader workers", workers * WORKER_PROCESS_MB, "training.num_workers",
+                 f"{workers} x {WORKER_PROCESS_MB} MB"),
+        PlanLine("HDF5 chunk caches", readers * open_sessions * datasets * data_cfg.chunk_cache_size / MB,
+                 "data.chunk_cache_size / data.max_open_sessions",
+                 f"{readers} readers x {open_sessions} sessions x {datasets} datasets x "
+                 f"{data_cfg.chunk_cache_size / MB:.2f} MB"),
+        PlanLine("rounds in flight", in_flight * pinned * round_bytes / MB,
+                 "training.round_blocks / data.block_rows / training.prefetch_factor",
+                 f"{in_flight} x {round_bytes / MB:.1f} MB" + (" x 2 (pinned copy)" if pinned == 2 else "")),
+        PlanLine("consumer round (rows + normalized copy)", 2 * round_bytes / MB,
+                 "training.round_blocks / data.block_rows", f"2 x {round_bytes / MB:.1f} MB"),
+        PlanLine("batches (current + next)", 2 * batch_bytes / MB, "training.batch_size",
+                 f"2 x {batch_bytes / MB:.1f} MB"),
+    ]
+
+
+def format_plan(lines, budget_mb):
+    total = sum(line.mb for line in lines)
+    width = max(len(line.name) for line in lines)
+    out = [f"memory plan (budget {budget_mb:,} MB):"]
+    for line in lines:
+        out.append(f"  {line.name:<{width}} {line.mb:>9,.1f} MB   {line.detail}")
+    out.append(f"  {'total':<{width}} {total:>9,.1f} MB   {total / budget_mb:.0%} of memory_budget_mb")
+    return "\n".join(out)
+
+
+def check_plan(lines, budget_mb):
+    """Raise InputError when the plan exceeds the budget, naming the biggest tunable line."""
+    total = sum(line.mb for line in lines)
+    if total <= budget_mb:
+        return total
+    largest = max((line for line in lines if line.knob != "-"), key=lambda line: line.mb)
+    raise InputError(
+        f"memory plan needs {total:,.0f} MB but memory_budget_mb is {budget_mb:,}; the largest part is "
+        f"{largest.name} ({largest.mb:,.0f} MB: {largest.detail}); lower {largest.knob}, or raise "
+        "memory_budget_mb (see `python main.py prepare` for the whole plan)")
