@@ -86,13 +86,90 @@ class DataConfig:
 
 
 @dataclasses.dataclass
-class TrainingConfig:
-    """Batches and the loader that feeds them (the trainer's own keys arrive with issue 3/5)."""
+class ModelConfig:
+    """Which network, and its size."""
 
+    name: str = "dlinear"
+    """dlinear, lstm, gru, tcn or patchtst."""
+    task: str = "forecast"
+    """forecast (regression of H steps of K targets) or classify (integer labels in `targets`)."""
+    n_classes: int = 0
+    """classify: number of classes (labels 0 .. n_classes - 1)."""
+    hidden_size: int = 64
+    """Recurrent / TCN channels; DLinear's width for classification."""
+    num_layers: int = 2
+    """Recurrent layers, TCN blocks, transformer layers."""
+    dropout: float = 0.1
+    """Dropout probability."""
+    kernel_size: int = 25
+    """DLinear: moving-average window of the trend."""
+    individual: bool = False
+    """DLinear: one linear map per channel instead of one shared."""
+    tcn_kernel_size: int = 3
+    """TCN: convolution width (receptive field grows as 2^num_layers)."""
+    patch_len: int = 16
+    """PatchTST: rows per patch."""
+    patch_stride: int = 8
+    """PatchTST: rows between patch starts."""
+    d_model: int = 64
+    """PatchTST: embedding width."""
+    n_heads: int = 4
+    """PatchTST: attention heads (must divide d_model)."""
+    revin: bool = True
+    """PatchTST: reversible instance normalization of each window."""
+
+    def __post_init__(self):
+        for name in ("hidden_size", "num_layers", "kernel_size", "tcn_kernel_size", "patch_len",
+                     "patch_stride", "d_model", "n_heads"):
+            if getattr(self, name) < 1:
+                raise InputError(f"model.{name} must be at least 1, got {getattr(self, name)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise InputError(f"model.dropout must be within [0, 1), got {self.dropout}")
+        if self.d_model % self.n_heads:
+            raise InputError(f"model.n_heads ({self.n_heads}) must divide model.d_model ({self.d_model})")
+        if self.task == "classify" and self.n_classes < 2:
+            raise InputError(f"model.task is classify but model.n_classes is {self.n_classes}; give the "
+                             "number of classes (at least 2)")
+
+
+@dataclasses.dataclass
+class TrainingConfig:
+    """The optimization loop and the loader that feeds it."""
+
+    epochs: int = 10
+    """Passes over the training windows."""
+    max_steps_per_epoch: int = 0
+    """Stop an epoch after this many optimizer steps; 0 = the whole epoch."""
     batch_size: int = 256
-    """Windows per optimizer micro-batch."""
+    """Windows per micro-batch."""
+    gradient_accumulation_steps: int = 1
+    """Micro-batches per optimizer step (effective batch = batch_size x this)."""
+    learning_rate: float = 1e-3
+    """AdamW peak learning rate."""
+    weight_decay: float = 1e-4
+    """AdamW decoupled weight decay."""
+    scheduler: str = "cosine"
+    """cosine (with linear warmup), plateau (halve on a flat validation loss) or none."""
+    warmup_steps: int = 100
+    """cosine: optimizer steps of linear warmup."""
+    grad_clip: float = 1.0
+    """Clip the gradient norm to this; 0 = no clipping."""
+    amp: str = "auto"
+    """auto (fp16 on CUDA, bf16 on CPU), off, bf16 or fp16 (CUDA only, with GradScaler)."""
+    device: str = "auto"
+    """auto (cuda if available), cpu, cuda, cuda:N."""
+    compute_metrics_online: bool = True
+    """Streaming exact metrics in O(1) memory; false collects every prediction (old path)."""
+    early_stopping_patience: int = 5
+    """Epochs without improvement of the validation loss before stopping; 0 = never."""
+    max_nonfinite_steps: int = 10
+    """Non-finite losses in a row before the run stops (each one is skipped and counted)."""
+    log_every_steps: int = 50
+    """Optimizer steps between TensorBoard scalars and host syncs."""
+    gc_every_epoch: bool = True
+    """gc.collect() and torch.cuda.empty_cache() after each epoch."""
     num_workers: int = -1
-    """DataLoader worker processes; -1 = auto (cores - 1, at least 1, at most 4)."""
+    """DataLoader worker processes; -1 = auto (0 on 2 cores, else cores - 1, at most 4)."""
     pin_memory: bool = True
     """Pin host batches for fast non_blocking copies to the GPU; turned off without CUDA."""
     persistent_workers: bool = True
@@ -105,11 +182,32 @@ class TrainingConfig:
     """Drop the last, smaller batch of a training epoch."""
 
     def __post_init__(self):
-        for name in ("batch_size", "prefetch_factor", "round_blocks"):
+        for name in ("epochs", "batch_size", "gradient_accumulation_steps", "prefetch_factor",
+                     "round_blocks", "log_every_steps"):
             if getattr(self, name) < 1:
                 raise InputError(f"training.{name} must be at least 1, got {getattr(self, name)}")
         if self.num_workers < -1:
             raise InputError(f"training.num_workers must be -1 (auto) or >= 0, got {self.num_workers}")
+        if self.learning_rate <= 0:
+            raise InputError(f"training.learning_rate must be > 0, got {self.learning_rate}")
+        choices = {"scheduler": ("cosine", "plateau", "none"), "amp": ("auto", "off", "bf16", "fp16")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise InputError(f"training.{name} is {getattr(self, name)!r}; choose one of {', '.join(allowed)}")
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+            raise InputError(f"training.device is {self.device!r}; choose auto, cpu, cuda or cuda:N")
+
+
+@dataclasses.dataclass
+class OutputConfig:
+    """Where a run writes, and how often."""
+
+    runs_dir: str = "runs"
+    """Parent of run directories (runs/<profile>-<time>/)."""
+    tensorboard: bool = True
+    """Write TensorBoard event files under <run>/tensorboard."""
+    metrics_in_normalized_units: bool = False
+    """Also report metrics on normalized values (they are always reported in original units)."""
 
 
 @dataclasses.dataclass
@@ -123,7 +221,9 @@ class Config:
     memory_budget_mb: int = 4096
     """Memory the run plans to stay within (main process + workers, PSS)."""
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig)
+    output: OutputConfig = dataclasses.field(default_factory=OutputConfig)
 
     def __post_init__(self):
         if self.memory_budget_mb < 64:

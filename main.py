@@ -1,6 +1,9 @@
 """h5series command line.
 
-    python main.py                      run SELECTED_CONFIG end to end (demo data made if missing)
+    python main.py                      train SELECTED_CONFIG end to end (demo data made if missing)
+    python main.py train [--profile P] [--config FILE] [key=value ...] | train --resume RUN_DIR
+    python main.py evaluate --run RUN_DIR [--split test] [--json]
+    python main.py predict --run RUN_DIR --out PRED.h5 [--split test]
     python main.py prepare [--profile P] [--config FILE] [key=value ...]
     python main.py convert INPUT... --out OUT.h5
     python main.py make-demo --out PATH [--sessions N --rows N --features N | --preset NAME]
@@ -39,8 +42,23 @@ def build_parser():
                                      "series too big for memory, from chunked HDF5.")
     sub = parser.add_subparsers(dest="command")
 
-    p = sub.add_parser("prepare", help="catalog, split and normalize the data of a config; "
-                       "write the run directory")
+    p = sub.add_parser("train", help="train a model (the default command)")
+    _config_args(p)
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
+    p.add_argument("--run-dir", help="run directory (default: runs/<profile>-<time>)")
+
+    p = sub.add_parser("evaluate", help="metrics of a run's best checkpoint on a split")
+    p.add_argument("--run", required=True, help="run directory")
+    p.add_argument("--split", default="test", choices=("train", "val", "test"))
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = sub.add_parser("predict", help="stream a run's predictions for a split to HDF5")
+    p.add_argument("--run", required=True, help="run directory")
+    p.add_argument("--out", required=True, help="output HDF5 file")
+    p.add_argument("--split", default="test", choices=("train", "val", "test"))
+
+    p = sub.add_parser("prepare", help="catalog, split and normalize the data of a config; print "
+                       "the memory plan; write the run directory (no training)")
     _config_args(p)
     p.add_argument("--run-dir", help="run directory (default: runs/<profile>-<time>)")
 
@@ -147,6 +165,48 @@ def cmd_config(args):
     print(yaml.safe_dump(to_dict(config), sort_keys=False), end="")
 
 
+def ensure_demo(config):
+    """A bare `python main.py` on a fresh clone makes its demo data first."""
+    if config.data.paths == [DEMO_PATH] and not Path(DEMO_PATH).exists():
+        from data.demo import PRESETS, generate
+        log.info("demo data missing: generating %s", DEMO_PATH)
+        generate(DEMO_PATH, **PRESETS["demo"])
+
+
+def cmd_train(args):
+    from config import load_config
+    from trainers.run import train
+    if args.resume:
+        result = train(None, args.resume, resume=True)
+    else:
+        config = load_config(args.profile, args.config_file, args.overrides)
+        ensure_demo(config)
+        result = train(config, args.run_dir)
+    if "test" in result:
+        test = result["test"]
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in test.items() if isinstance(v, float))
+        print(f"test ({'best checkpoint, epoch ' + str(test['epoch_of_checkpoint'])}): {shown}")
+        print(f"run directory: {result['run_dir']}  (checkpoints/, metrics_test.json, config.yaml)")
+        print(f"TensorBoard:   tensorboard --logdir {result['run_dir']}/tensorboard")
+        return 0
+    return 130 if result.get("stopped_by") == "SIGINT" else 143
+
+
+def cmd_evaluate(args):
+    from trainers.run import evaluate
+    result = evaluate(args.run, args.split)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"{args.split}: " + ", ".join(f"{k} {v:.5g}" for k, v in result.items()))
+
+
+def cmd_predict(args):
+    from trainers.run import predict
+    result = predict(args.run, args.out, args.split)
+    print(f"wrote {result['windows']:,} predictions to {result['out']}")
+
+
 def cmd_prepare(args):
     from config import load_config
     config = load_config(args.profile, args.config_file, args.overrides)
@@ -160,10 +220,7 @@ def prepare_run(config, run_dir=None):
     from atomic import atomic_path
     from config import to_dict
     from data.dataset import prepare_data
-    if config.data.paths == [DEMO_PATH] and not Path(DEMO_PATH).exists():
-        from data.demo import PRESETS, generate
-        log.info("demo data missing: generating %s", DEMO_PATH)
-        generate(DEMO_PATH, **PRESETS["demo"])
+    ensure_demo(config)
     prepared = prepare_data(config.data, seed=config.seed)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     run_dir = run_dir or Path(RUNS_DIR) / f"{config.profile}-{stamp}"
@@ -192,6 +249,15 @@ def prepare_run(config, run_dir=None):
     return prepared, run_dir
 
 
+def _one_line(exc):
+    """The message of an InputError, also when a DataLoader worker raised it (PyTorch
+    re-raises it with the worker's traceback folded into the message)."""
+    text = str(exc).strip()
+    if "Traceback" in text:
+        text = text.splitlines()[-1].split("InputError: ", 1)[-1]
+    return text
+
+
 def main(argv=None):
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     log.setLevel(logging.INFO)
@@ -199,16 +265,14 @@ def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     commands = {"convert": cmd_convert, "make-demo": cmd_make_demo, "inspect": cmd_inspect,
-                "config": cmd_config, "prepare": cmd_prepare, "index": cmd_index}
+                "config": cmd_config, "prepare": cmd_prepare, "index": cmd_index, "train": cmd_train,
+                "evaluate": cmd_evaluate, "predict": cmd_predict}
     try:
         if args.command is None:
-            from config import load_config
-            prepare_run(load_config(SELECTED_CONFIG))
-            print("training arrives with issue 3/5; this run prepared the data only")
-        else:
-            commands[args.command](args)
+            args = parser.parse_args(["train"])
+        return commands[args.command](args) or 0
     except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
         return exc.exit_code
     except BrokenPipeError:  # output piped into `head` and cut off: not an error
         sys.stderr.close()
@@ -216,7 +280,6 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    return 0
 
 
 if __name__ == "__main__":

@@ -49,8 +49,9 @@ def make_pool(data_cfg):
     return HandlePool(cache, max_open=data_cfg.max_open_sessions)
 
 
-def prepare_data(data_cfg, seed=0, progress=True):
-    """Everything a loader needs, from metadata and the sampled train statistics."""
+def prepare_data(data_cfg, seed=0, progress=True, normalizer=None):
+    """Everything a loader needs, from metadata and the sampled train statistics
+    (or the given `normalizer`, e.g. a run's saved one, when evaluating or resuming)."""
     pool = make_pool(data_cfg)
     catalog = open_catalog(data_cfg.paths, pool=pool, allow_external_links=data_cfg.allow_external_links)
     columns = resolve_columns(catalog, data_cfg.feature_columns, data_cfg.target_columns)
@@ -70,7 +71,7 @@ def prepare_data(data_cfg, seed=0, progress=True):
                 pieces.append((session, start, stop))
         clean_ranges[split] = pieces
         blocks[split] = plan_blocks(pieces, window, per_block)
-    normalizer = fit_normalizer(
+    normalizer = normalizer or fit_normalizer(
         catalog, clean_ranges["train"], columns, mode=data_cfg.normalize,
         max_samples=data_cfg.max_samples_for_normalize,
         sample_rows=data_cfg.normalize_sample_rows, exact=data_cfg.normalize_exact, seed=seed,

@@ -72,7 +72,7 @@ def generate(out, *, sessions=16, rows=20_000, features=8, seed=0, compression="
     rng = np.random.default_rng(seed)
     with atomic_path(out) as tmp:
         with h5py.File(tmp, "w") as h5file:
-            for s in tqdm(range(sessions), desc=f"make-demo {out}", unit="session", disable=not progress):
+            for s in tqdm(range(sessions), desc=f"make-demo {out}", unit="session", disable=None if progress else True):
                 writer = SessionWriter(h5file, f"stock_{s:04d}", names, ["next_log_return"],
                                        with_timestamps=True, compression=compression)
                 carry = None

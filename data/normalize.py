@@ -191,7 +191,7 @@ def fit_normalizer(catalog, train_ranges, columns, *, mode="global", max_samples
     all_f, all_t, feats, targs = _Accumulator(), _Accumulator(), {}, {}
     pool, copies = HandlePool(ChunkCache(nbytes=MIB), max_open=2), {}
     for j in tqdm(chosen, desc="normalization statistics", unit="block",
-                  disable=not progress or len(chosen) < 50, leave=False):
+                  disable=None if progress and len(chosen) >= 50 else True, leave=False):
         session, start, stop = pieces[j]
         if session not in copies:
             copies = {session: scratch_copy(catalog.sessions[session], pool)}

@@ -50,7 +50,7 @@ def scan_bad_rows(session, columns, policy, progress=False):
     bad, leading_done = [], np.zeros(len(feature_cols), dtype=bool)
     target_cols = list(columns.target_index) if columns.target_source == "targets" else []
     steps = range(0, session.n_rows, SCAN_ROWS)
-    for start in tqdm(steps, desc=f"scan {session.name}", unit="block", disable=not progress, leave=False):
+    for start in tqdm(steps, desc=f"scan {session.name}", unit="block", disable=None if progress else True, leave=False):
         stop = min(start + SCAN_ROWS, session.n_rows)
         feats = session.read_rows(start, stop)[:, feature_cols]
         finite = np.isfinite(feats)
@@ -106,7 +106,7 @@ def bad_rows_by_session(catalog, columns, ranges, policy, progress=True):
     out = {}
     pool = HandlePool(ChunkCache(nbytes=MIB), max_open=1)
     for i in tqdm(indices, desc=f"nan_policy={policy}: scanning sessions", unit="session",
-                  disable=not progress or len(indices) < 2):
+                  disable=None if progress and len(indices) >= 2 else True):
         rows = scan_bad_rows(scratch_copy(catalog.sessions[i], pool), columns, policy)
         if len(rows):
             out[i] = rows

@@ -1,0 +1,59 @@
+"""DLinear (Zeng et al., 2023, "Are Transformers Effective for Time Series Forecasting?").
+
+The input is split into a trend (moving average) and a remainder; one linear map
+over time per part (shared across channels, or one per channel) forecasts each.
+"""
+
+import torch
+from torch import nn
+
+from models.heads import ChannelMap, VectorHead
+
+
+class MovingAverage(nn.Module):
+    """Moving average over time with edge padding, so the output keeps length L."""
+
+    def __init__(self, kernel_size):
+        super().__init__()
+        self.kernel_size = kernel_size
+        self.pool = nn.AvgPool1d(kernel_size, stride=1)
+
+    def forward(self, x):                                       # (B, L, F)
+        front = x[:, :1].expand(-1, (self.kernel_size - 1) // 2, -1)
+        back = x[:, -1:].expand(-1, self.kernel_size // 2, -1)
+        padded = torch.cat([front, x, back], dim=1)             # (B, L + k - 1, F)
+        return self.pool(padded.transpose(1, 2)).transpose(1, 2)   # (B, L, F)
+
+
+class DLinear(nn.Module):
+    def __init__(self, cfg, shapes):
+        super().__init__()
+        self.task = cfg.task
+        self.individual = cfg.individual
+        self.decompose = MovingAverage(cfg.kernel_size)
+        L, H, F = shapes.lookback, shapes.horizon, shapes.n_features
+        out = H if cfg.task == "forecast" else cfg.hidden_size
+        if cfg.individual:
+            self.seasonal = nn.ModuleList(nn.Linear(L, out) for _ in range(F))
+            self.trend = nn.ModuleList(nn.Linear(L, out) for _ in range(F))
+        else:
+            self.seasonal = nn.Linear(L, out)
+            self.trend = nn.Linear(L, out)
+        if cfg.task == "forecast":
+            self.head = ChannelMap(shapes)
+        else:
+            self.head = VectorHead(out * F, cfg, shapes)
+
+    def _time_linear(self, layers, x):                          # x (B, F, L)
+        if self.individual:
+            return torch.stack([layer(x[:, i]) for i, layer in enumerate(layers)], dim=1)
+        return layers(x)                                        # (B, F, out)
+
+    def forward(self, x):                                       # (B, L, F)
+        trend = self.decompose(x)
+        seasonal = x - trend
+        y = self._time_linear(self.seasonal, seasonal.transpose(1, 2)) + \
+            self._time_linear(self.trend, trend.transpose(1, 2))   # (B, F, out)
+        if self.task == "forecast":
+            return self.head(y.transpose(1, 2))                 # (B, H, K)
+        return self.head(y.flatten(1))                          # (B, C)

@@ -1,0 +1,61 @@
+"""Output heads shared by the models."""
+
+import torch
+from torch import nn
+
+
+class ChannelMap(nn.Module):
+    """(B, H, F) per-channel forecasts -> (B, H, K) targets: pick the target channels when
+    they are features (no parameters), else learn a projection F -> K."""
+
+    def __init__(self, shapes):
+        super().__init__()
+        self.proj = None
+        if shapes.target_channels is not None:
+            self.register_buffer("index", torch.as_tensor(shapes.target_channels, dtype=torch.long),
+                                 persistent=False)
+        else:
+            self.proj = nn.Linear(shapes.n_features, shapes.n_targets)
+
+    def forward(self, y):                       # (B, H, F)
+        if self.proj is not None:
+            return self.proj(y)                 # (B, H, K)
+        return y.index_select(-1, self.index)   # (B, H, K)
+
+
+class VectorHead(nn.Module):
+    """A summary vector (B, D) -> forecast (B, H, K) or class logits (B, C)."""
+
+    def __init__(self, dim, model_cfg, shapes):
+        super().__init__()
+        self.task = model_cfg.task
+        self.horizon = shapes.horizon
+        self.n_out = shapes.n_targets
+        out = shapes.n_targets if self.task == "classify" else shapes.horizon * shapes.n_targets
+        self.linear = nn.Linear(dim, out)
+
+    def forward(self, h):                       # (B, D)
+        out = self.linear(h)
+        if self.task == "classify":
+            return out                          # (B, C)
+        return out.view(-1, self.horizon, self.n_out)   # (B, H, K)
+
+
+class RevIN(nn.Module):
+    """Reversible instance normalization (Kim et al., 2022): each window is standardized
+    by its own mean/std over time, and forecasts are mapped back. Helps on drifting
+    series (used by PatchTST and DLinear variants)."""
+
+    def __init__(self, n_features, eps=1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(n_features))
+        self.bias = nn.Parameter(torch.zeros(n_features))
+
+    def normalize(self, x):                     # (B, L, F)
+        self._mean = x.mean(dim=1, keepdim=True).detach()
+        self._std = torch.sqrt(x.var(dim=1, keepdim=True, unbiased=False) + self.eps).detach()
+        return (x - self._mean) / self._std * self.weight + self.bias
+
+    def denormalize(self, y):                   # (B, H, F)
+        return (y - self.bias) / (self.weight + self.eps * self.eps) * self._std + self._mean

@@ -1,0 +1,125 @@
+import errno
+import json
+import os
+import signal
+
+import pytest
+import torch
+
+import trainers.checkpoint as checkpoint_module
+from config import load_config
+from data.demo import generate
+from errors import InputError
+from trainers import run as run_module
+from trainers.checkpoint import Checkpointer
+from trainers.trainer import Trainer
+
+
+@pytest.fixture(scope="module")
+def demo_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("demo") / "demo.h5"
+    generate(path, sessions=4, rows=3000, features=4, progress=False)
+    return path
+
+
+def small_config(demo_path, tmp_path, *extra):
+    overrides = [f"data.paths=[{demo_path}]", "data.lookback=16", "data.block_rows=512",
+                 "model.name=gru", "model.hidden_size=8", "model.num_layers=1",
+                 "training.epochs=2", "training.max_steps_per_epoch=12", "training.batch_size=64",
+                 "training.warmup_steps=2", "training.log_every_steps=4", "training.num_workers=0",
+                 f"output.runs_dir={tmp_path}", *extra]
+    return load_config("quick_demo", overrides=overrides)
+
+
+def test_a_run_trains_evaluates_and_logs(demo_path, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    result = run_module.train(small_config(demo_path, tmp_path), tmp_path / "run")
+    run = tmp_path / "run"
+    assert (run / "checkpoints" / "last.pt").exists() and (run / "checkpoints" / "best.pt").exists()
+    test = json.loads((run / "metrics_test.json").read_text())
+    assert set(test) >= {"loss", "mse", "rmse", "mae", "r2", "pearson", "direction_acc"}
+    assert test == pytest.approx(result["test"])
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    tags = events.Tags()["scalars"]
+    assert {"train/loss", "train/lr", "perf/windows_per_s", "perf/data_wait", "memory/pss_mb", "val/mse"} <= set(tags)
+    assert len(events.Scalars("train/loss")) == 2 * 12 // 4
+    assert events.Scalars("val/loss")[-1].value > 0
+    state = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
+    assert {"model", "optimizer", "scheduler", "scaler", "loader", "rng_cpu", "normalizer", "config"} <= set(state)
+
+
+def test_resume_after_sigint_matches_an_uninterrupted_run(demo_path, tmp_path, monkeypatch):
+    config = small_config(demo_path, tmp_path, "model.dropout=0.0")
+    straight = run_module.train(config, tmp_path / "straight")
+
+    original = Trainer._optimizer_step
+
+    def interrupt_at_step_17(self, loss, batch):
+        original(self, loss, batch)
+        if self.step == 17:
+            os.kill(os.getpid(), signal.SIGINT)     # handled: finish the step, save, return
+    monkeypatch.setattr(Trainer, "_optimizer_step", interrupt_at_step_17)
+    stopped = run_module.train(config, tmp_path / "resumed")
+    assert stopped["stopped_by"] == "SIGINT"
+    monkeypatch.setattr(Trainer, "_optimizer_step", original)
+    assert torch.load(tmp_path / "resumed" / "checkpoints" / "last.pt", weights_only=True)["step"] == 17
+    resumed = run_module.train(None, tmp_path / "resumed", resume=True)
+    assert resumed["test"] == straight["test"]
+    a = torch.load(tmp_path / "straight" / "checkpoints" / "last.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "resumed" / "checkpoints" / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_bf16_autocast_on_cpu_trains(demo_path, tmp_path):
+    result = run_module.train(small_config(demo_path, tmp_path, "training.amp=bf16", "training.epochs=1",
+                                           "model.name=dlinear"), tmp_path / "bf16")
+    assert torch.isfinite(torch.tensor(result["test"]["mse"]))
+
+
+def test_fp16_needs_cuda(demo_path, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("CUDA present")
+    with pytest.raises(InputError, match="training.amp is fp16, which needs CUDA"):
+        run_module.train(small_config(demo_path, tmp_path, "training.amp=fp16"), tmp_path / "fp16")
+
+
+def test_non_finite_losses_are_skipped_then_stop(demo_path, tmp_path, monkeypatch):
+    monkeypatch.setattr(Trainer, "_loss", lambda self, batch: self.model(batch.x).sum() * float("nan"))
+    with pytest.raises(InputError, match=r"3 non-finite losses in a row at step 0; the last batch came from "
+                                         r"sessions stock_"):
+        run_module.train(small_config(demo_path, tmp_path, "training.max_nonfinite_steps=3"), tmp_path / "nan")
+
+
+def test_checkpoint_write_failure_keeps_the_previous_one(tmp_path, monkeypatch):
+    checkpoints = Checkpointer(tmp_path)
+    checkpoints.save("last", {"step": 1})
+
+    def disk_full(obj, f, *args, **kwargs):
+        with open(f, "wb") as handle:
+            handle.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(checkpoint_module.torch, "save", disk_full)
+    with pytest.raises(InputError, match=r"last.pt: cannot write the checkpoint \(No space left on device\); "
+                                         r"free some space .*previous checkpoint is intact"):
+        checkpoints.save("last", {"step": 2})
+    monkeypatch.undo()
+    assert checkpoints.load("last") == {"step": 1}
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["last.pt"]
+
+
+def test_evaluate_and_predict_commands(demo_path, tmp_path):
+    import h5py
+    run_module.train(small_config(demo_path, tmp_path, "training.epochs=1"), tmp_path / "run")
+    result = run_module.evaluate(tmp_path / "run", "val")
+    assert result["mse"] > 0 and (tmp_path / "run" / "metrics_val.json").exists()
+    out = run_module.predict(tmp_path / "run", tmp_path / "pred.h5", "test")
+    with h5py.File(tmp_path / "pred.h5", "r") as f:
+        n = len(f["prediction"])
+        assert n == out["windows"] > 0
+        assert f["prediction"].shape[1:] == (1, 1) and len(f["session"]) == len(f["row"]) == len(f["timestamp"]) == n
+        # timestamps are those of each window's target row
+        from data.catalog import open_catalog
+        s = open_catalog(demo_path).sessions[int(f["session"][0])]
+        row = int(f["row"][0]) + 15
+        assert f["timestamp"][0] == s.read_timestamps(row, row + 1)[0]

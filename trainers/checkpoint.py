@@ -1,0 +1,51 @@
+"""Checkpoints: `last` and `best`, each written to a temp file, fsynced and renamed.
+
+A checkpoint holds everything a resumed run needs: model, optimizer, scheduler and
+grad-scaler states, the loader position, RNG state, epoch/step counters, the
+normalizer and the resolved config. It is loaded with `weights_only=True`, so it
+holds only tensors and plain containers, never pickled code.
+"""
+
+import errno
+from pathlib import Path
+
+import torch
+
+from atomic import atomic_path
+from errors import InputError
+
+NAMES = ("last", "best")
+
+
+class Checkpointer:
+    def __init__(self, run_dir):
+        self.dir = Path(run_dir) / "checkpoints"
+
+    def path(self, name):
+        return self.dir / f"{name}.pt"
+
+    def save(self, name, state):
+        """Write `state` as checkpoint `name`; the previous one stays intact on any failure."""
+        target = self.path(name)
+        try:
+            with atomic_path(target) as tmp:
+                torch.save(state, tmp)
+        except OSError as exc:
+            hint = "free some space or set output.runs_dir elsewhere" if exc.errno == errno.ENOSPC else \
+                "check that the run directory is writable"
+            raise InputError(f"{target}: cannot write the checkpoint ({exc.strerror or exc}); {hint}; "
+                             "the previous checkpoint is intact") from None
+        return target
+
+    def exists(self, name):
+        return self.path(name).exists()
+
+    def load(self, name, map_location="cpu"):
+        target = self.path(name)
+        if not target.exists():
+            raise InputError(f"{target}: no checkpoint; train first, or check --run / --resume")
+        try:
+            return torch.load(target, map_location=map_location, weights_only=True)
+        except Exception as exc:  # a damaged file raises several types (RuntimeError, EOFError, UnpicklingError)
+            raise InputError(f"{target}: the checkpoint cannot be read ({str(exc).splitlines()[0]}); "
+                             "it is damaged; use the other checkpoint (last/best) or retrain") from None

@@ -1,0 +1,66 @@
+"""What a run shows and logs: a tqdm bar, TensorBoard scalars and hparams, memory.
+
+Only rank 0 writes (issue 5/5 wires ranks); every method is a no-op elsewhere.
+"""
+
+import logging
+
+from tqdm import tqdm
+
+from trainers.memory import cuda_memory_mb, tree_pss_mb
+
+log = logging.getLogger("h5series")
+
+
+class Monitor:
+    def __init__(self, run_dir, tensorboard=True, enabled=True):
+        self.enabled = enabled
+        self.writer = None
+        self.bar = None
+        self.peak_pss_mb = 0.0
+        if enabled and tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+            self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+
+    def memory(self):
+        """PSS of the process tree (main + workers) and CUDA memory, in MiB."""
+        stats = {"pss_mb": tree_pss_mb(), **cuda_memory_mb()}
+        self.peak_pss_mb = max(self.peak_pss_mb, stats["pss_mb"])
+        return stats
+
+    def start_epoch(self, epoch, total_steps):
+        if self.enabled:
+            # disable=None: a bar on a terminal, none in a log file (epoch lines still print).
+            self.bar = tqdm(total=total_steps, desc=f"epoch {epoch}", unit="step", leave=False,
+                            dynamic_ncols=True, disable=None)
+
+    def step(self, n=1, **postfix):
+        if self.bar is not None:
+            self.bar.update(n)
+            if postfix:
+                self.bar.set_postfix(postfix, refresh=False)
+
+    def end_epoch(self):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def scalars(self, step, values, prefix):
+        if self.writer is not None:
+            for key, value in values.items():
+                self.writer.add_scalar(f"{prefix}/{key}", value, step)
+
+    def hparams(self, hparams, metrics):
+        if self.writer is not None:
+            clean = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in hparams.items()}
+            self.writer.add_hparams(clean, {f"hparam/{k}": v for k, v in metrics.items()}, run_name=".")
+
+    def info(self, message):
+        if self.enabled:
+            (tqdm.write if self.bar is not None else print)(message)
+
+    def close(self):
+        self.end_epoch()
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None

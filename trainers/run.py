@@ -1,0 +1,183 @@
+"""A run from start to end: run directory, data, trainer, test evaluation, predictions.
+
+The CLI (main.py) calls `train`, `evaluate` and `predict` here; each takes a Config
+(or a run directory) and returns plain results.
+"""
+
+import datetime
+import json
+import logging
+import signal
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+import yaml
+
+from atomic import atomic_path, write_json
+from config import Config, _from_dict, to_dict
+from data.dataloader import build_loader
+from data.dataset import prepare_data
+from data.normalize import Normalizer
+from errors import InputError
+from trainers.checkpoint import Checkpointer
+from trainers.trainer import Trainer
+
+log = logging.getLogger("h5series")
+
+
+def new_run_dir(config):
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    run_dir = Path(config.output.runs_dir) / f"{config.profile}-{stamp}"
+    n = 1
+    while run_dir.exists():
+        n += 1
+        run_dir = Path(config.output.runs_dir) / f"{config.profile}-{stamp}-{n}"
+    run_dir.mkdir(parents=True)
+    return run_dir
+
+
+def save_config(config, run_dir):
+    with atomic_path(Path(run_dir) / "config.yaml") as tmp:
+        tmp.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+
+
+def load_run_config(run_dir):
+    path = Path(run_dir) / "config.yaml"
+    if not path.exists():
+        raise InputError(f"{run_dir}: not a run directory (no config.yaml); give the directory a "
+                         "training run printed")
+    from config import read_yaml
+    return _from_dict(Config, read_yaml(path), "")
+
+
+def train(config, run_dir=None, resume=False):
+    """Train (or resume) a run; evaluates the best checkpoint on the test split at the end."""
+    if resume:
+        checkpoints = Checkpointer(run_dir)
+        state = checkpoints.load("last")
+        config = load_run_config(run_dir)
+        normalizer = Normalizer.from_json(state["normalizer"])
+    else:
+        run_dir = Path(run_dir) if run_dir else new_run_dir(config)
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        state, normalizer = None, None
+    prepared = prepare_data(config.data, seed=config.seed, normalizer=normalizer)
+    if not resume:
+        save_config(config, run_dir)
+        prepared.normalizer.save(Path(run_dir) / "normalizer.json")
+    trainer = Trainer(config, prepared, Path(run_dir))
+    if state is not None:
+        trainer.load(state)
+        print(f"resuming {run_dir} at epoch {trainer.epoch}, step {trainer.step}")
+    stopped = trainer.fit()
+    if stopped is not None:
+        name = signal.Signals(stopped).name
+        print(f"{name}: saved {trainer.checkpoints.path('last')}; continue with "
+              f"`python main.py train --resume {run_dir}`")
+        return {"run_dir": str(run_dir), "stopped_by": name}
+    result = evaluate(run_dir, "test", prepared=prepared, config=config, trainer=trainer)
+    trainer.monitor = None
+    hparams_monitor(config, run_dir, result)
+    return {"run_dir": str(run_dir), "test": result}
+
+
+def hparams_monitor(config, run_dir, result):
+    if not config.output.tensorboard:
+        return
+    from trainers.monitor import Monitor
+    monitor = Monitor(Path(run_dir), True)
+    flat = {f"model.{k}": v for k, v in to_dict(config)["model"].items()}
+    flat.update({f"training.{k}": v for k, v in to_dict(config)["training"].items()
+                 if k in ("batch_size", "learning_rate", "epochs", "amp", "scheduler")})
+    flat.update({"data.lookback": config.data.lookback, "data.horizon": config.data.horizon})
+    monitor.hparams(flat, {f"test_{k}": v for k, v in result.items() if isinstance(v, float)})
+    monitor.close()
+
+
+def _restore(run_dir, config=None, prepared=None, which="best"):
+    config = config or load_run_config(run_dir)
+    state = Checkpointer(run_dir).load(which if Checkpointer(run_dir).exists(which) else "last")
+    if prepared is None:
+        prepared = prepare_data(config.data, seed=config.seed, progress=False,
+                                normalizer=Normalizer.from_json(state["normalizer"]))
+    return config, state, prepared
+
+
+def evaluate(run_dir, split="test", *, prepared=None, config=None, trainer=None):
+    """Metrics of the best checkpoint on `split`; written to <run>/metrics_<split>.json."""
+    config, state, prepared = _restore(run_dir, config, prepared)
+    if trainer is None:
+        trainer = Trainer(config, prepared, Path(run_dir))
+        trainer.monitor.close()
+    trainer.model.load_state_dict(state["model"])
+    result = trainer.evaluate(split)
+    result["epoch_of_checkpoint"] = int(state["epoch"])
+    write_json(Path(run_dir) / f"metrics_{split}.json", result)
+    return result
+
+
+@torch.no_grad()
+def predict(run_dir, out, split="test"):
+    """Predictions of the best checkpoint for every window of `split`, streamed to HDF5 in
+    original units, aligned by session, first row and (if present) the first target's timestamp."""
+    config, state, prepared = _restore(run_dir)
+    trainer = Trainer(config, prepared, Path(run_dir))
+    trainer.monitor.close()
+    trainer.model.load_state_dict(state["model"])
+    trainer.model.eval()
+    loader = build_loader(prepared, split, config.training, device=trainer.device, return_ids=True)
+    norm = prepared.normalizer
+    window = prepared.window
+    sessions = prepared.catalog.sessions
+    stamped = all(s.has_timestamps for s in sessions)
+    offset = window.lookback - 1 + window.target_offset
+    n = 0
+    with atomic_path(out) as tmp:
+        with h5py.File(tmp, "w") as f:
+            preds = targets = None
+            session_ds = f.create_dataset("session", (0,), maxshape=(None,), dtype=np.int32, chunks=(65536,))
+            row_ds = f.create_dataset("row", (0,), maxshape=(None,), dtype=np.int64, chunks=(65536,))
+            time_ds = f.create_dataset("timestamp", (0,), maxshape=(None,), dtype=np.int64,
+                                       chunks=(65536,)) if stamped else None
+            for batch in loader:
+                with trainer.autocast:
+                    out_t = trainer.model(batch.x.to(trainer.device)).float()
+                ids = batch.session.to(trainer.device)
+                if trainer.task == "forecast":
+                    out_t = norm.denormalize_targets(out_t, ids)
+                    y = norm.denormalize_targets(batch.y, ids)
+                else:
+                    y = batch.y
+                p, y = out_t.cpu().numpy(), y.cpu().numpy()
+                if preds is None:
+                    preds = f.create_dataset("prediction", (0,) + p.shape[1:], maxshape=(None,) + p.shape[1:],
+                                             dtype=np.float32, chunks=(4096,) + p.shape[1:])
+                    targets = f.create_dataset("target", (0,) + y.shape[1:], maxshape=(None,) + y.shape[1:],
+                                               dtype=y.dtype, chunks=(4096,) + y.shape[1:])
+                m = len(p)
+                for ds, values in ((preds, p), (targets, y), (session_ds, batch.session.numpy()),
+                                   (row_ds, batch.row.numpy())):
+                    ds.resize(n + m, axis=0)
+                    ds[n:n + m] = values
+                if time_ds is not None:
+                    stamps = _target_times(sessions, batch.session.numpy(), batch.row.numpy() + offset)
+                    time_ds.resize(n + m, axis=0)
+                    time_ds[n:n + m] = stamps
+                n += m
+            f.attrs["session_names"] = json.dumps([s.name for s in sessions])
+            f.attrs["target_names"] = json.dumps(list(prepared.columns.target_names))
+            f.attrs["split"] = split
+            f.attrs["row_meaning"] = "first input row of the window; targets start at row + " + str(offset)
+    return {"out": str(out), "windows": n}
+
+
+def _target_times(sessions, session_ids, rows):
+    """Timestamps of the given rows: one contiguous read per session in the batch."""
+    out = np.empty(len(rows), np.int64)
+    for s in np.unique(session_ids):
+        mask = session_ids == s
+        lo, hi = int(rows[mask].min()), int(rows[mask].max()) + 1
+        out[mask] = sessions[int(s)].read_timestamps(lo, hi)[rows[mask] - lo]
+    return out

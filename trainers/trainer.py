@@ -1,0 +1,337 @@
+"""The training loop: setup -> per epoch (train, validate, checkpoint) -> test.
+
+Reads top to bottom as a list of named steps. AMP is one context object plus a
+GradScaler that is a no-op unless fp16 on CUDA, so the loop has no AMP branches.
+Losses and counters accumulate on the device; the host syncs once per optimizer
+step (to skip a non-finite step) and at log intervals.
+"""
+
+import contextlib
+import gc
+import logging
+import math
+import signal
+import time
+
+import torch
+
+from data.dataloader import build_loader, loader_options
+from data.memory_plan import PlanLine, check_plan, format_plan, loader_plan
+from errors import InputError
+from models import Shapes, build_model
+from trainers.checkpoint import Checkpointer
+from trainers.metrics import ClassificationMetrics, RegressionMetrics
+from trainers.monitor import Monitor
+
+log = logging.getLogger("h5series")
+MB = 1024 * 1024
+
+
+def resolve_device(name):
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"training.device is {name!r} but CUDA is not available here; use auto or cpu")
+    return device
+
+
+def amp_setup(mode, device):
+    """(autocast context, GradScaler, dtype name): fp16 + scaler on CUDA, bf16 on CPU."""
+    if mode == "auto":
+        mode = "fp16" if device.type == "cuda" else "bf16"
+    if mode == "fp16" and device.type != "cuda":
+        raise InputError("training.amp is fp16, which needs CUDA; use bf16 or auto on CPU")
+    if mode == "off":
+        ctx = contextlib.nullcontext()
+    else:
+        ctx = torch.autocast(device_type=device.type, dtype=torch.float16 if mode == "fp16" else torch.bfloat16)
+    scaler = torch.amp.GradScaler(device.type, enabled=mode == "fp16")
+    return ctx, scaler, mode
+
+
+def model_shapes(prepared, model_cfg):
+    cols = prepared.columns
+    same = cols.target_source == "features"
+    target_channels = tuple(list(cols.feature_index).index(c) for c in cols.target_index) \
+        if same and set(cols.target_index) <= set(cols.feature_index) else None
+    n_targets = model_cfg.n_classes if model_cfg.task == "classify" else len(cols.target_index)
+    return Shapes(prepared.window.lookback, prepared.window.horizon, len(cols.feature_index), n_targets,
+                  target_channels)
+
+
+class Trainer:
+    def __init__(self, config, prepared, run_dir, *, rank=0, world_size=1):
+        self.config = config
+        self.prepared = prepared
+        self.run_dir = run_dir
+        self.rank, self.world_size = rank, world_size
+        tc = config.training
+        self.device = resolve_device(tc.device)
+        torch.manual_seed(config.seed)
+        self.task = config.model.task
+        if self.task == "classify" and prepared.columns.target_source == "features":
+            raise InputError("model.task is classify but the targets are feature columns; classify needs "
+                             "integer labels in the sessions' `targets` dataset")
+        self.model = build_model(config.model, model_shapes(prepared, config.model)).to(self.device)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=tc.learning_rate,
+                                           weight_decay=tc.weight_decay)
+        self.autocast, self.scaler, self.amp = amp_setup(tc.amp, self.device)
+        self.train_loader = build_loader(prepared, "train", tc, seed=config.seed, rank=rank,
+                                         world_size=world_size, device=self.device, return_ids=True)
+        self.steps_per_epoch = self._steps_per_epoch()
+        self.scheduler = self._scheduler()
+        self.monitor = Monitor(run_dir, config.output.tensorboard, enabled=rank == 0)
+        self.checkpoints = Checkpointer(run_dir)
+        self.epoch, self.step, self.best, self.bad_epochs = 0, 0, math.inf, 0
+        self.nonfinite_in_a_row, self.nonfinite_total = 0, 0
+        self._stop_signal = None
+
+    # --- setup ------------------------------------------------------------------------
+    def _steps_per_epoch(self):
+        tc = self.config.training
+        steps = max(1, len(self.train_loader) // tc.gradient_accumulation_steps)
+        return min(steps, tc.max_steps_per_epoch) if tc.max_steps_per_epoch else steps
+
+    def _scheduler(self):
+        tc = self.config.training
+        if tc.scheduler == "plateau":
+            return torch.optim.lr_scheduler.ReduceLROnPlateau(self.optimizer, factor=0.5, patience=1)
+        if tc.scheduler == "none":
+            return torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: 1.0)
+        total = max(1, tc.epochs * self.steps_per_epoch)
+        warmup = min(tc.warmup_steps, total // 10) if tc.warmup_steps else 0
+
+        def cosine_with_warmup(step):
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+            return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress))
+        return torch.optim.lr_scheduler.LambdaLR(self.optimizer, cosine_with_warmup)
+
+    def memory_plan(self):
+        """The loader's plan plus the model, optimizer and activations (a rough bound)."""
+        options, _ = loader_options(self.config.training, self.device)
+        lines = loader_plan(self.prepared, self.config.data, self.config.training, options)
+        params = sum(p.numel() for p in self.model.parameters())
+        w, tc = self.prepared.window, self.config.training
+        lines.append(PlanLine("model + AdamW state + gradients", params * 4 * 4 / MB, "model.hidden_size / d_model",
+                              f"{params:,} parameters x 16 bytes"))
+        width = max(self.config.model.hidden_size, self.config.model.d_model * len(self.prepared.columns.feature_index))
+        activations = tc.batch_size * w.lookback * width * 4 * 2 * self.config.model.num_layers
+        lines.append(PlanLine("activations (estimate)", activations / MB, "training.batch_size",
+                              f"batch x lookback x width x layers"))
+        return lines
+
+    # --- the run ----------------------------------------------------------------------
+    def fit(self):
+        """Train to the end (or early stop / signal); returns final metrics."""
+        plan = self.memory_plan()
+        if self.rank == 0:
+            print(format_plan(plan, self.config.memory_budget_mb))
+        check_plan(plan, self.config.memory_budget_mb)
+        tc = self.config.training
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            while self.epoch < tc.epochs and self._stop_signal is None:
+                train_loss = self.train_epoch()
+                if self._stop_signal is not None:
+                    self.save("last")
+                    break
+                val = self.evaluate("val")
+                self.end_epoch(train_loss, val)
+                if tc.early_stopping_patience and self.bad_epochs >= tc.early_stopping_patience:
+                    self.monitor.info(f"early stop: no better validation loss for {self.bad_epochs} epochs")
+                    break
+            return self._stop_signal
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+            self.monitor.close()
+
+    def _on_signal(self, signum, frame):
+        # Finish the current step, save, exit cleanly (checked after each optimizer step).
+        self._stop_signal = signum
+
+    def train_epoch(self):
+        tc = self.config.training
+        self.model.train()
+        loader = self.train_loader
+        loader.set_epoch(self.epoch)
+        done_steps = self._steps_done_in_epoch()
+        self.monitor.start_epoch(self.epoch, self.steps_per_epoch)
+        self.monitor.step(done_steps)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        loss_count = 0
+        windows, wait, t_log = 0, 0.0, time.perf_counter()
+        micro = 0
+        batches = iter(loader)
+        while done_steps < self.steps_per_epoch:
+            t0 = time.perf_counter()
+            batch = next(batches, None)
+            wait += time.perf_counter() - t0
+            if batch is None:
+                break
+            loss = self._loss(batch) / tc.gradient_accumulation_steps
+            self.scaler.scale(loss).backward()
+            loss_sum += loss.detach().double() * tc.gradient_accumulation_steps
+            loss_count += 1
+            windows += len(batch.x)
+            micro += 1
+            if micro % tc.gradient_accumulation_steps:
+                continue
+            self._optimizer_step(loss, batch)
+            done_steps += 1
+            self.monitor.step()
+            if self.step % tc.log_every_steps == 0:
+                elapsed = time.perf_counter() - t_log
+                stats = {"loss": float(loss_sum) / max(1, loss_count), "lr": self.optimizer.param_groups[0]["lr"],
+                         "windows_per_s": windows / elapsed, "data_wait": wait / elapsed}
+                stats.update(self.monitor.memory())
+                self.monitor.scalars(self.step, {"loss": stats["loss"], "lr": stats["lr"]}, "train")
+                self.monitor.scalars(self.step, {k: stats[k] for k in ("windows_per_s", "data_wait")}, "perf")
+                self.monitor.scalars(self.step, {k: v for k, v in stats.items() if k.endswith("_mb")}, "memory")
+                self.monitor.step(0, loss=f"{stats['loss']:.4f}", win_s=f"{stats['windows_per_s']:,.0f}",
+                                  wait=f"{stats['data_wait']:.0%}", pss=f"{stats['pss_mb']:,.0f}MB")
+                windows, wait, t_log = 0, 0.0, time.perf_counter()
+            if self._stop_signal is not None:
+                break
+        self.monitor.end_epoch()
+        return float(loss_sum) / max(1, loss_count)
+
+    def _steps_done_in_epoch(self):
+        """Optimizer steps already taken in this epoch (non-zero when resuming mid-epoch)."""
+        return self.step - self.epoch * self.steps_per_epoch if self.step > self.epoch * self.steps_per_epoch else 0
+
+    def _loss(self, batch):
+        x = batch.x.to(self.device, non_blocking=True)                 # (B, L, F)
+        y = batch.y.to(self.device, non_blocking=True)                 # (B, H, K)
+        with self.autocast:
+            out = self.model(x)
+        if self.task == "classify":
+            return torch.nn.functional.cross_entropy(out.float(), y.reshape(-1).long())
+        return torch.nn.functional.mse_loss(out.float(), y)
+
+    def _optimizer_step(self, loss, batch):
+        tc = self.config.training
+        self.scaler.unscale_(self.optimizer)
+        if tc.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
+        # The one per-step host sync: a non-finite loss must skip the step before it lands.
+        if not bool(torch.isfinite(loss)):
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.update()
+            self.nonfinite_in_a_row += 1
+            self.nonfinite_total += 1
+            if self.nonfinite_in_a_row >= tc.max_nonfinite_steps:
+                names = sorted({self.prepared.catalog.sessions[int(s)].name for s in batch.session.tolist()})
+                raise InputError(
+                    f"{self.nonfinite_in_a_row} non-finite losses in a row at step {self.step}; the last batch "
+                    f"came from sessions {', '.join(names[:5])}; check those for extreme values, lower "
+                    "training.learning_rate, or set training.amp=off")
+            return
+        self.nonfinite_in_a_row = 0
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        if not isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            self.scheduler.step()
+        self.step += 1
+
+    def end_epoch(self, train_loss, val):
+        tc = self.config.training
+        val_loss = val["loss"]
+        if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            self.scheduler.step(val_loss)
+        self.monitor.scalars(self.epoch, {"loss": train_loss, "nonfinite_steps": self.nonfinite_total}, "epoch_train")
+        self.monitor.scalars(self.epoch, val, "val")
+        improved = val_loss < self.best
+        if improved:
+            self.best, self.bad_epochs = val_loss, 0
+        else:
+            self.bad_epochs += 1
+        self.monitor.info(f"epoch {self.epoch}: train loss {train_loss:.5f}, val loss {val_loss:.5f}"
+                          f"{' (best)' if improved else ''}; " +
+                          ", ".join(f"{k} {v:.4g}" for k, v in val.items() if k != "loss"))
+        self.epoch += 1
+        self.step = self.epoch * self.steps_per_epoch
+        self.save("last")
+        if improved:
+            self.save("best")
+        if tc.gc_every_epoch:
+            gc.collect()
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+
+    @torch.no_grad()
+    def evaluate(self, split, model=None):
+        """Loss and metrics over every window of `split`, in order; metrics in original units."""
+        model = model or self.model
+        model.eval()
+        tc = self.config.training
+        loader = build_loader(self.prepared, split, tc, seed=self.config.seed, rank=self.rank,
+                              world_size=self.world_size, device=self.device, return_ids=True)
+        norm = self.prepared.normalizer
+        collect = not tc.compute_metrics_online
+        if self.task == "classify":
+            metrics = {"": ClassificationMetrics(self.config.model.n_classes, self.device, collect)}
+        else:
+            metrics = {"": RegressionMetrics(self.device, collect)}
+            if self.config.output.metrics_in_normalized_units:
+                metrics["norm_"] = RegressionMetrics(self.device, collect)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        count = 0
+        for batch in loader:
+            x, y = batch.x.to(self.device), batch.y.to(self.device)
+            with self.autocast:
+                out = model(x)
+            out = out.float()
+            if self.task == "classify":
+                loss_sum += torch.nn.functional.cross_entropy(out, y.reshape(-1).long(), reduction="sum").double()
+                metrics[""].update(out, y)
+            else:
+                loss_sum += torch.nn.functional.mse_loss(out, y, reduction="sum").double() / y[0].numel()
+                ids = batch.session.to(self.device)
+                metrics[""].update(norm.denormalize_targets(out, ids), norm.denormalize_targets(y, ids))
+                if "norm_" in metrics:
+                    metrics["norm_"].update(out, y)
+            count += len(x)
+        if count == 0:
+            raise InputError(f"split {split!r} has no windows to evaluate; check data.split")
+        result = {"loss": float(loss_sum) / count}
+        for prefix, m in metrics.items():
+            result.update({prefix + k: v for k, v in m.compute().items()})
+        return result
+
+    # --- checkpoints --------------------------------------------------------------------
+    def state(self):
+        return {
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+            "loader": self.train_loader.state_dict(), "epoch": self.epoch, "step": self.step,
+            "best": self.best, "bad_epochs": self.bad_epochs, "nonfinite_total": self.nonfinite_total,
+            "rng_cpu": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
+            "normalizer": self.prepared.normalizer.to_json(), "config": self._config_dict(),
+        }
+
+    def _config_dict(self):
+        from config import to_dict
+        return to_dict(self.config)
+
+    def save(self, name):
+        if self.rank == 0:
+            self.checkpoints.save(name, self.state())
+
+    def load(self, state):
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.train_loader.load_state_dict(state["loader"])
+        self.epoch, self.step = int(state["epoch"]), int(state["step"])
+        self.best, self.bad_epochs = float(state["best"]), int(state["bad_epochs"])
+        self.nonfinite_total = int(state["nonfinite_total"])
+        torch.set_rng_state(state["rng_cpu"])
+        if self.device.type == "cuda" and state["rng_cuda"]:
+            torch.cuda.set_rng_state_all(state["rng_cuda"])
