@@ -19,7 +19,7 @@ from data.splits import SplitSpec
 from errors import InputError
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-PROFILES = ("low_memory", "default", "high_performance", "quick_demo")
+PROFILES = ("low_memory", "default", "high_performance", "quick_demo", "auto")
 MIB = 1024 * 1024
 
 
@@ -347,14 +347,28 @@ def parse_override(text):
     return nested
 
 
+def auto_profile(ram_gb=None):
+    """`auto`: low_memory under 8 GB of RAM, default up to 16 GB, high_performance above."""
+    import logging
+    import psutil
+    import torch
+    ram_gb = ram_gb if ram_gb is not None else psutil.virtual_memory().total / 2**30
+    chosen = "low_memory" if ram_gb < 8 else "default" if ram_gb <= 16 else "high_performance"
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    logging.getLogger("h5series").info("profile auto: %.1f GB RAM, %s -> %s", ram_gb, gpu, chosen)
+    return chosen
+
+
 def profile_path(profile):
-    if profile not in PROFILES:
+    if profile not in PROFILES or profile == "auto":
         raise InputError(f"profile {profile!r} does not exist; choose one of {', '.join(PROFILES)}")
     return CONFIG_DIR / f"{profile}.yaml"
 
 
 def load_config(profile="default", config_file=None, overrides=()):
     """Defaults -> profile YAML -> config file -> key=value overrides, validated."""
+    if profile == "auto":
+        profile = auto_profile()
     values = {"profile": profile}
     values = _merge(values, read_yaml(profile_path(profile)))
     if config_file:

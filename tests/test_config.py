@@ -5,7 +5,7 @@ from errors import InputError
 
 
 def test_every_profile_loads():
-    budgets = {p: load_config(p).memory_budget_mb for p in PROFILES}
+    budgets = {p: load_config(p).memory_budget_mb for p in PROFILES if p != "auto"}
     assert budgets["low_memory"] < budgets["default"] < budgets["high_performance"]
 
 
@@ -73,3 +73,9 @@ def test_every_key_is_documented():
                 yield prefix + k
     missing = [k for k in keys(to_dict(Config())) if f"`{k}`" not in doc]
     assert not missing, f"docs/configuration.md lacks {missing}"
+
+
+def test_auto_profile_picks_by_ram():
+    from config import auto_profile
+    assert [auto_profile(gb) for gb in (4, 8, 16, 64)] == ["low_memory", "default", "default", "high_performance"]
+    assert load_config("auto").profile in ("low_memory", "default", "high_performance")
