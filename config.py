@@ -271,10 +271,19 @@ def _coerce(hint, value, key):
     if hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):
+            # PyYAML (YAML 1.1) reads 1e-12 (no dot) as a string; accept it as the number it is.
+            try:
+                return float(value)
+            except ValueError:
+                pass
         raise InputError(f"{key} must be a number, got {value!r}")
     if hint is str:
         if isinstance(value, str):
             return value
+        if isinstance(value, bool):
+            # YAML 1.1 reads off/on/no/yes as booleans; a string field meant the word.
+            return "on" if value else "off"
         raise InputError(f"{key} must be a string, got {value!r}")
     if hint in (list, tuple):
         if isinstance(value, str):

@@ -79,3 +79,8 @@ def test_auto_profile_picks_by_ram():
     from config import auto_profile
     assert [auto_profile(gb) for gb in (4, 8, 16, 64)] == ["low_memory", "default", "default", "high_performance"]
     assert load_config("auto").profile in ("low_memory", "default", "high_performance")
+
+
+def test_yaml_1_1_surprises_are_read_as_meant():
+    config = load_config("default", overrides=["training.amp=off", "training.learning_rate=1e-4"])
+    assert config.training.amp == "off" and config.training.learning_rate == 1e-4

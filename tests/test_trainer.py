@@ -123,3 +123,24 @@ def test_evaluate_and_predict_commands(demo_path, tmp_path):
         s = open_catalog(demo_path).sessions[int(f["session"][0])]
         row = int(f["row"][0]) + 15
         assert f["timestamp"][0] == s.read_timestamps(row, row + 1)[0]
+
+
+def test_gradient_accumulation_equals_one_big_batch(demo_path, tmp_path):
+    common = ["model.dropout=0.0", "training.epochs=1", "training.max_steps_per_epoch=6", "training.grad_clip=0",
+              "training.amp=off"]   # bf16 rounding would differ between the two batch splits
+    run_module.train(small_config(demo_path, tmp_path, *common, "training.batch_size=64"), tmp_path / "big")
+    run_module.train(small_config(demo_path, tmp_path, *common, "training.batch_size=32",
+                                  "training.gradient_accumulation_steps=2"), tmp_path / "accum")
+    a = torch.load(tmp_path / "big" / "checkpoints" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "accum" / "checkpoints" / "last.pt", weights_only=True)
+    assert a["step"] == b["step"] == 6
+    for key in a["model"]:
+        torch.testing.assert_close(a["model"][key], b["model"][key], rtol=1e-4, atol=1e-6)
+
+
+def test_early_stopping_and_plateau_scheduler(demo_path, tmp_path):
+    config = small_config(demo_path, tmp_path, "training.epochs=6", "training.learning_rate=1e-12",
+                          "training.early_stopping_patience=1", "training.scheduler=plateau")
+    run_module.train(config, tmp_path / "early")
+    last = torch.load(tmp_path / "early" / "checkpoints" / "last.pt", weights_only=True)
+    assert last["epoch"] == 2 and last["bad_epochs"] == 1     # no better val loss after epoch 1: stop
