@@ -11,7 +11,6 @@ import dataclasses
 import difflib
 import typing
 from pathlib import Path
-from typing import Optional
 
 import yaml
 

@@ -15,7 +15,6 @@ Mistakes in files, data or config print one line and exit with code 2.
 """
 
 import argparse
-import datetime
 import json
 import logging
 import sys
@@ -23,7 +22,6 @@ from pathlib import Path
 
 SELECTED_CONFIG = "quick_demo"   # profile used by a bare `python main.py`; see configs/
 DEMO_PATH = "demo_data/demo.h5"  # where a missing demo dataset is generated
-RUNS_DIR = "runs"                # run directories: resolved config, normalizer, later logs/checkpoints
 
 log = logging.getLogger("h5series")
 
@@ -216,20 +214,16 @@ def cmd_prepare(args):
 
 def prepare_run(config, run_dir=None):
     """Catalog, split and normalize; write the resolved config and statistics to the run dir."""
-    import yaml
-    from atomic import atomic_path
-    from config import to_dict
+    from data.dataloader import loader_options
     from data.dataset import prepare_data
+    from data.memory_plan import check_plan, format_plan, loader_plan
+    from trainers.run import new_run_dir, save_config
     ensure_demo(config)
     prepared = prepare_data(config.data, seed=config.seed)
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    run_dir = run_dir or Path(RUNS_DIR) / f"{config.profile}-{stamp}"
+    run_dir = Path(run_dir) if run_dir else new_run_dir(config)
     run_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_path(run_dir / "config.yaml") as tmp:
-        tmp.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+    save_config(config, run_dir)
     prepared.normalizer.save(run_dir / "normalizer.json")
-    from data.dataloader import loader_options
-    from data.memory_plan import check_plan, format_plan, loader_plan
     options, _ = loader_options(config.training, "cpu")
     plan = loader_plan(prepared, config.data, config.training, options)
     print(format_plan(plan, config.memory_budget_mb))

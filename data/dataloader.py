@@ -16,7 +16,6 @@ import dataclasses
 import logging
 import os
 
-import numpy as np
 import torch
 
 from data.blocks import RoundReader, window_ids, window_starts

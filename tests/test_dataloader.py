@@ -113,7 +113,6 @@ def test_validation_runs_in_order(ramp_file):
     prepared = prepared_ramp(ramp_file)
     loader = build_loader(prepared, "val", training(), return_ids=True)
     ids, _ = collect(loader)
-    w = prepared.window
     expected = [(int(s), int(r) + i) for s, r, n in prepared.blocks["val"] for i in range(n)]
     assert ids == expected
     assert len(loader) == -(-len(expected) // 16)
