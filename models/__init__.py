@@ -8,12 +8,14 @@ Every model maps x (B, L, F) to
 import dataclasses
 
 from errors import InputError
+from models.baselines import RepeatLast
 from models.dlinear import DLinear
 from models.patchtst import PatchTST
 from models.recurrent import RecurrentNet
 from models.tcn import TCN
 
-MODELS = {"dlinear": DLinear, "lstm": RecurrentNet, "gru": RecurrentNet, "tcn": TCN, "patchtst": PatchTST}
+MODELS = {"dlinear": DLinear, "lstm": RecurrentNet, "gru": RecurrentNet, "tcn": TCN, "patchtst": PatchTST,
+          "repeat_last": RepeatLast}
 TASKS = ("forecast", "classify")
 
 
