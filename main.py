@@ -183,7 +183,7 @@ def cmd_train(args):
     if "test" in result:
         test = result["test"]
         shown = ", ".join(f"{k} {v:.4g}" for k, v in test.items() if isinstance(v, float))
-        print(f"test ({'best checkpoint, epoch ' + str(test['epoch_of_checkpoint'])}): {shown}")
+        print(f"test (best checkpoint, after epoch {test['epoch_of_checkpoint']}): {shown}")
         print(f"run directory: {result['run_dir']}  (checkpoints/, metrics_test.json, config.yaml)")
         print(f"TensorBoard:   tensorboard --logdir {result['run_dir']}/tensorboard")
         return 0
