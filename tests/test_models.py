@@ -20,7 +20,10 @@ def test_forecast_forward_backward(name):
     assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
+TRAINABLE = sorted(set(MODELS) - {"repeat_last"})
+
+
+@pytest.mark.parametrize("name", TRAINABLE)
 def test_classification_head(name):
     cfg = ModelConfig(name=name, task="classify", n_classes=3, hidden_size=16, d_model=16, n_heads=2, kernel_size=5)
     model = build_model(cfg, Shapes(32, 1, 5, 3))
@@ -61,3 +64,12 @@ def test_bad_model_config():
         ModelConfig(n_heads=3)
     with pytest.raises(InputError, match="model.n_classes is 0"):
         ModelConfig(task="classify")
+
+
+def test_repeat_last_repeats_the_last_row():
+    model = build_model(ModelConfig(name="repeat_last"), Shapes(8, 3, 4, 2, target_channels=(2, 0)))
+    x = torch.randn(5, 8, 4)
+    out = model(x)
+    assert torch.equal(out, x[:, -1:, [2, 0]].expand(-1, 3, -1))
+    with pytest.raises(InputError, match="forecasting baseline"):
+        build_model(ModelConfig(name="repeat_last", task="classify", n_classes=2), Shapes(8, 1, 4, 2))
