@@ -49,7 +49,8 @@ def test_a_run_trains_evaluates_and_logs(demo_path, tmp_path):
     assert {"model", "optimizer", "scheduler", "scaler", "loader", "rng_cpu", "normalizer", "config"} <= set(state)
 
 
-def test_resume_after_sigint_matches_an_uninterrupted_run(demo_path, tmp_path, monkeypatch):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_resume_after_a_signal_matches_an_uninterrupted_run(demo_path, tmp_path, monkeypatch, signum):
     config = small_config(demo_path, tmp_path, "model.dropout=0.0")
     straight = run_module.train(config, tmp_path / "straight")
 
@@ -58,10 +59,10 @@ def test_resume_after_sigint_matches_an_uninterrupted_run(demo_path, tmp_path, m
     def interrupt_at_step_17(self, loss, batch):
         original(self, loss, batch)
         if self.step == 17:
-            os.kill(os.getpid(), signal.SIGINT)     # handled: finish the step, save, return
+            os.kill(os.getpid(), signum)            # handled: finish the step, save, return
     monkeypatch.setattr(Trainer, "_optimizer_step", interrupt_at_step_17)
     stopped = run_module.train(config, tmp_path / "resumed")
-    assert stopped["stopped_by"] == "SIGINT"
+    assert stopped["stopped_by"] == signal.Signals(signum).name
     monkeypatch.setattr(Trainer, "_optimizer_step", original)
     assert torch.load(tmp_path / "resumed" / "checkpoints" / "last.pt", weights_only=True)["step"] == 17
     resumed = run_module.train(None, tmp_path / "resumed", resume=True)
