@@ -145,3 +145,25 @@ def test_early_stopping_and_plateau_scheduler(demo_path, tmp_path):
     run_module.train(config, tmp_path / "early")
     last = torch.load(tmp_path / "early" / "checkpoints" / "last.pt", weights_only=True)
     assert last["epoch"] == 2 and last["bad_epochs"] == 1     # no better val loss after epoch 1: stop
+
+
+def test_classification_run(tmp_path):
+    import h5py
+    import numpy as np
+    from data.layout import write_session
+    rng = np.random.default_rng(0)
+    path = tmp_path / "labels.h5"
+    with h5py.File(path, "w") as f:
+        for s in range(3):
+            x = rng.normal(size=(2000, 3)).astype(np.float32)
+            labels = (x[:, 0] > 0).astype(np.int64)[:, None]        # learnable from the last row
+            write_session(f, f"s{s}", x, labels, feature_names=["a", "b", "c"], target_names=["up"])
+    config = load_config("quick_demo", overrides=[
+        f"data.paths=[{path}]", "data.lookback=8", "data.block_rows=256", "model.name=gru", "model.task=classify",
+        "model.n_classes=2", "model.hidden_size=16", "training.epochs=2", "training.max_steps_per_epoch=40",
+        "training.batch_size=64", "training.learning_rate=0.01", "training.num_workers=0",
+        f"output.runs_dir={tmp_path}"])
+    result = run_module.train(config, tmp_path / "cls")
+    test = result["test"]
+    assert set(test) >= {"accuracy", "f1_macro", "cross_entropy"}
+    assert test["accuracy"] > 0.8          # the label is the sign of the last input's first feature
