@@ -8,6 +8,7 @@ naming the field. YAML is read with yaml.safe_load only.
 """
 
 import dataclasses
+import datetime
 import difflib
 import typing
 from pathlib import Path
@@ -248,6 +249,10 @@ def _from_dict(cls, values, prefix):
 
 
 def _coerce(hint, value, key):
+    if isinstance(value, (datetime.date, datetime.datetime)):
+        # YAML reads 2016-07-01 as a date; keep it a string so configs stay plain data
+        # (checkpoints hold the config and load with weights_only=True).
+        value = value.isoformat()
     origin = typing.get_origin(hint)
     if dataclasses.is_dataclass(hint):
         return _from_dict(hint, value, key + ".")

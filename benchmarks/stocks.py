@@ -7,7 +7,8 @@ return, high-low range, open-close body, log volume change, and 5-day return (al
 from data up to and including the day); the target is the next day's log return
 (a label on its own row). Splits by date with the embargo gap between parts: train
 2013-02 .. 2016-06, validate 2016-07 .. 2017-03, test 2017-04 .. 2018-02-07.
-Features are normalized per session from its train period (data.normalize=per_session).
+Features and targets are standardized per session from its train period (data.normalize=per_session);
+predictions are mapped back to returns before ranking.
 
 On the test period it reports the daily cross-sectional rank IC (Spearman between
 predicted and realized returns across stocks, averaged over days, with its t-stat),
@@ -110,7 +111,7 @@ def main():
     parser.add_argument("--dir", default=str(ROOT.parent / "shared" / "datasets" / "stocks" / "individual_stocks_5yr"))
     parser.add_argument("--model", default="gru")
     parser.add_argument("--lookback", type=int, default=20)
-    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", default=str(ROOT / "bench_data" / "stocks"))
     parser.add_argument("--json", default=None)
@@ -124,7 +125,7 @@ def main():
     overrides = [f"data.paths=[{h5_path}]", f"data.lookback={args.lookback}", "data.horizon=1",
                  "data.split.method=timestamps", f"data.split.val_start={SPLIT['val_start']}",
                  f"data.split.test_start={SPLIT['test_start']}", "data.normalize=per_session",
-                 "data.normalize_targets=false", "data.block_rows=512", f"model.name={args.model}",
+                 "data.block_rows=512", f"model.name={args.model}",
                  "model.hidden_size=32", "model.num_layers=1", "model.dropout=0.1", f"seed={args.seed}",
                  f"training.epochs={args.epochs}", "training.batch_size=256", "training.learning_rate=0.001",
                  "training.early_stopping_patience=3", "training.num_workers=0", "training.amp=off",

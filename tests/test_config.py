@@ -84,3 +84,9 @@ def test_auto_profile_picks_by_ram():
 def test_yaml_1_1_surprises_are_read_as_meant():
     config = load_config("default", overrides=["training.amp=off", "training.learning_rate=1e-4"])
     assert config.training.amp == "off" and config.training.learning_rate == 1e-4
+
+
+def test_dates_stay_strings():
+    config = load_config("default", overrides=["data.split.method=timestamps", "data.split.val_start=2016-07-01",
+                                               "data.split.test_start=2017-04-01"])
+    assert config.data.split.val_start == "2016-07-01" and config.data.split.test_start == "2017-04-01"

@@ -47,5 +47,7 @@ class Checkpointer:
         try:
             return torch.load(target, map_location=map_location, weights_only=True)
         except Exception as exc:  # a damaged file raises several types (RuntimeError, EOFError, UnpicklingError)
-            raise InputError(f"{target}: the checkpoint cannot be read ({str(exc).splitlines()[0]}); "
-                             "it is damaged; use the other checkpoint (last/best) or retrain") from None
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+            reason = next((line for line in lines if "WeightsUnpickler error" in line), lines[0] if lines else "")
+            raise InputError(f"{target}: the checkpoint cannot be read ({reason}); it is damaged or holds "
+                             "more than weights; use the other checkpoint (last/best) or retrain") from None
