@@ -149,8 +149,9 @@ class TrainingConfig:
     weight_decay: float = 1e-4
     """AdamW decoupled weight decay."""
     scheduler: str = "cosine"
-    """cosine (with linear warmup), halving (lr x 0.5 each epoch, the DLinear/PatchTST papers'
-    "type1"), plateau (halve on a flat validation loss) or none."""
+    """cosine (with linear warmup), halving (lr x 0.5 each epoch, the DLinear paper's "type1"),
+    hold_decay (lr held 3 epochs, then x 0.9 each epoch, PatchTST's "type3"), plateau (halve on a
+    flat validation loss) or none."""
     warmup_steps: int = 100
     """cosine: optimizer steps of linear warmup."""
     grad_clip: float = 1.0
@@ -191,7 +192,7 @@ class TrainingConfig:
             raise InputError(f"training.num_workers must be -1 (auto) or >= 0, got {self.num_workers}")
         if self.learning_rate <= 0:
             raise InputError(f"training.learning_rate must be > 0, got {self.learning_rate}")
-        choices = {"scheduler": ("cosine", "halving", "plateau", "none"), "amp": ("auto", "off", "bf16", "fp16")}
+        choices = {"scheduler": ("cosine", "halving", "hold_decay", "plateau", "none"), "amp": ("auto", "off", "bf16", "fp16")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise InputError(f"training.{name} is {getattr(self, name)!r}; choose one of {', '.join(allowed)}")

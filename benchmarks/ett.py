@@ -30,10 +30,11 @@ PUBLISHED = {  # (L=336) test MSE / MAE: DLinear (Zeng et al., 2023), PatchTST/6
 BORDERS = "{train: [0, 8640], val: [8304, 11520], test: [11184, 14400]}"
 MODEL_ARGS = {
     "dlinear": ["model.kernel_size=25", "model.individual=false", "training.learning_rate=0.005",
-                "training.batch_size=32"],
+                "training.batch_size=32", "training.scheduler=halving", "training.early_stopping_patience=3"],
     "patchtst": ["model.d_model=16", "model.n_heads=4", "model.num_layers=3", "model.patch_len=16",
                  "model.patch_stride=8", "model.dropout=0.3", "model.revin=true",
-                 "training.learning_rate=0.0001", "training.batch_size=128"],
+                 "training.learning_rate=0.0001", "training.batch_size=128", "training.scheduler=hold_decay",
+                 "training.early_stopping_patience=10"],
     "repeat_last": [],
 }
 
@@ -42,9 +43,9 @@ def ett_config(h5_path, model, horizon, seed, epochs, runs_dir):
     overrides = [
         f"data.paths=[{h5_path}]", "data.lookback=336", f"data.horizon={horizon}", "data.split.method=rows",
         f"data.split.rows={BORDERS}", "data.normalize=global", "data.normalize_exact=true", "data.block_rows=4096",
-        f"model.name={model}", f"seed={seed}", f"training.epochs={epochs}", "training.scheduler=halving",
+        f"model.name={model}", f"seed={seed}", f"training.epochs={epochs}",
         "training.warmup_steps=0", "training.weight_decay=0", "training.grad_clip=0", "training.amp=off",
-        "training.early_stopping_patience=3", "training.num_workers=0", "training.log_every_steps=100",
+        "training.num_workers=0", "training.log_every_steps=100",
         "output.metrics_in_normalized_units=true", f"output.runs_dir={runs_dir}", "output.tensorboard=false",
         *MODEL_ARGS[model]]
     return load_config("default", overrides=overrides)

@@ -5,8 +5,10 @@
 Each of the 505 files becomes a session whose features are derived from OHLCV: log
 return, high-low range, open-close body, log volume change, and 5-day return (all
 from data up to and including the day); the target is the next day's log return
-(a label on its own row). Splits by date with the embargo gap between parts: train
-2013-02 .. 2016-06, validate 2016-07 .. 2017-03, test 2017-04 .. 2018-02-07.
+(a label on its own row). Splits by date with the embargo gap (lookback + horizon - 1
+rows) between parts: train 2013-02 .. 2016-06, validate 2016-07 .. 2017-03, test 2017-04
+.. 2018-02-07; val/test windows take their inputs from before their border (the past),
+so the first test prediction falls right after the gap.
 Features and targets are standardized per session from its train period (data.normalize=per_session);
 predictions are mapped back to returns before ranking.
 
@@ -124,7 +126,8 @@ def main():
         build_sessions(args.dir, h5_path)
     overrides = [f"data.paths=[{h5_path}]", f"data.lookback={args.lookback}", "data.horizon=1",
                  "data.split.method=timestamps", f"data.split.val_start={SPLIT['val_start']}",
-                 f"data.split.test_start={SPLIT['test_start']}", "data.normalize=per_session",
+                 f"data.split.test_start={SPLIT['test_start']}", "data.split.inputs_before_border=true",
+                 "data.normalize=per_session",
                  "data.block_rows=512", f"model.name={args.model}",
                  "model.hidden_size=32", "model.num_layers=1", "model.dropout=0.1", f"seed={args.seed}",
                  f"training.epochs={args.epochs}", "training.batch_size=256", "training.learning_rate=0.001",

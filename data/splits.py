@@ -10,6 +10,9 @@ plus whole sessions held out for val or test.
 Every window of a split lies inside its range, so with gap = lookback + horizon - 1
 (the default) no val/test window's input or target shares a row with a training
 window, and a label that looks ahead (next-row return) cannot reach across.
+With inputs_before_border, val/test windows may take their inputs from before their
+range (the past, known at prediction time) while their targets stay inside it, after
+the gap: the first prediction then falls right after the gap instead of a lookback later.
 """
 
 import dataclasses
@@ -35,6 +38,7 @@ class SplitSpec:
     end: Optional[object] = None                    # timestamps: rows at or after it are unused
     rows: Optional[dict] = None                     # rows: {"train": [0, 8640], "val": [...], ...}
     gap: Optional[int] = None                       # embargo rows; None = lookback + horizon - 1
+    inputs_before_border: bool = False              # val/test windows may take inputs from before their range
     holdout_val: tuple = ()                         # session names or globs kept whole for val
     holdout_test: tuple = ()                        # session names or globs kept whole for test
 
@@ -93,6 +97,9 @@ def split_ranges(catalog, spec, window):
             continue
         for name, (start, stop) in _borders(session, spec, gap).items():
             stop = min(stop, session.n_rows)
+            if spec.inputs_before_border and name != "train" and spec.method != "rows":
+                # Targets stay inside the range (after the gap); inputs are the past, known then.
+                start = max(0, start - (window.lookback - 1 + window.target_offset))
             if window.n_windows(stop - start) > 0:
                 out[name].append((i, start, stop))
     if short:

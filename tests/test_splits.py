@@ -123,3 +123,18 @@ def test_etth1_published_borders_give_2785_test_windows(tmp_path):
     ranges = split_ranges(catalog, SplitSpec(method="rows", rows=rows), spec)
     counts = {k: int(plan_blocks(v, spec, 1000)[:, 2].sum()) for k, v in ranges.items()}
     assert counts == {"train": 8640 - 336 - 96 + 1, "val": 2785, "test": 2785}
+
+
+def test_inputs_before_border_keeps_targets_after_the_gap(ramp_file):
+    catalog = open_catalog(ramp_file)
+    window = WindowSpec(lookback=10, horizon=2)
+    inside = split_ranges(catalog, SplitSpec(fractions=(0.6, 0.2, 0.2)), window)
+    before = split_ranges(catalog, SplitSpec(fractions=(0.6, 0.2, 0.2), inputs_before_border=True), window)
+    assert before["train"] == inside["train"]
+    gap = window.span - 1
+    # session s0 (500 rows): val border 300 -> first val target row 300 + gap, inputs from 10 rows before
+    _, start, stop = before["val"][0]
+    assert start + window.lookback == 300 + gap and stop == 400
+    train_targets = window_rows(plan_blocks(before["train"], window, 50), window)[0][1]
+    val_targets = window_rows(plan_blocks(before["val"], window, 50), window)[0][1]
+    assert min(val_targets) - max(train_targets) > gap

@@ -109,9 +109,12 @@ class Trainer:
             return torch.optim.lr_scheduler.ReduceLROnPlateau(self.optimizer, factor=0.5, patience=1)
         if tc.scheduler == "none":
             return torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: 1.0)
+        per_epoch = self.steps_per_epoch
         if tc.scheduler == "halving":
-            per_epoch = self.steps_per_epoch
             return torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: 0.5 ** (step // per_epoch))
+        if tc.scheduler == "hold_decay":
+            return torch.optim.lr_scheduler.LambdaLR(
+                self.optimizer, lambda step: 0.9 ** max(0, step // per_epoch - 3))
         total = max(1, tc.epochs * self.steps_per_epoch)
         warmup = min(tc.warmup_steps, total // 10) if tc.warmup_steps else 0
 
