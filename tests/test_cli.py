@@ -124,3 +124,15 @@ def test_help(argv, capsys):
     with pytest.raises(SystemExit) as exc:
         main.main(argv)
     assert exc.value.code == 0
+
+
+def test_error_raised_in_a_loader_worker_is_one_line(tmp_path, capsys):
+    x = np.random.default_rng(0).normal(size=(3000, 2)).astype(np.float32)
+    x[2500, 1] = np.inf
+    with h5py.File(tmp_path / "d.h5", "w") as f:
+        from data.layout import write_session
+        write_session(f, "a", x, feature_names=["p", "q"])
+    code, _, err = run(["train", "--profile", "quick_demo", f"data.paths=[{tmp_path / 'd.h5'}]",
+                        "data.lookback=8", "data.normalize=none", "data.split.fractions=[1.0, 0, 0]",
+                        "training.num_workers=1", "training.epochs=1", f"output.runs_dir={tmp_path}"], capsys)
+    assert_one_line_error(code, err, "session 'a' features row 2500 column 'q' is inf", "nan_policy")
