@@ -23,6 +23,18 @@ PROFILES = ("low_memory", "default", "high_performance", "quick_demo", "auto")
 MIB = 1024 * 1024
 
 
+def _check_at_least_one(section, obj, names):
+    for name in names:
+        if getattr(obj, name) < 1:
+            raise InputError(f"{section}.{name} must be at least 1, got {getattr(obj, name)}")
+
+
+def _check_choice(section, obj, choices):
+    for name, allowed in choices.items():
+        if getattr(obj, name) not in allowed:
+            raise InputError(f"{section}.{name} is {getattr(obj, name)!r}; choose one of {', '.join(allowed)}")
+
+
 @dataclasses.dataclass
 class DataConfig:
     """Where the data is, how windows are cut, split and normalized, and how HDF5 is read."""
@@ -69,16 +81,11 @@ class DataConfig:
     def __post_init__(self):
         if isinstance(self.paths, str):
             self.paths = [self.paths]
-        positive = ("lookback", "horizon", "stride", "max_samples_for_normalize", "normalize_sample_rows",
-                    "chunk_cache_size",
-                    "max_open_sessions", "block_rows")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise InputError(f"data.{name} must be at least 1, got {getattr(self, name)}")
-        choices = {"nan_policy": ("error", "drop", "ffill"), "normalize": ("global", "per_session", "none")}
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise InputError(f"data.{name} is {getattr(self, name)!r}; choose one of {', '.join(allowed)}")
+        _check_at_least_one("data", self, ("lookback", "horizon", "stride", "max_samples_for_normalize",
+                                           "normalize_sample_rows", "chunk_cache_size", "max_open_sessions",
+                                           "block_rows"))
+        _check_choice("data", self, {"nan_policy": ("error", "drop", "ffill"),
+                                     "normalize": ("global", "per_session", "none")})
         if not 0.0 <= self.chunk_cache_w0 <= 1.0:
             raise InputError(f"data.chunk_cache_w0 must be within [0, 1], got {self.chunk_cache_w0}")
         if self.chunk_cache_slots < 0:
@@ -119,10 +126,8 @@ class ModelConfig:
     """PatchTST: reversible instance normalization of each window."""
 
     def __post_init__(self):
-        for name in ("hidden_size", "num_layers", "kernel_size", "tcn_kernel_size", "patch_len",
-                     "patch_stride", "d_model", "n_heads"):
-            if getattr(self, name) < 1:
-                raise InputError(f"model.{name} must be at least 1, got {getattr(self, name)}")
+        _check_at_least_one("model", self, ("hidden_size", "num_layers", "kernel_size", "tcn_kernel_size",
+                                            "patch_len", "patch_stride", "d_model", "n_heads"))
         if not 0.0 <= self.dropout < 1.0:
             raise InputError(f"model.dropout must be within [0, 1), got {self.dropout}")
         if self.d_model % self.n_heads:
@@ -184,18 +189,14 @@ class TrainingConfig:
     """Drop the last, smaller batch of a training epoch."""
 
     def __post_init__(self):
-        for name in ("epochs", "batch_size", "gradient_accumulation_steps", "prefetch_factor",
-                     "round_blocks", "log_every_steps"):
-            if getattr(self, name) < 1:
-                raise InputError(f"training.{name} must be at least 1, got {getattr(self, name)}")
+        _check_at_least_one("training", self, ("epochs", "batch_size", "gradient_accumulation_steps",
+                                               "prefetch_factor", "round_blocks", "log_every_steps"))
         if self.num_workers < -1:
             raise InputError(f"training.num_workers must be -1 (auto) or >= 0, got {self.num_workers}")
         if self.learning_rate <= 0:
             raise InputError(f"training.learning_rate must be > 0, got {self.learning_rate}")
-        choices = {"scheduler": ("cosine", "halving", "hold_decay", "plateau", "none"), "amp": ("auto", "off", "bf16", "fp16")}
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise InputError(f"training.{name} is {getattr(self, name)!r}; choose one of {', '.join(allowed)}")
+        _check_choice("training", self, {"scheduler": ("cosine", "halving", "hold_decay", "plateau", "none"),
+                                         "amp": ("auto", "off", "bf16", "fp16")})
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise InputError(f"training.device is {self.device!r}; choose auto, cpu, cuda or cuda:N")
 
