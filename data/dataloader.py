@@ -112,7 +112,7 @@ class WindowLoader:
             self.reader, sampler=self._rounds, batch_size=None, worker_init_fn=_worker_init,
             multiprocessing_context="fork" if self.options["num_workers"] else None, **self.options)
         reader = self.reader
-        self._x_cols = reader.x_cols if isinstance(reader.x_cols, slice) else _as_index(reader.x_cols, len(reader.read_cols))
+        self._x_cols = reader.x_cols                     # a slice when every column is an input (no copy)
         self._y_cols = _as_index(reader.y_cols, len(reader.read_cols)) if reader.y_from_features else None
 
     # --- position -------------------------------------------------------------
