@@ -78,7 +78,6 @@ def train(config, run_dir=None, resume=False):
               f"`python main.py train --resume {run_dir}`")
         return {"run_dir": str(run_dir), "stopped_by": name}
     result = evaluate(run_dir, "test", prepared=prepared, config=config, trainer=trainer)
-    trainer.monitor = None
     hparams_monitor(config, run_dir, result)
     return {"run_dir": str(run_dir), "test": result}
 
