@@ -28,13 +28,10 @@ class RoundReader(torch.utils.data.Dataset):
         self.window = window
         self.columns = columns
         self.nan_policy = nan_policy
-        self.read_cols = quality.read_columns(columns)
-        self.x_cols = [self.read_cols.index(c) for c in columns.feature_index]
+        self.read_cols, self.x_cols, self.y_cols = quality.column_positions(columns)
         if self.x_cols == list(range(len(self.read_cols))):
             self.x_cols = slice(None)   # every column: a view, not a copy
         self.y_from_features = columns.target_source == "features"
-        self.y_cols = ([self.read_cols.index(c) for c in columns.target_index]
-                       if self.y_from_features else list(columns.target_index))
         self._all_cols = self.read_cols == list(range(catalog.sessions[0].n_features))
         self._staging = None  # reused per process: one h5py read target for every block
 

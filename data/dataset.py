@@ -97,11 +97,7 @@ class TimeSeriesDataset(torch.utils.data.Dataset):
         self.nan_policy = nan_policy
         self.normalizer = normalizer
         self.return_ids = return_ids
-        self._read_cols = quality.read_columns(columns)
-        # Positions of the model's feature / target columns inside the columns read.
-        self._x_cols = [self._read_cols.index(c) for c in columns.feature_index]
-        self._y_cols = ([self._read_cols.index(c) for c in columns.target_index]
-                        if columns.target_source == "features" else list(columns.target_index))
+        self._read_cols, self._x_cols, self._y_cols = quality.column_positions(columns)
 
     def __len__(self):
         return len(self.index)

@@ -32,6 +32,17 @@ def read_columns(columns):
     return sorted(columns.feature_index)
 
 
+def column_positions(columns):
+    """(read columns, input positions, target positions): the feature columns a window
+    reads, where the model's inputs sit among them, and where its targets sit (among them
+    when targets are features, else in the `targets` dataset)."""
+    read = read_columns(columns)
+    x = [read.index(c) for c in columns.feature_index]
+    y = ([read.index(c) for c in columns.target_index] if columns.target_source == "features"
+         else list(columns.target_index))
+    return read, x, y
+
+
 def check_finite(values, session, start, what, names):
     """Raise InputError at the first non-finite value of a (n, C) block read from row start."""
     finite = np.isfinite(values)

@@ -97,7 +97,8 @@ def hparams_monitor(config, run_dir, result):
 
 def _restore(run_dir, config=None, prepared=None, which="best"):
     config = config or load_run_config(run_dir)
-    state = Checkpointer(run_dir).load(which if Checkpointer(run_dir).exists(which) else "last")
+    checkpoints = Checkpointer(run_dir)
+    state = checkpoints.load(which if checkpoints.exists(which) else "last")
     if prepared is None:
         prepared = prepare_data(config.data, seed=config.seed, progress=False,
                                 normalizer=Normalizer.from_json(state["normalizer"]))
