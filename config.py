@@ -124,10 +124,15 @@ class ModelConfig:
     """PatchTST: attention heads (must divide d_model)."""
     revin: bool = True
     """PatchTST: reversible instance normalization of each window."""
+    d_ff: int = 128
+    """PatchTST: width of each encoder layer's feed-forward block."""
+    norm: str = "batch"
+    """PatchTST: batch (the paper's BatchNorm over the embedding) or layer (LayerNorm)."""
 
     def __post_init__(self):
         _check_at_least_one("model", self, ("hidden_size", "num_layers", "kernel_size", "tcn_kernel_size",
-                                            "patch_len", "patch_stride", "d_model", "n_heads"))
+                                            "patch_len", "patch_stride", "d_model", "n_heads", "d_ff"))
+        _check_choice("model", self, {"norm": ("batch", "layer")})
         if not 0.0 <= self.dropout < 1.0:
             raise InputError(f"model.dropout must be within [0, 1), got {self.dropout}")
         if self.d_model % self.n_heads:

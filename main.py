@@ -173,13 +173,22 @@ def ensure_demo(config):
 
 def cmd_train(args):
     from config import load_config
-    from trainers.run import train
-    if args.resume:
-        result = train(None, args.resume, resume=True)
-    else:
-        config = load_config(args.profile, args.config_file, args.overrides)
-        ensure_demo(config)
-        result = train(config, args.run_dir)
+    from trainers import distributed
+    from trainers.run import load_run_config, train
+    config = load_run_config(args.resume) if args.resume else \
+        load_config(args.profile, args.config_file, args.overrides)
+    group = distributed.setup(config.training.device)     # a no-op without torchrun
+    if not group.is_main:
+        log.setLevel(logging.WARNING)                      # rank 0 speaks for the run
+    try:
+        if group.is_main and not args.resume:
+            ensure_demo(config)
+        group.barrier()
+        result = train(config, args.resume or args.run_dir, resume=bool(args.resume), group=group)
+    finally:
+        distributed.shutdown(group)
+    if not group.is_main:
+        return 0 if "test" in result else 143
     if "test" in result:
         test = result["test"]
         shown = ", ".join(f"{k} {v:.4g}" for k, v in test.items() if isinstance(v, float))

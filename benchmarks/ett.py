@@ -32,7 +32,7 @@ MODEL_ARGS = {
     "dlinear": ["model.kernel_size=25", "model.individual=false", "training.learning_rate=0.005",
                 "training.batch_size=32", "training.scheduler=halving", "training.early_stopping_patience=3"],
     "patchtst": ["model.d_model=16", "model.n_heads=4", "model.num_layers=3", "model.patch_len=16",
-                 "model.patch_stride=8", "model.dropout=0.3", "model.revin=true",
+                 "model.patch_stride=8", "model.dropout=0.3", "model.revin=true", "model.d_ff=128", "model.norm=batch",
                  "training.learning_rate=0.0001", "training.batch_size=128", "training.scheduler=hold_decay",
                  "training.early_stopping_patience=10"],
     "repeat_last": [],

@@ -15,16 +15,15 @@ from data.windows import FIRST_ROW, N_WINDOWS, SESSION
 
 
 class RoundReader(torch.utils.data.Dataset):
-    """reader[block ids] -> {"rows" (R, C), "targets" (R, K) or (0,), "blocks" (G, 3), "row_offsets" (G,)}.
+    """reader[blocks (G, 3)] -> {"rows" (R, C), "targets" (R, K) or (0,), "blocks" (G, 3), "row_offsets" (G,)}.
 
     C are the feature columns windows read (model inputs, plus targets taken from the
     features); "targets" holds rows of the `targets` dataset when targets come from it.
     Runs in DataLoader workers; opens files lazily there.
     """
 
-    def __init__(self, catalog, blocks, window, columns, nan_policy="error"):
+    def __init__(self, catalog, window, columns, nan_policy="error"):
         self.catalog = catalog
-        self.blocks = blocks
         self.window = window
         self.columns = columns
         self.nan_policy = nan_policy
@@ -40,9 +39,6 @@ class RoundReader(torch.utils.data.Dataset):
         state["_staging"] = None
         return state
 
-    def __len__(self):
-        return len(self.blocks)
-
     def _stage(self, n_rows, n_cols):
         if self._staging is None or self._staging.shape[0] < n_rows or self._staging.shape[1] != n_cols:
             self._staging = np.empty((max(n_rows, 1024), n_cols), dtype=np.float32)
@@ -51,8 +47,8 @@ class RoundReader(torch.utils.data.Dataset):
     def block_rows(self, table):
         return [self.window.block_rows(int(n)) for n in table[:, N_WINDOWS]]
 
-    def __getitem__(self, block_ids):
-        table = self.blocks[np.asarray(block_ids, dtype=np.int64)]       # (G, 3)
+    def __getitem__(self, table):                                       # (G, 3) blocks of one round
+        table = np.asarray(table, dtype=np.int64)
         sizes = self.block_rows(table)
         offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
         total = int(sum(sizes))

@@ -20,6 +20,7 @@ import torch
 
 from data.blocks import RoundReader, window_ids, window_starts
 from data.sampler import BlockSampler, LoaderPosition
+from errors import InputError
 
 log = logging.getLogger("h5series")
 _NOTED = set()  # adjustment messages already logged by this process
@@ -99,10 +100,12 @@ class WindowLoader:
         self.device = torch.device(device)
         self.return_ids = return_ids
         self.normalizer = prepared.normalizer
-        self.sampler = BlockSampler(len(prepared.blocks[split]), shuffle=shuffle, seed=seed, rank=rank,
-                                    world_size=world_size, round_blocks=round_blocks)
-        self.reader = RoundReader(prepared.catalog, prepared.blocks[split], prepared.window,
-                                  prepared.columns, prepared.nan_policy)
+        self.sampler = BlockSampler(prepared.blocks[split], prepared.window.stride, shuffle=shuffle, seed=seed,
+                                    rank=rank, world_size=world_size, round_blocks=round_blocks)
+        if world_size > 1 and self.sampler.smallest_share == 0:
+            raise InputError(f"split {split!r} has {self.sampler.total_windows} windows, fewer than the "
+                             f"{world_size} processes; use fewer processes or more data")
+        self.reader = RoundReader(prepared.catalog, prepared.window, prepared.columns, prepared.nan_policy)
         self.position = LoaderPosition()
         self.options = options or {"num_workers": 0, "pin_memory": False, "persistent_workers": False,
                                    "prefetch_factor": None}
@@ -127,28 +130,40 @@ class WindowLoader:
     def load_state_dict(self, state):
         self.position = LoaderPosition.from_dict(state)
 
-    def n_windows(self, epoch=None):
+    def n_windows(self):
         """Windows this rank sees in an epoch."""
-        order = self.sampler.order(self.position.epoch if epoch is None else epoch)
-        return int(self.prepared.blocks[self.split][order, 2].sum()) if len(order) else 0
+        first, stop = self.sampler.share_bounds()
+        return stop - first
 
     def __len__(self):
-        n = self.n_windows()
+        """Batches per epoch, the same on every rank: shares differ by at most one window, and
+        that window joins the last batch of the ranks that have it (see __iter__)."""
+        n = self.sampler.smallest_share
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def _windows_before(self, epoch, round_index, window):
+        """Windows of this rank's epoch handed out before (round_index, window)."""
+        rounds = self.sampler.rounds(epoch)[:round_index]
+        return sum(int(r[:, 2].sum()) for r in rounds) + window
 
     # --- iteration --------------------------------------------------------------
     def __iter__(self):
         pos = self.position
         epoch, first_round, skip = pos.epoch, pos.round, pos.window
         self._rounds.epoch, self._rounds.start = epoch, first_round
+        # The epoch's last batch (after len(self) - 1 full ones) takes every window left, so a
+        # rank holding one window more than the smallest share still makes len(self) batches.
+        last_batch_from = (len(self) - 1) * self.batch_size
+        handed = self._windows_before(epoch, first_round, skip)
         carry = None            # (x, y, session, row, round, first window) not yet a full batch
         for round_index, item in enumerate(self.loader, start=first_round):
             x_rows, y_rows, starts, ids = self._prepare_round(item, epoch, round_index)
             k = skip if round_index == first_round else 0
             n = len(starts)
             while k < n:
-                need = self.batch_size - (0 if carry is None else len(carry[0]))
-                take = starts[k:k + need]
+                carried = 0 if carry is None else len(carry[0])
+                last = not self.drop_last and handed - carried >= last_batch_from
+                take = starts[k:] if last else starts[k:k + self.batch_size - carried]
                 part = self._gather(x_rows, y_rows, take, ids, k, len(take))
                 if carry is not None:
                     part = tuple(torch.cat([a, b]) if a is not None else None for a, b in zip(carry[:4], part))
@@ -156,7 +171,8 @@ class WindowLoader:
                 else:
                     carry_round, carry_first = round_index, k
                 k += len(take)
-                if len(part[0]) < self.batch_size:
+                handed += len(take)
+                if last or len(part[0]) < self.batch_size:
                     # Round exhausted: remember where these windows started, for resume.
                     carry = part + (carry_round, carry_first)
                     self.position = LoaderPosition(epoch, carry_round, carry_first)
@@ -165,7 +181,12 @@ class WindowLoader:
                 self.position = LoaderPosition(epoch, round_index, k) if k < n else \
                     LoaderPosition(epoch, round_index + 1, 0)
                 yield Batch(*part)
-        if carry is not None and not self.drop_last:
+                if self.drop_last and handed >= len(self) * self.batch_size:
+                    break       # drop_last: the rest of the epoch makes no full batch for every rank
+            else:
+                continue
+            break
+        if carry is not None and not self.drop_last and len(carry[0]):
             yield Batch(*carry[:4])
         self.position = LoaderPosition(epoch + 1, 0, 0)
 
@@ -198,7 +219,8 @@ class WindowLoader:
         """x (n, L, F), y (n, H, K) for windows starting at `starts` (row indices into the round)."""
         w = self.window
         steps_x, steps_y, idx = self._index_buffers(starts.device, starts.dtype)
-        idx = idx[:n]
+        # The epoch's last batch may hold one window more than the buffer (see __iter__).
+        idx = idx[:n] if n <= len(idx) else torch.empty((n, w.lookback), device=idx.device, dtype=idx.dtype)
         torch.add(starts[:, None], steps_x, out=idx)                                  # (n, L) row indices
         x = x_rows.index_select(0, idx.view(-1)).view(n, w.lookback, -1)
         if w.horizon == 1:

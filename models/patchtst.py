@@ -1,14 +1,65 @@
-"""A small PatchTST-style transformer (Nie et al., 2023, "A Time Series is Worth 64 Words").
+"""A PatchTST model (Nie et al., 2023, "A Time Series is Worth 64 Words").
 
 Channel independence: each feature's series is cut into overlapping patches,
 embedded, passed through a transformer encoder shared by all channels, and
 flattened into a linear forecast of that channel; RevIN handles level shifts.
+The encoder follows the paper's code, not torch's stock layer: post-norm with
+BatchNorm over the embedding, GELU feed-forward, and "residual attention" (each
+layer's attention scores are added to the next layer's, as in RealFormer).
 """
 
 import torch
 from torch import nn
 
 from models.heads import ChannelMap, RevIN, VectorHead
+
+
+class EmbeddingNorm(nn.Module):
+    """BatchNorm1d (the paper's choice) or LayerNorm over the last axis of (B, N, D)."""
+
+    def __init__(self, d_model, kind):
+        super().__init__()
+        self.batch = kind == "batch"
+        self.norm = nn.BatchNorm1d(d_model) if self.batch else nn.LayerNorm(d_model)
+
+    def forward(self, z):                                            # (B, N, D)
+        return self.norm(z.transpose(1, 2)).transpose(1, 2) if self.batch else self.norm(z)
+
+
+class ResidualAttention(nn.Module):
+    """Multi-head self-attention that also returns its pre-softmax scores for the next layer."""
+
+    def __init__(self, d_model, n_heads):
+        super().__init__()
+        self.n_heads, self.scale = n_heads, (d_model // n_heads) ** -0.5
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.out = nn.Linear(d_model, d_model)
+
+    def forward(self, z, previous_scores):                           # (B, N, D)
+        B, N, D = z.shape
+        q, k, v = self.qkv(z).reshape(B, N, 3, self.n_heads, -1).permute(2, 0, 3, 1, 4)  # 3 x (B, h, N, D/h)
+        scores = q @ k.transpose(-1, -2) * self.scale                # (B, h, N, N)
+        if previous_scores is not None:
+            scores = scores + previous_scores
+        attended = scores.softmax(-1) @ v                            # (B, h, N, D/h)
+        return self.out(attended.transpose(1, 2).reshape(B, N, D)), scores
+
+
+class EncoderLayer(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.attention = ResidualAttention(cfg.d_model, cfg.n_heads)
+        self.feed_forward = nn.Sequential(nn.Linear(cfg.d_model, cfg.d_ff), nn.GELU(), nn.Dropout(cfg.dropout),
+                                          nn.Linear(cfg.d_ff, cfg.d_model))
+        self.norm_attention = EmbeddingNorm(cfg.d_model, cfg.norm)
+        self.norm_feed_forward = EmbeddingNorm(cfg.d_model, cfg.norm)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, z, scores):                                    # (B, N, D)
+        attended, scores = self.attention(z, scores)
+        z = self.norm_attention(z + self.dropout(attended))
+        z = self.norm_feed_forward(z + self.dropout(self.feed_forward(z)))
+        return z, scores
 
 
 class PatchTST(nn.Module):
@@ -21,10 +72,8 @@ class PatchTST(nn.Module):
         self.n_patches = (L - self.patch_len) // self.patch_stride + 2
         self.revin = RevIN(F) if cfg.revin else None
         self.embed = nn.Linear(self.patch_len, cfg.d_model)
-        self.position = nn.Parameter(torch.randn(1, self.n_patches, cfg.d_model) * 0.02)
-        layer = nn.TransformerEncoderLayer(cfg.d_model, cfg.n_heads, dim_feedforward=2 * cfg.d_model,
-                                           dropout=cfg.dropout, batch_first=True, norm_first=True)
-        self.encoder = nn.TransformerEncoder(layer, cfg.num_layers, enable_nested_tensor=False)
+        self.position = nn.Parameter(torch.empty(1, self.n_patches, cfg.d_model).uniform_(-0.02, 0.02))
+        self.layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.num_layers))
         self.dropout = nn.Dropout(cfg.dropout)
         flat = self.n_patches * cfg.d_model
         if cfg.task == "forecast":
@@ -40,8 +89,10 @@ class PatchTST(nn.Module):
         series = x.transpose(1, 2)                                   # (B, F, L)
         series = torch.cat([series, series[:, :, -1:].expand(-1, -1, self.patch_stride)], dim=2)
         patches = series.unfold(2, self.patch_len, self.patch_stride)   # (B, F, N, P)
-        z = self.embed(patches.reshape(B * F, self.n_patches, self.patch_len)) + self.position
-        z = self.encoder(self.dropout(z))                            # (B*F, N, D)
+        z = self.dropout(self.embed(patches.reshape(B * F, self.n_patches, self.patch_len)) + self.position)
+        scores = None
+        for layer in self.layers:
+            z, scores = layer(z, scores)                             # (B*F, N, D)
         if self.task == "classify":
             return self.head(z.mean(1).reshape(B, -1))               # (B, C)
         y = self.flatten_head(z.reshape(B, F, -1)).transpose(1, 2)   # (B, H, F)

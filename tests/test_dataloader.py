@@ -77,10 +77,50 @@ def test_shards_over_ranks_are_disjoint_and_complete(ramp_file):
     assert set.union(*seen) == all_windows(prepared, "train")
 
 
-def test_block_shares_split_the_permutation():
-    sampler = [BlockSampler(10, shuffle=True, seed=1, rank=r, world_size=4) for r in range(4)]
-    orders = [s.order(3) for s in sampler]
-    assert sorted(np.concatenate(orders).tolist()) == list(range(10))
+@pytest.mark.parametrize("world_size", [1, 2, 3, 4])
+def test_block_shares_are_balanced_disjoint_and_complete(world_size):
+    rng = np.random.default_rng(world_size)
+    n_windows = rng.integers(1, 40, size=23)
+    blocks = np.stack([np.arange(23) % 5, rng.integers(0, 1000, size=23), n_windows], axis=1)
+    stride = 3
+    every = sorted((s, r + i * stride) for s, r, n in blocks for i in range(n))
+    seen, sizes = [], []
+    for rank in range(world_size):
+        sampler = BlockSampler(blocks, stride, shuffle=True, seed=1, rank=rank, world_size=world_size)
+        table = sampler.order(3)
+        assert (table[:, 2] > 0).all()
+        windows = [(s, r + i * stride) for s, r, n in table for i in range(n)]
+        seen.extend(windows)
+        sizes.append(len(windows))
+    assert sorted(seen) == every                        # disjoint and complete
+    assert max(sizes) - min(sizes) <= 1                 # balanced to one window
+
+
+@pytest.mark.parametrize("batch_size", [1, 7, 16, 100])
+def test_ranks_make_equal_batch_counts_and_see_every_window_once(ramp_file, batch_size):
+    prepared = prepared_ramp(ramp_file)
+    total = prepared.n_windows("train")
+    world_size = 3 if total % 3 else 4                   # shares that differ by one window
+    assert total % world_size
+    seen, counts = [], []
+    for rank in range(world_size):
+        loader = build_loader(prepared, "train", training(batch_size=batch_size), rank=rank,
+                              world_size=world_size, return_ids=True)
+        loader.set_epoch(2)
+        batches = list(loader)
+        counts.append((len(batches), len(loader)))
+        seen.extend((int(s), int(r)) for b in batches for s, r in zip(b.session, b.row))
+    assert len({c for c in counts}) == 1 and counts[0][0] == counts[0][1]
+    assert sorted(seen) == sorted(all_windows(prepared, "train"))
+
+
+def test_drop_last_gives_every_rank_the_same_full_batches(ramp_file):
+    prepared = prepared_ramp(ramp_file)
+    for rank in range(3):
+        loader = build_loader(prepared, "train", training(batch_size=7, drop_last=True), rank=rank,
+                              world_size=3)
+        sizes = [len(b.x) for b in loader]
+        assert sizes == [7] * len(loader) and len(loader) == prepared.n_windows("train") // 3 // 7
 
 
 @pytest.mark.parametrize("stop_after", [1, 4, 9, 17])

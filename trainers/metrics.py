@@ -38,6 +38,21 @@ class _Moments:
         self.mean_p += delta_p * n_b / n
         self.n = n
 
+    def merge(self, other):
+        """Fold in moments of other data (Chan et al.'s pairwise combination)."""
+        n_a, n_b = self.n, other.n.to(self.n.device)
+        n = n_a + n_b
+        if float(n_b) == 0:
+            return
+        delta_y, delta_p = other.mean_y.to(n.device) - self.mean_y, other.mean_p.to(n.device) - self.mean_p
+        w = n_a * n_b / n
+        self.m2_y += other.m2_y.to(n.device) + delta_y * delta_y * w
+        self.m2_p += other.m2_p.to(n.device) + delta_p * delta_p * w
+        self.c_py += other.c_py.to(n.device) + delta_y * delta_p * w
+        self.mean_y += delta_y * n_b / n
+        self.mean_p += delta_p * n_b / n
+        self.n = n
+
 
 class RegressionMetrics:
     names = ("mse", "rmse", "mae", "r2", "pearson", "direction_acc")
@@ -71,6 +86,23 @@ class RegressionMetrics:
         self._hits += (torch.sign(p) == torch.sign(y)).sum()
         self._cols.update(y, p)
         self._flat.update(y.reshape(-1, 1), p.reshape(-1, 1))
+
+    def merge(self, other):
+        """Fold in another instance's data (another rank's): as if one had seen both."""
+        if self.collect:
+            self._kept.extend(other._kept)
+            return
+        if other._cols is None:
+            return
+        if self._cols is None:
+            self._cols, self._flat = _Moments(len(other._cols.mean_y), self.device), _Moments(1, self.device)
+            zero = lambda: torch.zeros((), dtype=torch.float64, device=self.device)  # noqa: E731
+            self._sse, self._sae, self._hits = zero(), zero(), zero()
+        self._cols.merge(other._cols)
+        self._flat.merge(other._flat)
+        self._sse += other._sse.to(self._sse.device)
+        self._sae += other._sae.to(self._sae.device)
+        self._hits += other._hits.to(self._hits.device)
 
     def compute(self):
         if self.collect:
@@ -130,6 +162,12 @@ class ClassificationMetrics:
         flat = labels * self.n_classes + pred
         self._confusion += torch.bincount(flat, minlength=self.n_classes ** 2).reshape(
             self.n_classes, self.n_classes).to(torch.float64)
+
+    def merge(self, other):
+        """Fold in another instance's data (another rank's)."""
+        self._kept.extend(other._kept)
+        self._confusion += other._confusion.to(self._confusion.device)
+        self._nll += other._nll.to(self._nll.device)
 
     def compute(self):
         if self.collect:

@@ -22,6 +22,7 @@ from data.dataset import prepare_data
 from data.normalize import Normalizer
 from errors import InputError
 from trainers.checkpoint import Checkpointer
+from trainers.distributed import Group
 from trainers.trainer import Trainer
 
 log = logging.getLogger("h5series")
@@ -52,33 +53,44 @@ def load_run_config(run_dir):
     return _from_dict(Config, read_yaml(path), "")
 
 
-def train(config, run_dir=None, resume=False):
-    """Train (or resume) a run; evaluates the best checkpoint on the test split at the end."""
+def train(config, run_dir=None, resume=False, group=None):
+    """Train (or resume) a run; evaluates the best checkpoint on the test split at the end.
+
+    Under torchrun every rank calls this with its `group`; rank 0 alone writes files and prints.
+    """
+    group = group or Group()
+    state, normalizer = None, None
     if resume:
-        checkpoints = Checkpointer(run_dir)
-        state = checkpoints.load("last")
         config = load_run_config(run_dir)
-        normalizer = Normalizer.from_json(state["normalizer"])
-    else:
+        checkpoints = Checkpointer(run_dir)
+        if checkpoints.exists("last"):
+            state = checkpoints.load("last")
+            normalizer = Normalizer.from_json(state["normalizer"])
+        elif group.is_main:
+            print(f"{run_dir}: no checkpoint yet (stopped in its first epoch); starting it again")
+    elif group.is_main:
         run_dir = Path(run_dir) if run_dir else new_run_dir(config)
-        Path(run_dir).mkdir(parents=True, exist_ok=True)
-        state, normalizer = None, None
-    prepared = prepare_data(config.data, seed=config.seed, normalizer=normalizer)
-    if not resume:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = Path(group.broadcast_object(str(run_dir)))   # one directory for all ranks (named by rank 0)
+    prepared = prepare_data(config.data, seed=config.seed, normalizer=normalizer, progress=group.is_main)
+    if state is None and group.is_main:
         save_config(config, run_dir)
-        prepared.normalizer.save(Path(run_dir) / "normalizer.json")
-    trainer = Trainer(config, prepared, Path(run_dir))
+        prepared.normalizer.save(run_dir / "normalizer.json")
+    trainer = Trainer(config, prepared, run_dir, group=group)
     if state is not None:
         trainer.load(state)
-        print(f"resuming {run_dir} at epoch {trainer.epoch}, step {trainer.step}")
+        if group.is_main:
+            print(f"resuming {run_dir} at epoch {trainer.epoch}, step {trainer.step}")
     stopped = trainer.fit()
     if stopped is not None:
         name = signal.Signals(stopped).name
-        print(f"{name}: saved {trainer.checkpoints.path('last')}; continue with "
-              f"`python main.py train --resume {run_dir}`")
+        if group.is_main:
+            print(f"{name}: saved {trainer.checkpoints.path('last')}; continue with "
+                  f"`python main.py train --resume {run_dir}`")
         return {"run_dir": str(run_dir), "stopped_by": name}
     result = evaluate(run_dir, "test", prepared=prepared, config=config, trainer=trainer)
-    hparams_monitor(config, run_dir, result)
+    if group.is_main:
+        hparams_monitor(config, run_dir, result)
     return {"run_dir": str(run_dir), "test": result}
 
 
@@ -114,7 +126,8 @@ def evaluate(run_dir, split="test", *, prepared=None, config=None, trainer=None)
     trainer.model.load_state_dict(state["model"])
     result = trainer.evaluate(split)
     result["epoch_of_checkpoint"] = int(state["epoch"])
-    write_json(Path(run_dir) / f"metrics_{split}.json", result)
+    if trainer.group.is_main:
+        write_json(Path(run_dir) / f"metrics_{split}.json", result)
     return result
 
 

@@ -20,6 +20,7 @@ from data.memory_plan import PlanLine, check_plan, format_plan, loader_plan
 from errors import InputError
 from models import Shapes, build_model
 from trainers.checkpoint import Checkpointer
+from trainers.distributed import Group
 from trainers.metrics import ClassificationMetrics, RegressionMetrics
 from trainers.monitor import Monitor
 
@@ -27,12 +28,15 @@ log = logging.getLogger("h5series")
 MB = 1024 * 1024
 
 
-def resolve_device(name):
+def resolve_device(name, group):
+    """The device of this process: under torchrun on CUDA, the GPU of its local rank."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise InputError(f"training.device is {name!r} but CUDA is not available here; use auto or cpu")
+    if device.type == "cuda" and group.enabled:
+        device = torch.device("cuda", group.local_rank)
     return device
 
 
@@ -71,31 +75,41 @@ def model_shapes(prepared, model_cfg):
 
 
 class Trainer:
-    def __init__(self, config, prepared, run_dir, *, rank=0, world_size=1):
+    """One process's trainer; under torchrun, one per rank, `group` tying them together."""
+
+    def __init__(self, config, prepared, run_dir, *, group=None):
         self.config = config
         self.prepared = prepared
         self.run_dir = run_dir
-        self.rank, self.world_size = rank, world_size
+        self.group = group or Group()
+        self.rank, self.world_size = self.group.rank, self.group.world_size
         tc = config.training
-        self.device = resolve_device(tc.device)
+        self.device = resolve_device(tc.device, self.group)
         torch.manual_seed(config.seed)
         self.task = config.model.task
         if self.task == "classify" and prepared.columns.target_source == "features":
             raise InputError("model.task is classify but the targets are feature columns; classify needs "
                              "integer labels in the sessions' `targets` dataset")
         self.model = build_model(config.model, model_shapes(prepared, config.model)).to(self.device)
+        # Training steps go through DDP (gradients averaged over ranks); evaluation and
+        # checkpoints use the bare model, so a checkpoint loads in a single process.
+        self.train_model = self.model
+        if self.group.enabled:
+            self.train_model = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=tc.learning_rate,
                                            weight_decay=tc.weight_decay)
         self.autocast, self.scaler, self.amp = amp_setup(tc.amp, self.device)
-        self.train_loader = build_loader(prepared, "train", tc, seed=config.seed, rank=rank,
-                                         world_size=world_size, device=self.device, return_ids=True)
+        self.train_loader = build_loader(prepared, "train", tc, seed=config.seed, rank=self.rank,
+                                         world_size=self.world_size, device=self.device, return_ids=True)
         self.steps_per_epoch = self._steps_per_epoch()
         self.scheduler = self._scheduler()
-        self.monitor = Monitor(run_dir, config.output.tensorboard, enabled=rank == 0)
+        self.monitor = Monitor(run_dir, config.output.tensorboard, enabled=self.group.is_main)
         self.checkpoints = Checkpointer(run_dir)
         self.epoch, self.step, self.best, self.bad_epochs = 0, 0, math.inf, 0
         self.nonfinite_in_a_row, self.nonfinite_total = 0, 0
         self._stop_signal = None
+        self._stop_requested = False    # agreed by every rank at the last optimizer step
 
     # --- setup ------------------------------------------------------------------------
     def _steps_per_epoch(self):
@@ -149,9 +163,9 @@ class Trainer:
         tc = self.config.training
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
-            while self.epoch < tc.epochs and self._stop_signal is None:
+            while self.epoch < tc.epochs and not self._stop_agreed():
                 train_loss = self.train_epoch()
-                if self._stop_signal is not None:
+                if self._stop_agreed():
                     self.save("last")
                     break
                 val = self.evaluate("val")
@@ -168,6 +182,17 @@ class Trainer:
     def _on_signal(self, signum, frame):
         # Finish the current step, save, exit cleanly (checked after each optimizer step).
         self._stop_signal = signum
+
+    def _stop_agreed(self):
+        """Whether any rank was signalled; every rank calls this at the same points, so all stop
+        together (a rank that stopped alone would leave the others waiting in a collective)."""
+        if not self.group.enabled:
+            return self._stop_signal is not None
+        flag = torch.tensor([0.0 if self._stop_signal is None else float(self._stop_signal)], device=self.device)
+        signum = int(self.group.all_reduce(flag, "max").item())
+        if signum and self._stop_signal is None:
+            self._stop_signal = signum
+        return signum != 0
 
     def train_epoch(self):
         tc = self.config.training
@@ -188,8 +213,11 @@ class Trainer:
             wait += time.perf_counter() - t0
             if batch is None:
                 break
-            loss = self._loss(batch) / tc.gradient_accumulation_steps
-            self.scaler.scale(loss).backward()
+            # DDP averages gradients over ranks on backward; between accumulation steps it need not.
+            accumulating = (micro + 1) % tc.gradient_accumulation_steps != 0
+            with self.train_model.no_sync() if accumulating and self.group.enabled else contextlib.nullcontext():
+                loss = self._loss(batch) / tc.gradient_accumulation_steps
+                self.scaler.scale(loss).backward()
             loss_sum += loss.detach().double() * tc.gradient_accumulation_steps
             loss_count += 1
             windows += len(batch.x)
@@ -210,10 +238,13 @@ class Trainer:
                 self.monitor.step(0, loss=f"{stats['loss']:.4f}", win_s=f"{stats['windows_per_s']:,.0f}",
                                   wait=f"{stats['data_wait']:.0%}", pss=f"{stats['pss_mb']:,.0f}MB")
                 windows, wait, t_log = 0, 0.0, time.perf_counter()
-            if self._stop_signal is not None:
+            # Alone, stop right after this step; under DDP, at the step every rank agreed on.
+            if self._stop_requested or (self._stop_signal is not None and not self.group.enabled):
                 break
         self.monitor.end_epoch()
-        return float(loss_sum) / max(1, loss_count)
+        totals = self.group.all_reduce(torch.stack([loss_sum, torch.tensor(float(loss_count), dtype=torch.float64,
+                                                                              device=self.device)]))
+        return float(totals[0]) / max(1.0, float(totals[1]))
 
     def _steps_done_in_epoch(self):
         """Optimizer steps already taken in this epoch (non-zero when resuming mid-epoch)."""
@@ -223,7 +254,7 @@ class Trainer:
         x = batch.x.to(self.device, non_blocking=True)                 # (B, L, F)
         y = batch.y.to(self.device, non_blocking=True)                 # (B, H, K)
         with self.autocast:
-            out = self.model(x)
+            out = self.train_model(x)
         if self.task == "classify":
             return torch.nn.functional.cross_entropy(out.float(), y.reshape(-1).long())
         return torch.nn.functional.mse_loss(out.float(), y)
@@ -233,8 +264,15 @@ class Trainer:
         self.scaler.unscale_(self.optimizer)
         if tc.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
-        # The one per-step host sync: a non-finite loss must skip the step before it lands.
-        if not bool(torch.isfinite(loss)):
+        # The one per-step host sync: a non-finite loss must skip the step before it lands. Under
+        # DDP the ranks agree (one all-reduce) on it and on a stop signal, so they step together.
+        flags = torch.stack([(~torch.isfinite(loss.detach())).float(),
+                             torch.tensor(float(self._stop_signal or 0), device=loss.device)])
+        nonfinite, signum = self.group.all_reduce(flags, "max").tolist()
+        if signum and self._stop_signal is None:
+            self._stop_signal = int(signum)
+        self._stop_requested = signum != 0
+        if nonfinite:
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.update()
             self.nonfinite_in_a_row += 1
@@ -271,9 +309,11 @@ class Trainer:
                           ", ".join(f"{k} {v:.4g}" for k, v in val.items() if k != "loss"))
         self.epoch += 1
         self.step = self.epoch * self.steps_per_epoch
-        self.save("last")
+        # best before last: a crash between the two leaves `last` one epoch behind, so the resumed
+        # run repeats that epoch and rewrites `best`, instead of skipping an improvement.
         if improved:
             self.save("best")
+        self.save("last")
         if tc.gc_every_epoch:
             gc.collect()
             if self.device.type == "cuda":
@@ -312,10 +352,16 @@ class Trainer:
                 if "norm_" in metrics:
                     metrics["norm_"].update(out, y)
             count += len(x)
-        if count == 0:
+        # Every rank evaluated its share; fold the others' sums and moments in (exact, not averaged).
+        totals = self.group.all_reduce(torch.stack([loss_sum, torch.tensor(float(count), dtype=torch.float64,
+                                                                              device=self.device)]))
+        if float(totals[1]) == 0:
             raise InputError(f"split {split!r} has no windows to evaluate; check data.split")
-        result = {"loss": float(loss_sum) / count}
+        result = {"loss": float(totals[0]) / float(totals[1])}
         for prefix, m in metrics.items():
+            for i, other in enumerate(self.group.gather_objects(m)):
+                if i != self.rank:
+                    m.merge(other)
             result.update({prefix + k: v for k, v in m.compute().items()})
         return result
 
@@ -324,7 +370,8 @@ class Trainer:
         return {
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
-            "loader": self.train_loader.state_dict(), "epoch": self.epoch, "step": self.step,
+            "loader": {"world_size": self.world_size, "positions": self.group.gather_objects(
+                self.train_loader.state_dict())}, "epoch": self.epoch, "step": self.step,
             "best": self.best, "bad_epochs": self.bad_epochs, "nonfinite_total": self.nonfinite_total,
             "rng_cpu": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
@@ -336,15 +383,23 @@ class Trainer:
         return to_dict(self.config)
 
     def save(self, name):
-        if self.rank == 0:
-            self.checkpoints.save(name, self.state())
+        state = self.state()                # a collective under DDP: every rank builds it
+        if self.group.is_main:
+            self.checkpoints.save(name, state)
+        self.group.barrier()                # no rank reads a checkpoint rank 0 is still writing
 
     def load(self, state):
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
-        self.train_loader.load_state_dict(state["loader"])
+        loader = state["loader"]
+        if loader["world_size"] != self.world_size:
+            raise InputError(
+                f"{self.checkpoints.path('last')}: the run was trained by {loader['world_size']} process(es) and is "
+                f"resumed by {self.world_size}; resume with the same count (torchrun --nproc_per_node "
+                f"{loader['world_size']}, or plain python for 1): rank shares and steps per epoch depend on it")
+        self.train_loader.load_state_dict(loader["positions"][self.rank])
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
         self.best, self.bad_epochs = float(state["best"]), int(state["bad_epochs"])
         self.nonfinite_total = int(state["nonfinite_total"])
