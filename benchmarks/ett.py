@@ -56,8 +56,7 @@ def run_one(h5_path, model, horizon, seed, epochs, runs_dir):
     t0 = time.perf_counter()
     if model == "repeat_last":
         prepared = prepare_data(config.data, seed=seed, progress=False)
-        trainer = Trainer(config, prepared, Path(runs_dir))
-        trainer.monitor.close()
+        trainer = Trainer(config, prepared, Path(runs_dir), monitor=False)
         test = trainer.evaluate("test")
         windows = prepared.n_windows("test")
     else:

@@ -121,8 +121,7 @@ def evaluate(run_dir, split="test", *, prepared=None, config=None, trainer=None)
     """Metrics of the best checkpoint on `split`; written to <run>/metrics_<split>.json."""
     config, state, prepared = _restore(run_dir, config, prepared)
     if trainer is None:
-        trainer = Trainer(config, prepared, Path(run_dir))
-        trainer.monitor.close()
+        trainer = Trainer(config, prepared, Path(run_dir), monitor=False)
     trainer.model.load_state_dict(state["model"])
     result = trainer.evaluate(split)
     result["epoch_of_checkpoint"] = int(state["epoch"])
@@ -136,8 +135,7 @@ def predict(run_dir, out, split="test"):
     """Predictions of the best checkpoint for every window of `split`, streamed to HDF5 in
     original units, aligned by session, first row and (if present) the first target's timestamp."""
     config, state, prepared = _restore(run_dir)
-    trainer = Trainer(config, prepared, Path(run_dir))
-    trainer.monitor.close()
+    trainer = Trainer(config, prepared, Path(run_dir), monitor=False)
     trainer.model.load_state_dict(state["model"])
     trainer.model.eval()
     loader = build_loader(prepared, split, config.training, device=trainer.device, return_ids=True)

@@ -77,7 +77,7 @@ def model_shapes(prepared, model_cfg):
 class Trainer:
     """One process's trainer; under torchrun, one per rank, `group` tying them together."""
 
-    def __init__(self, config, prepared, run_dir, *, group=None):
+    def __init__(self, config, prepared, run_dir, *, group=None, monitor=True):
         self.config = config
         self.prepared = prepared
         self.run_dir = run_dir
@@ -104,7 +104,8 @@ class Trainer:
                                          world_size=self.world_size, device=self.device, return_ids=True)
         self.steps_per_epoch = self._steps_per_epoch()
         self.scheduler = self._scheduler()
-        self.monitor = Monitor(run_dir, config.output.tensorboard, enabled=self.group.is_main)
+        # monitor=False: a trainer built only to evaluate or predict writes no TensorBoard files.
+        self.monitor = Monitor(run_dir, config.output.tensorboard and monitor, enabled=self.group.is_main)
         self.checkpoints = Checkpointer(run_dir)
         self.epoch, self.step, self.best, self.bad_epochs = 0, 0, math.inf, 0
         self.nonfinite_in_a_row, self.nonfinite_total = 0, 0
