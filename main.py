@@ -277,6 +277,13 @@ def main(argv=None):
     except InputError as exc:
         print(f"error: {_one_line(exc)}", file=sys.stderr)
         return exc.exit_code
+    except RuntimeError as exc:
+        from data.dataloader import worker_death_message
+        message = worker_death_message(exc)
+        if message is None:
+            raise           # a bug: keep the traceback
+        print(f"error: {message}", file=sys.stderr)
+        return 1
     except BrokenPipeError:  # output piped into `head` and cut off: not an error
         sys.stderr.close()
         return 0

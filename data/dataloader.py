@@ -243,6 +243,21 @@ class WindowLoader:
         return self._buffers
 
 
+def worker_death_message(exc):
+    """One line for PyTorch's report of a dead DataLoader worker, or None for other errors.
+
+    PyTorch notices a dead worker by itself (its SIGCHLD handler or watchdog raises a
+    RuntimeError within seconds, wherever the main thread is), so a crash is no hang;
+    this names the usual cause and what to try."""
+    message = str(exc).strip()
+    if not message.startswith("DataLoader worker") or "Traceback" in message:
+        return None
+    return (f"{message.splitlines()[0].rstrip('. ')}; a worker killed by signal 9 is usually the out-of-memory "
+            "killer: lower training.num_workers, data.chunk_cache_size or training.batch_size, or use the "
+            "low_memory profile (docs/memory.md); then `python main.py train --resume RUN_DIR` continues from "
+            "the last checkpoint")
+
+
 def _as_index(cols, width):
     """A slice when the columns are all of them in order (no copy), else a list."""
     return slice(None) if list(cols) == list(range(width)) else list(cols)

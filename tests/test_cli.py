@@ -136,3 +136,39 @@ def test_error_raised_in_a_loader_worker_is_one_line(tmp_path, capsys):
                         "data.lookback=8", "data.normalize=none", "data.split.fractions=[1.0, 0, 0]",
                         "training.num_workers=1", "training.epochs=1", f"output.runs_dir={tmp_path}"], capsys)
     assert_one_line_error(code, err, "session 'a' features row 2500 column 'q' is inf", "nan_policy")
+
+
+def test_a_killed_loader_worker_is_a_clear_error_not_a_hang(tmp_path):
+    """SIGKILL a DataLoader worker mid-run (as the out-of-memory killer would)."""
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+    from data.demo import generate
+    generate(tmp_path / "d.h5", sessions=4, rows=20000, features=4, progress=False)
+    proc = subprocess.Popen(
+        [sys.executable, "main.py", "train", f"data.paths=[{tmp_path / 'd.h5'}]", "data.lookback=16",
+         "training.num_workers=1", "training.persistent_workers=true", "training.epochs=50",
+         "training.max_steps_per_epoch=0", f"output.runs_dir={tmp_path}"],
+        cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        workers = []
+        while not workers and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+            # PyTorch names its worker processes pt_data_worker.
+            workers = [c for c in psutil.Process(proc.pid).children(recursive=True) if c.name() == "pt_data_worker"]
+        assert workers, "no worker appeared"
+        time.sleep(1.0)
+        for worker in workers:
+            worker.kill()
+        t0 = time.time()
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert time.time() - t0 < 60
+    assert proc.returncode == 1, err[-2000:]
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in err, err[-2000:]
+    assert "DataLoader worker (pid" in lines[0] and "usually the out-of-memory killer" in lines[0]

@@ -240,3 +240,4 @@ def test_memory_plan_and_budget(ramp_file):
     with pytest.raises(InputError, match=r"memory plan needs [\d,]+ MB but memory_budget_mb is 500; "
                                          r"the largest part is DataLoader workers .*lower training.num_workers"):
         check_plan(plan, 500)
+

@@ -37,6 +37,13 @@ class Checkpointer:
                              "the previous checkpoint is intact") from None
         return target
 
+    def remove_stale_temps(self):
+        """Delete temp files left by a writer that was killed mid-write (SIGKILL skips the
+        cleanup); called when a run (re)starts, the one time no checkpoint is being written."""
+        for name in NAMES:
+            for tmp in self.dir.glob(f".{name}.pt.tmp-*"):
+                tmp.unlink(missing_ok=True)
+
     def exists(self, name):
         return self.path(name).exists()
 

@@ -161,6 +161,8 @@ class Trainer:
         if self.rank == 0:
             print(format_plan(plan, self.config.memory_budget_mb))
         check_plan(plan, self.config.memory_budget_mb)
+        if self.group.is_main:
+            self.checkpoints.remove_stale_temps()
         tc = self.config.training
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
