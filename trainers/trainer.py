@@ -166,21 +166,27 @@ class Trainer:
         tc = self.config.training
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
-            while self.epoch < tc.epochs and not self._stop_agreed():
+            # The early-stop test comes first, so a run resumed after it stopped early (say, killed
+            # before its test evaluation) does not train on.
+            while self.epoch < tc.epochs and not self._early_stopped() and not self._stop_agreed():
                 train_loss = self.train_epoch()
                 if self._stop_agreed():
                     self.save("last")
                     break
                 val = self.evaluate("val")
                 self.end_epoch(train_loss, val)
-                if tc.early_stopping_patience and self.bad_epochs >= tc.early_stopping_patience:
-                    self.monitor.info(f"early stop: no better validation loss for {self.bad_epochs} epochs")
-                    break
             return self._stop_signal
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
             self.monitor.close()
+
+    def _early_stopped(self):
+        patience = self.config.training.early_stopping_patience
+        if patience and self.bad_epochs >= patience:
+            self.monitor.info(f"early stop: no better validation loss for {self.bad_epochs} epochs")
+            return True
+        return False
 
     def _on_signal(self, signum, frame):
         # Finish the current step, save, exit cleanly (checked after each optimizer step).
