@@ -85,6 +85,8 @@ class Trainer:
         self.rank, self.world_size = self.group.rank, self.group.world_size
         tc = config.training
         self.device = resolve_device(tc.device, self.group)
+        if tc.num_threads:
+            torch.set_num_threads(tc.num_threads)
         torch.manual_seed(config.seed)
         self.task = config.model.task
         if self.task == "classify" and prepared.columns.target_source == "features":
