@@ -1,6 +1,6 @@
 """Memory-capped training on datasets larger than RAM.
 
-    python benchmarks/memory.py --dataset-gb 1 30 --profile low_memory [--steps 300]
+    python benchmarks/memory.py --dataset-gb 1 30 --profile low_memory [--steps 2000]
                                 [--cache warm cold] [--limit-mb MB | --no-limit] --json OUT
 
 For each dataset size, generates (or reuses) bench_data/memory/data_<N>gb.h5 with
@@ -120,22 +120,27 @@ class MemoryLimit:
 def child(args):
     import tempfile
 
+    import psutil
+
     from config import load_config
     from data.dataset import prepare_data
     from trainers.trainer import Trainer
     config = load_config(args.profile, overrides=[
         f"data.paths=[{args.data}]", "training.epochs=1", f"training.max_steps_per_epoch={args.steps}",
-        "output.tensorboard=false", "training.log_every_steps=1000000"])
+        "output.tensorboard=false", "training.log_every_steps=1000000", *args.set])
     t0 = time.perf_counter()
     prepared = prepare_data(config.data, seed=config.seed, progress=False)
-    t1 = time.perf_counter()
+    prepare_s = time.perf_counter() - t0
     with tempfile.TemporaryDirectory() as run_dir:
         trainer = Trainer(config, prepared, Path(run_dir), monitor=False)
+        read_before = psutil.Process().io_counters().read_bytes     # bytes fetched from storage
+        t1 = time.perf_counter()            # steps only: building the trainer imports ~3 s of modules
         trainer.train_epoch()
-    t2 = time.perf_counter()
+        t2 = time.perf_counter()
+        disk_mb = (psutil.Process().io_counters().read_bytes - read_before) / 2**20
     tc = config.training
     windows = trainer.step * tc.batch_size * tc.gradient_accumulation_steps
-    print(json.dumps({"prepare_s": t1 - t0, "train_s": t2 - t1, "steps": trainer.step, "windows": windows,
+    print(json.dumps({"prepare_s": prepare_s, "train_s": t2 - t1, "disk_read_mb": disk_mb, "steps": trainer.step, "windows": windows,
                       "train_windows_in_file": prepared.n_windows("train"), "model": config.model.name,
                       "batch_size": tc.batch_size, "budget_mb": config.memory_budget_mb}))
 
@@ -151,7 +156,7 @@ def measure(data, gb, cache, args, limit_mb):
         warm_page_cache(data)
     limit = MemoryLimit(limit_mb) if limit_mb else None
     cmd = [sys.executable, __file__, "--child", "--data", str(data), "--profile", args.profile,
-           "--steps", str(args.steps)]
+           "--steps", str(args.steps), "--set", *args.set]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT,
                             preexec_fn=limit.enter if limit and limit.active else None)
     with PeakSampler(proc.pid, interval=0.1) as sampler:
@@ -171,6 +176,7 @@ def measure(data, gb, cache, args, limit_mb):
         result = json.loads(out.strip().splitlines()[-1])
         row.update({"windows_per_s": round(result["windows"] / result["train_s"]), "steps": result["steps"],
                     "train_s": round(result["train_s"], 1), "prepare_s": round(result["prepare_s"], 1),
+                    "disk_read_mb": round(result["disk_read_mb"]),
                     "model": result["model"], "batch_size": result["batch_size"]})
     print(json.dumps(row), flush=True)
     return row
@@ -180,10 +186,12 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset-gb", type=float, nargs="+", default=[1.0, 30.0])
     parser.add_argument("--profile", default="low_memory")
-    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--cache", nargs="+", default=["warm", "cold"], choices=("warm", "cold"))
     parser.add_argument("--limit-mb", type=float, default=None, help="hard limit (default: the profile's budget)")
     parser.add_argument("--no-limit", action="store_true", help="run without a cgroup limit")
+    parser.add_argument("--set", nargs="*", default=[], metavar="key=value",
+                        help="config overrides for the training run, e.g. training.num_threads=1")
     parser.add_argument("--dir", default=str(ROOT / "bench_data" / "memory"))
     parser.add_argument("--json", default=None)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -204,7 +212,7 @@ def main():
                 continue                              # cannot be held in the page cache: every run is cold
             rows.append(measure(data, gb, cache, args, limit_mb))
     print(table(rows, ["dataset_gb", "cache", "limit_mb", "exit", "peak_pss_mb", "cgroup_peak_mb", "limit_hits",
-                       "oom_kills", "windows_per_s", "prepare_s", "train_s"]))
+                       "oom_kills", "windows_per_s", "disk_read_mb", "prepare_s", "train_s"]))
     pss = [r["peak_pss_mb"] for r in rows if r["exit"] == 0]
     if len(pss) >= 2:
         print(f"peak PSS spread across datasets: {100 * (max(pss) / min(pss) - 1):.1f}%")
