@@ -111,8 +111,11 @@ class WindowLoader:
                                    "prefetch_factor": None}
         self._rounds = _RoundSampler(self.sampler)
         # Prepared data holds no open HDF5 handle (prepare_data closes them), so forking is safe.
+        # Its own generator: otherwise each new iterator draws its base seed from the global RNG,
+        # and a run resumed mid-epoch (iterator made at another point) would get other dropout masks.
         self.loader = torch.utils.data.DataLoader(
             self.reader, sampler=self._rounds, batch_size=None, worker_init_fn=_worker_init,
+            generator=torch.Generator().manual_seed(seed),
             multiprocessing_context="fork" if self.options["num_workers"] else None, **self.options)
         reader = self.reader
         self._x_cols = reader.x_cols                     # a slice when every column is an input (no copy)

@@ -99,6 +99,8 @@ class Trainer:
         if self.group.enabled:
             self.train_model = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            # Same initial weights on every rank (seeded above), but each rank its own dropout masks.
+            torch.manual_seed(config.seed + self.rank)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=tc.learning_rate,
                                            weight_decay=tc.weight_decay)
         self.autocast, self.scaler, self.amp = amp_setup(tc.amp, self.device)
@@ -384,8 +386,10 @@ class Trainer:
             "loader": {"world_size": self.world_size, "positions": self.group.gather_objects(
                 self.train_loader.state_dict())}, "epoch": self.epoch, "step": self.step,
             "best": self.best, "bad_epochs": self.bad_epochs, "nonfinite_total": self.nonfinite_total,
-            "rng_cpu": torch.get_rng_state(),
-            "rng_cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
+            # One RNG state per rank (each rank draws its own dropout masks).
+            "rng_cpu": self.group.gather_objects(torch.get_rng_state()),
+            "rng_cuda": self.group.gather_objects(torch.cuda.get_rng_state(self.device))
+            if self.device.type == "cuda" else [],
             "normalizer": self.prepared.normalizer.to_json(), "config": self._config_dict(),
         }
 
@@ -405,6 +409,8 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         loader = state["loader"]
+        if "positions" not in loader:           # written by a version before DDP: one process
+            loader = {"world_size": 1, "positions": [loader]}
         if loader["world_size"] != self.world_size:
             raise InputError(
                 f"{self.checkpoints.path('last')}: the run was trained by {loader['world_size']} process(es) and is "
@@ -414,6 +420,7 @@ class Trainer:
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
         self.best, self.bad_epochs = float(state["best"]), int(state["bad_epochs"])
         self.nonfinite_total = int(state["nonfinite_total"])
-        torch.set_rng_state(state["rng_cpu"])
+        rng_cpu = state["rng_cpu"] if isinstance(state["rng_cpu"], list) else [state["rng_cpu"]]
+        torch.set_rng_state(rng_cpu[self.rank])
         if self.device.type == "cuda" and state["rng_cuda"]:
-            torch.cuda.set_rng_state_all(state["rng_cuda"])
+            torch.cuda.set_rng_state(state["rng_cuda"][self.rank], self.device)
