@@ -129,6 +129,30 @@ def trial(index, mode, rng, data, base, quick, reference, duration):
             "seconds": round(time.perf_counter() - t0, 1)}
 
 
+def full_disk(base, data, quick, checkpoint_bytes):
+    """A real full disk: a tmpfs with room for the first epoch's two checkpoints but not for
+    the temp file of the next one. Expects exit code 2, one line naming the file and the
+    fix, and the previous checkpoints intact. Needs root (mount); says so otherwise."""
+    mount = base / "full_disk"
+    mount.mkdir(exist_ok=True)
+    size = 2 * checkpoint_bytes + checkpoint_bytes // 2 + (64 << 10)       # + config, normalizer
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        return {"full_disk": "not run", "reason": mounted.stderr.strip() or "mount failed"}
+    try:
+        run_dir = mount / "run"
+        args = train_args(data, run_dir, quick)
+        args.insert(args.index("--run-dir"), "output.tensorboard=false")     # only checkpoints fill the disk
+        proc = subprocess.run([sys.executable, "main.py", *args], cwd=ROOT, capture_output=True, text=True, env=ENV)
+        errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+        return {"full_disk": "run", "tmpfs_bytes": size, "exit": proc.returncode, "error_lines": errors,
+                "traceback": "Traceback" in proc.stderr, "checkpoints_left": check_checkpoints(run_dir),
+                "temp_files_left": temp_files(run_dir)}
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
+
+
 def run(trials, seed, quick, base, write_every=3):
     base.mkdir(parents=True, exist_ok=True)
     data = base / "demo.h5"
@@ -139,13 +163,15 @@ def run(trials, seed, quick, base, write_every=3):
     finish(train_args(data, reference_dir, quick))
     duration = time.perf_counter() - t0
     reference = json.loads((reference_dir / "metrics_test.json").read_text())
+    disk = full_disk(base, data, quick, (reference_dir / "checkpoints" / "last.pt").stat().st_size)
+    print(json.dumps(disk), flush=True)
     rng = np.random.default_rng(seed)
     rows = []
     for i in range(trials):
         mode = "write" if i % write_every == write_every - 1 else "random"
         rows.append(trial(i, mode, rng, data, base, quick, reference, duration))
         print(json.dumps(rows[-1]), flush=True)
-    return {"reference_seconds": round(duration, 1), "reference": reference, "trials": rows}
+    return {"reference_seconds": round(duration, 1), "reference": reference, "full_disk": disk, "trials": rows}
 
 
 def main():

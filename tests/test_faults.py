@@ -2,6 +2,7 @@
 once during a checkpoint write), resume it, and get the uninterrupted run's metrics."""
 
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -19,3 +20,12 @@ def test_killed_runs_resume_to_the_uninterrupted_metrics(tmp_path, seed):
     for trial in result["trials"]:
         assert trial["metrics_equal"], trial
         assert trial["temp_files_after"] == []
+    # A real full disk (a small tmpfs; needs root to mount): one line, exit 2, checkpoints intact.
+    disk = result["full_disk"]
+    if disk["full_disk"] != "run":
+        warnings.warn(f"full-disk case not run here: {disk['reason']}")
+        return
+    assert disk["exit"] == 2 and not disk["traceback"], disk
+    assert len(disk["error_lines"]) == 1
+    assert "cannot write the checkpoint (no space left on device); free some space" in disk["error_lines"][0]
+    assert disk["checkpoints_left"] == {"best": (1, 15), "last": (1, 15)} and disk["temp_files_left"] == []

@@ -102,7 +102,7 @@ def test_checkpoint_write_failure_keeps_the_previous_one(tmp_path, monkeypatch):
             handle.write(b"partial")
         raise OSError(errno.ENOSPC, "No space left on device")
     monkeypatch.setattr(checkpoint_module.torch, "save", disk_full)
-    with pytest.raises(InputError, match=r"last.pt: cannot write the checkpoint \(No space left on device\); "
+    with pytest.raises(InputError, match=r"last.pt: cannot write the checkpoint \(no space left on device\); "
                                          r"free some space .*previous checkpoint is intact"):
         checkpoints.save("last", {"step": 2})
     monkeypatch.undo()
