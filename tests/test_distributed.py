@@ -92,7 +92,10 @@ def test_resume_under_torchrun_finishes_like_an_uninterrupted_run(ddp_run, demo_
     assert "resuming" in resumed.stdout and "at epoch 0, step 31" in resumed.stdout
     want = json.loads((out / "run" / "metrics_test.json").read_text())
     got = json.loads((run_dir / "metrics_test.json").read_text())
-    assert got == want                                         # bit for bit: same processes, same order
+    # Not bit for bit: float32 sums in the evaluation loss vary in the last bits from run to run
+    # (seen: 9e-9 relative). A wrong resume shows up far above this (seen: 4e-6 on the loss,
+    # 0.7% on pearson, when dropout masks were not restored).
+    assert got == pytest.approx(want, rel=1e-7)
 
 
 def test_resuming_with_another_world_size_is_a_clear_error(ddp_run):
