@@ -105,7 +105,9 @@ def trial(index, mode, rng, data, base, quick, reference, duration):
     proc = start(args)
     if mode == "write":
         epochs = 2 if quick else 4
-        nth = int(rng.integers(1, 2 * epochs))            # which write: best and last, each epoch
+        # Which write to hit: each epoch writes `last` (and `best` when validation improved),
+        # so there are at least `epochs` writes.
+        nth = int(rng.integers(1, epochs + 1))
         hit = kill_during_write(proc, run_dir, nth, duration * 3)
         moment = f"write #{nth}" if hit else "ran to the end"
     else:
