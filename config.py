@@ -182,9 +182,10 @@ class TrainingConfig:
     """gc.collect() and torch.cuda.empty_cache() after each epoch."""
     num_workers: int = -1
     """DataLoader worker processes; -1 = auto (0 on 2 cores, else cores - 1, at most 4)."""
-    num_threads: int = 0
-    """Threads of the training process's math; 0 = PyTorch's default (one per core). Set 1 beside other
-    busy processes: idle threads spin-wait for ones the OS has paused (measured 30x slower steps)."""
+    num_threads: int = -1
+    """Threads of the training process's math; -1 = auto (the cores other processes leave free at start,
+    at least 1), 0 = PyTorch's default (one per core). Threads on a busy core spin-wait for ones the OS
+    has paused (measured 2-30x slower steps)."""
     pin_memory: bool = True
     """Pin host batches for fast non_blocking copies to the GPU; turned off without CUDA."""
     persistent_workers: bool = True
@@ -199,8 +200,9 @@ class TrainingConfig:
     def __post_init__(self):
         _check_at_least_one("training", self, ("epochs", "batch_size", "gradient_accumulation_steps",
                                                "prefetch_factor", "round_blocks", "log_every_steps"))
-        if self.num_threads < 0:
-            raise InputError(f"training.num_threads must be 0 (PyTorch's default) or >= 1, got {self.num_threads}")
+        if self.num_threads < -1:
+            raise InputError(f"training.num_threads must be -1 (auto), 0 (PyTorch's default) or >= 1, "
+                             f"got {self.num_threads}")
         if self.num_workers < -1:
             raise InputError(f"training.num_workers must be -1 (auto) or >= 0, got {self.num_workers}")
         if self.learning_rate <= 0:

@@ -168,3 +168,16 @@ def test_classification_run(tmp_path):
     test = result["test"]
     assert set(test) >= {"accuracy", "f1_macro", "cross_entropy"}
     assert test["accuracy"] > 0.8          # the label is the sign of the last input's first feature
+
+
+def test_thread_count_leaves_busy_cores_alone(monkeypatch):
+    from trainers import trainer as trainer_module
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(trainer_module, "_TORCH_DEFAULT_THREADS", 2)
+    assert trainer_module.thread_count(-1, cores=2, busy_cores=0.9)[0] == 1
+    assert trainer_module.thread_count(-1, cores=2, busy_cores=2.0)[0] == 1      # never fewer than one
+    threads, why = trainer_module.thread_count(-1, cores=2, busy_cores=0.1)
+    assert threads == 2 and "other processes keep 0.1 of 2 cores busy" in why
+    assert trainer_module.thread_count(0) == (0, "") and trainer_module.thread_count(3) == (3, "")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")                                   # torchrun sets it
+    assert trainer_module.thread_count(-1, cores=2, busy_cores=0.0)[0] == 0
