@@ -17,7 +17,6 @@ real loader, sampling and normalization over the whole file) and reports:
 
 import argparse
 import json
-import math
 import os
 import subprocess
 import sys
