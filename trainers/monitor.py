@@ -1,6 +1,6 @@
 """What a run shows and logs: a tqdm bar, TensorBoard scalars and hparams, memory.
 
-Only rank 0 writes (issue 5/5 wires ranks); every method is a no-op elsewhere.
+Under torchrun only rank 0 writes (enabled=False elsewhere makes every method a no-op).
 """
 
 import logging
