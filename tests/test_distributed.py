@@ -115,3 +115,20 @@ def test_without_torchrun_the_group_is_one_process(monkeypatch):
     monkeypatch.delenv("RANK", raising=False)
     with pytest.raises(Exception, match="WORLD_SIZE is 2 but RANK is not set; start distributed runs with torchrun"):
         distributed.setup()
+
+
+def test_gradient_accumulation_under_ddp(demo_path, tmp_path):
+    """The no_sync path: gradients all-reduced once per optimizer step, not per micro-batch."""
+    run_dir = tmp_path / "run"
+    args = train_args(demo_path, run_dir)
+    args.insert(args.index("--run-dir"), "training.gradient_accumulation_steps=2")
+    args.insert(args.index("--run-dir"), "training.epochs=1")
+    proc = torchrun(tmp_path, 0, args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    config = run_module.load_run_config(run_dir)
+    prepared = prepare_data(config.data, seed=config.seed, progress=False)
+    share = prepared.n_windows("train") // 2                     # the smaller rank share
+    batches = -(-share // config.training.batch_size)
+    state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    assert state["step"] == batches // 2 and state["epoch"] == 1
+    assert json.loads((run_dir / "metrics_test.json").read_text())["loss"] > 0
