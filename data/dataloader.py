@@ -133,11 +133,6 @@ class WindowLoader:
     def load_state_dict(self, state):
         self.position = LoaderPosition.from_dict(state)
 
-    def n_windows(self):
-        """Windows this rank sees in an epoch."""
-        first, stop = self.sampler.share_bounds()
-        return stop - first
-
     def __len__(self):
         """Batches per epoch, the same on every rank: shares differ by at most one window, and
         that window joins the last batch of the ranks that have it (see __iter__)."""

@@ -3,6 +3,7 @@
 import torch
 from torch import nn
 
+from errors import InputError
 from models.heads import ChannelMap
 
 
@@ -13,7 +14,6 @@ class RepeatLast(nn.Module):
     def __init__(self, cfg, shapes):
         super().__init__()
         if cfg.task != "forecast":
-            from errors import InputError
             raise InputError("model.name=repeat_last is a forecasting baseline; use model.task=forecast")
         self.horizon = shapes.horizon
         self.channels = ChannelMap(shapes)

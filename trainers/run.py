@@ -61,7 +61,7 @@ def train(config, run_dir=None, resume=False, group=None):
     group = group or Group()
     state, normalizer = None, None
     if resume:
-        config = load_run_config(run_dir)
+        config = config or load_run_config(run_dir)
         checkpoints = Checkpointer(run_dir)
         if checkpoints.exists("last"):
             state = checkpoints.load("last")

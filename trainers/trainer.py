@@ -179,7 +179,7 @@ class Trainer:
     def fit(self):
         """Train to the end (or early stop / signal); returns final metrics."""
         plan = self.memory_plan()
-        if self.rank == 0:
+        if self.group.is_main:
             print(format_plan(plan, self.config.memory_budget_mb))
         check_plan(plan, self.config.memory_budget_mb)
         if self.group.is_main:
@@ -218,16 +218,25 @@ class Trainer:
         # Finish the current step, save, exit cleanly (checked after each optimizer step).
         self._stop_signal = signum
 
-    def _stop_agreed(self):
-        """Whether any rank was signalled; every rank calls this at the same points, so all stop
-        together (a rank that stopped alone would leave the others waiting in a collective)."""
-        if not self.group.enabled:
-            return self._stop_signal is not None
-        flag = torch.tensor([0.0 if self._stop_signal is None else float(self._stop_signal)], device=self.device)
-        signum = int(self.group.all_reduce(flag, "max").item())
+    def _agree(self, nonfinite=None):
+        """(any rank saw a non-finite loss, any rank was signalled), in one all-reduce under DDP.
+        Every rank calls this at the same points, so all skip or stop together (a rank that
+        stopped alone would leave the others waiting in a collective)."""
+        flags = torch.stack([torch.zeros((), device=self.device) if nonfinite is None else nonfinite.float(),
+                             torch.tensor(float(self._stop_signal or 0), device=self.device)])
+        any_nonfinite, signum = self.group.all_reduce(flags, "max").tolist()
         if signum and self._stop_signal is None:
-            self._stop_signal = signum
-        return signum != 0
+            self._stop_signal = int(signum)
+        return bool(any_nonfinite), signum != 0
+
+    def _stop_agreed(self):
+        return self._agree()[1]
+
+    def _global_sum(self, total, count):
+        """(total, count) summed over ranks, as floats."""
+        both = torch.stack([total, torch.tensor(float(count), dtype=torch.float64, device=self.device)])
+        total, count = self.group.all_reduce(both).tolist()
+        return total, count
 
     def train_epoch(self):
         tc = self.config.training
@@ -277,9 +286,8 @@ class Trainer:
             if self._stop_requested or (self._stop_signal is not None and not self.group.enabled):
                 break
         self.monitor.end_epoch()
-        totals = self.group.all_reduce(torch.stack([loss_sum, torch.tensor(float(loss_count), dtype=torch.float64,
-                                                                              device=self.device)]))
-        return float(totals[0]) / max(1.0, float(totals[1]))
+        total, count = self._global_sum(loss_sum, loss_count)
+        return total / max(1.0, count)
 
     def _steps_done_in_epoch(self):
         """Optimizer steps already taken in this epoch (non-zero when resuming mid-epoch)."""
@@ -301,12 +309,7 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
         # The one per-step host sync: a non-finite loss must skip the step before it lands. Under
         # DDP the ranks agree (one all-reduce) on it and on a stop signal, so they step together.
-        flags = torch.stack([(~torch.isfinite(loss.detach())).float(),
-                             torch.tensor(float(self._stop_signal or 0), device=loss.device)])
-        nonfinite, signum = self.group.all_reduce(flags, "max").tolist()
-        if signum and self._stop_signal is None:
-            self._stop_signal = int(signum)
-        self._stop_requested = signum != 0
+        nonfinite, self._stop_requested = self._agree(~torch.isfinite(loss.detach()))
         if nonfinite:
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.update()
@@ -388,11 +391,10 @@ class Trainer:
                     metrics["norm_"].update(out, y)
             count += len(x)
         # Every rank evaluated its share; fold the others' sums and moments in (exact, not averaged).
-        totals = self.group.all_reduce(torch.stack([loss_sum, torch.tensor(float(count), dtype=torch.float64,
-                                                                              device=self.device)]))
-        if float(totals[1]) == 0:
+        total, count = self._global_sum(loss_sum, count)
+        if count == 0:
             raise InputError(f"split {split!r} has no windows to evaluate; check data.split")
-        result = {"loss": float(totals[0]) / float(totals[1])}
+        result = {"loss": total / count}
         for prefix, m in metrics.items():
             for i, other in enumerate(self.group.gather_objects(m)):
                 if i != self.rank:
