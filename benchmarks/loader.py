@@ -1,6 +1,6 @@
 """Loader throughput and memory: this framework's block loader against the usual ways.
 
-    python benchmarks/loader.py [--quick] [--scale] [--codecs] [--json PATH]
+    python benchmarks/loader.py [--quick] [--scale] [--codecs] [--device cuda] [--json PATH]
 
 One data file, one window spec (default: 100 sessions x 200,000 rows x 16 float32
 features, lookback 128, horizon 1, batch 256, 2 workers). Each row runs in its own
@@ -200,23 +200,31 @@ def row_framework(args):
                           chunk_cache_size=args.chunk_cache_mb * 2**20)
     prepared = prepare_data(data_cfg, progress=False)
     loader = build_loader(prepared, "train", TrainingConfig(batch_size=args.batch, num_workers=args.workers,
-                                                            round_blocks=args.round_blocks))
+                                                            round_blocks=args.round_blocks), device=args.device)
     return ((b.x, b.y) for b in loader)
 
 
 def run_row(args):
     """Child process: iterate the row's batches, print one JSON line."""
     batches = globals()[f"row_{args.run_row}"](args)
+    import torch
+    cuda = args.device.startswith("cuda")
     first = next(batches)                       # start-up (workers, loading) excluded from the rate
     assert first[0].shape[1:] == (args.lookback, args.features), first[0].shape
+    assert first[0].device.type == torch.device(args.device).type, first[0].device
+    if cuda:
+        torch.cuda.synchronize()
     t0 = time.perf_counter()
-    windows = 0
+    windows = batches_seen = 0
     for x, y in batches:
         windows += len(x)
+        batches_seen += 1
         if time.perf_counter() - t0 > args.seconds:
             break
+    if cuda:
+        torch.cuda.synchronize()                # delivered = the gathers on the device are done
     elapsed = time.perf_counter() - t0
-    print(json.dumps({"windows": windows, "seconds": elapsed}), flush=True)
+    print(json.dumps({"windows": windows, "seconds": elapsed, "batches": batches_seen}), flush=True)
 
 
 # --- the parent ------------------------------------------------------------------------------
@@ -225,7 +233,7 @@ def measure(name, data, args, label=None, workers=None):
     from trainers.memory import PeakSampler
     cmd = [sys.executable, __file__, "--run-row", name, "--data", str(data)]
     for key in ("lookback", "horizon", "batch", "workers", "seconds", "features", "block_rows",
-                "round_blocks", "chunk_cache_mb"):
+                "round_blocks", "chunk_cache_mb", "device"):
         value = workers if key == "workers" and workers is not None else getattr(args, key)
         cmd += [f"--{key.replace('_', '-')}", str(value)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT)
@@ -236,7 +244,10 @@ def measure(name, data, args, label=None, workers=None):
     result = json.loads(out.strip().splitlines()[-1])
     row = {"name": label or ROWS[name], "windows_per_s": result["windows"] / result["seconds"],
            "peak_pss_mb": sampler.peak_mb, "windows": result["windows"], "seconds": result["seconds"],
-           "file": Path(data).name, "file_gb": Path(data).stat().st_size / 1e9}
+           # With a consumer that does nothing else, the time it waits on each batch.
+           "wait_ms_per_batch": 1000 * result["seconds"] / max(1, result.get("batches", 0)),
+           "batch": args.batch, "workers": args.workers if workers is None else workers,
+           "device": args.device, "file": Path(data).name, "file_gb": Path(data).stat().st_size / 1e9}
     print(f"  {row['name']}: {row['windows_per_s']:,.0f} windows/s, peak PSS {row['peak_pss_mb']:,.0f} MB",
           flush=True)
     return row
@@ -255,6 +266,9 @@ def main():
     parser.add_argument("--round-blocks", type=int, default=8)
     parser.add_argument("--chunk-cache-mb", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=20.0, help="time per row")
+    parser.add_argument("--device", default="cpu",
+                        help="where row 5 delivers batches (cpu, cuda); with cuda only row 5 runs, "
+                             "at --workers and at 0 workers")
     parser.add_argument("--only", nargs="*", default=list(ROWS), help="rows to run")
     parser.add_argument("--quick", action="store_true", help="small data, short runs (< 1 min)")
     parser.add_argument("--scale", action="store_true", help="row 5 on ~1 GB and ~8 GB files")
@@ -268,6 +282,11 @@ def main():
         return run_row(args)
     if args.quick:
         args.sessions, args.rows, args.seconds = 10, 20_000, 3.0
+    if args.device != "cpu":
+        import torch
+        if not args.device.startswith("cuda") or not torch.cuda.is_available():
+            raise SystemExit(f"--device {args.device}: no such device here; use cpu, or cuda on a machine with a GPU")
+        args.only = ["framework"]               # the baselines deliver to the CPU
     Path(args.dir).mkdir(parents=True, exist_ok=True)
     data = data_file(args.dir, args.sessions, args.rows, args.features)
     rows = [measure(name, data, args) for name in ROWS if name in args.only]
@@ -289,7 +308,8 @@ def main():
             rows.append(measure("framework", path, args, label=f"5. h5series block loader, {gb} GB file"))
             rows.append(measure("framework", path, args, label=f"5. h5series block loader, {gb} GB file, 0 workers",
                                 workers=0))
-    print(table(rows, ["name", "windows_per_s", "peak_pss_mb", "file", "file_gb"]))
+    print(table(rows, ["name", "device", "batch", "workers", "windows_per_s", "wait_ms_per_batch", "peak_pss_mb",
+                       "file", "file_gb"]))
     by_name = {r["name"]: r["windows_per_s"] for r in rows}
     if all(ROWS[k] in by_name for k in ROWS):
         fw = by_name[ROWS["framework"]]

@@ -88,7 +88,7 @@ class RoundReader(torch.utils.data.Dataset):
             return
         w = self.window
         last_input = (n_windows - 1) * w.stride + w.lookback
-        first_target = w.lookback - 1 + w.target_offset
+        first_target = w.first_target
         quality.check_finite(block[:last_input, self.x_cols], session, start, "features",
                              self.columns.feature_names)
         if self.y_from_features:

@@ -58,6 +58,18 @@ def loader_options(training_cfg, device, cpu_count=None):
             "prefetch_factor": prefetch}, notes
 
 
+GATHER_CHUNK_BYTES = 32 * 1024 * 1024
+
+
+def gather_batches(device, batch_size, window, n_features):
+    """Batches gathered per kernel launch set: 1 on the CPU (the copy dominates there, and a
+    larger chunk only costs memory); on a GPU enough for ~32 MiB of inputs, at most 64."""
+    if torch.device(device).type != "cuda":
+        return 1
+    batch_bytes = batch_size * window.lookback * n_features * 4
+    return max(1, min(64, GATHER_CHUNK_BYTES // max(1, batch_bytes)))
+
+
 def _note_once(notes):
     for note in notes:
         if note not in _NOTED:
@@ -98,6 +110,8 @@ class WindowLoader:
         self.shuffle = shuffle
         self.drop_last = drop_last
         self.device = torch.device(device)
+        self.gather_batches = gather_batches(self.device, batch_size, prepared.window,
+                                             len(prepared.columns.feature_index))
         self.return_ids = return_ids
         self.normalizer = prepared.normalizer
         self.sampler = BlockSampler(prepared.blocks[split], prepared.window.stride, shuffle=shuffle, seed=seed,
@@ -118,6 +132,8 @@ class WindowLoader:
             generator=torch.Generator().manual_seed(seed),
             multiprocessing_context="fork" if self.options["num_workers"] else None, **self.options)
         reader = self.reader
+        # A Python int (reading it off steps_y on a GPU would be a host sync per batch).
+        self._first_target = prepared.window.first_target
         self._x_cols = reader.x_cols                     # a slice when every column is an input (no copy)
         self._y_cols = _as_index(reader.y_cols, len(reader.read_cols)) if reader.y_from_features else None
 
@@ -156,13 +172,14 @@ class WindowLoader:
         carry = None            # (x, y, session, row, round, first window) not yet a full batch
         for round_index, item in enumerate(self.loader, start=first_round):
             x_rows, y_rows, starts, ids = self._prepare_round(item, epoch, round_index)
+            chunk = None        # (first window, x, y) gathered ahead for the next batches
             k = skip if round_index == first_round else 0
             n = len(starts)
             while k < n:
                 carried = 0 if carry is None else len(carry[0])
                 last = not self.drop_last and handed - carried >= last_batch_from
                 take = starts[k:] if last else starts[k:k + self.batch_size - carried]
-                part = self._gather(x_rows, y_rows, take, ids, k, len(take))
+                part, chunk = self._serve(chunk, x_rows, y_rows, starts, ids, k, len(take))
                 if carry is not None:
                     part = tuple(torch.cat([a, b]) if a is not None else None for a, b in zip(carry[:4], part))
                     carry_round, carry_first = carry[4], carry[5]
@@ -195,7 +212,7 @@ class WindowLoader:
         row_session = None
         if self.normalizer.mode == "per_session":
             sizes = torch.as_tensor(self.reader.block_rows(item["blocks"].numpy()))
-            row_session = torch.repeat_interleave(item["blocks"][:, 0], sizes).to(self.device)
+            row_session = torch.repeat_interleave(item["blocks"][:, 0], sizes).to(self.device, non_blocking=True)
         x_rows = self.normalizer.normalize_features(rows[:, self._x_cols], row_session).contiguous()
         if self._y_cols is not None:
             y_rows = rows[:, self._y_cols]
@@ -211,23 +228,39 @@ class WindowLoader:
             ids = None if ids is None else (ids[0][perm], ids[1][perm])
         if len(x_rows) < 2**31 - 1:
             starts = starts.to(torch.int32)
-        return x_rows, y_rows, starts.to(self.device), ids
+        # non_blocking: a blocking host-to-device copy waits for the GPU (a host sync per round).
+        return x_rows, y_rows, starts.to(self.device, non_blocking=True), ids
 
-    def _gather(self, x_rows, y_rows, starts, ids, k, n):
+    def _serve(self, chunk, x_rows, y_rows, starts, ids, k, n):
+        """((x, y, session, row) of the round's windows k .. k + n in serving order, chunk).
+
+        Windows are gathered `gather_batches` batches at a time and a batch is a view of its
+        chunk: on a GPU each gather is a few kernel launches whose fixed cost (~10 us each)
+        outweighs the copy of one batch, so one launch set per chunk instead of per batch
+        (docs/benchmarks.md, GPU check). With gather_batches 1 (CPU) a chunk is one batch."""
+        if chunk is None or not chunk[0] <= k or k + n > chunk[0] + len(chunk[1]):
+            m = n if self.gather_batches == 1 else min(len(starts) - k, max(n, self.gather_batches * self.batch_size))
+            chunk = (k,) + self._gather(x_rows, y_rows, starts[k:k + m])
+        a = k - chunk[0]
+        x, y = chunk[1][a:a + n], chunk[2][a:a + n]
+        if ids is None:
+            return (x, y, None, None), chunk
+        return (x, y, ids[0][k:k + n], ids[1][k:k + n]), chunk
+
+    def _gather(self, x_rows, y_rows, starts):
         """x (n, L, F), y (n, H, K) for windows starting at `starts` (row indices into the round)."""
         w = self.window
+        n = len(starts)
         steps_x, steps_y, idx = self._index_buffers(starts.device, starts.dtype)
-        # The epoch's last batch may hold one window more than the buffer (see __iter__).
+        # The epoch's last batch may hold one window more than a chunk (see __iter__).
         idx = idx[:n] if n <= len(idx) else torch.empty((n, w.lookback), device=idx.device, dtype=idx.dtype)
         torch.add(starts[:, None], steps_x, out=idx)                                  # (n, L) row indices
         x = x_rows.index_select(0, idx.view(-1)).view(n, w.lookback, -1)
         if w.horizon == 1:
-            y = y_rows.index_select(0, starts + int(steps_y[0])).view(n, 1, -1)
+            y = y_rows.index_select(0, starts + self._first_target).view(n, 1, -1)
         else:
             y = y_rows.index_select(0, (starts[:, None] + steps_y).view(-1)).view(n, w.horizon, -1)
-        if ids is None:
-            return x, y, None, None
-        return x, y, ids[0][k:k + n], ids[1][k:k + n]
+        return x, y
 
     def _index_buffers(self, device, dtype):
         """Row offsets inside a window and a reused index buffer (int32 indices gather faster)."""
@@ -235,8 +268,8 @@ class WindowLoader:
         if getattr(self, "_buffers_key", None) != key:
             w = self.window
             steps_x = torch.arange(w.lookback, device=device, dtype=dtype)
-            steps_y = torch.arange(w.horizon, device=device, dtype=dtype) + (w.lookback - 1 + w.target_offset)
-            idx = torch.empty((self.batch_size, w.lookback), device=device, dtype=dtype)
+            steps_y = torch.arange(w.horizon, device=device, dtype=dtype) + w.first_target
+            idx = torch.empty((self.gather_batches * self.batch_size, w.lookback), device=device, dtype=dtype)
             self._buffers, self._buffers_key = (steps_x, steps_y, idx), key
         return self._buffers
 

@@ -109,7 +109,7 @@ class TimeSeriesDataset(torch.utils.data.Dataset):
         values = session.read_rows(row, row + w.span)[:, self._read_cols]         # (span, C)
         if self.nan_policy == "ffill":
             quality.forward_fill(values, session, row, self._read_cols)
-        target_start = w.lookback - 1 + w.target_offset
+        target_start = w.first_target
         x = values[:w.lookback, self._x_cols]                                      # (L, F)
         if self.columns.target_source == "features":
             y = values[target_start:target_start + w.horizon, self._y_cols]        # (H, K)

@@ -99,8 +99,9 @@ class Normalizer:
             else:
                 stats = self.features if which == "features" else self.targets
                 mean, std = stats.mean[None, :], stats.std[None, :]  # (1, C)
-            self._tensors[key] = (torch.as_tensor(mean, dtype=dtype, device=device),
-                                  torch.as_tensor(std, dtype=dtype, device=device))
+            # non_blocking: a blocking copy to a GPU would wait for it (a host sync in the first round).
+            self._tensors[key] = (torch.as_tensor(mean, dtype=dtype).to(device, non_blocking=True),
+                                  torch.as_tensor(std, dtype=dtype).to(device, non_blocking=True))
         return self._tensors[key]
 
     def _stats_for(self, x, which, session_ids):

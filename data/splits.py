@@ -99,7 +99,7 @@ def split_ranges(catalog, spec, window):
             stop = min(stop, session.n_rows)
             if spec.inputs_before_border and name != "train" and spec.method != "rows":
                 # Targets stay inside the range (after the gap); inputs are the past, known then.
-                start = max(0, start - (window.lookback - 1 + window.target_offset))
+                start = max(0, start - window.first_target)
             if window.n_windows(stop - start) > 0:
                 out[name].append((i, start, stop))
     if short:

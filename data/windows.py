@@ -39,9 +39,14 @@ class WindowSpec:
             raise InputError(f"window.target_offset must be 0 or 1, got {self.target_offset}")
 
     @property
+    def first_target(self):
+        """Row of a window's first target, counted from its first input row."""
+        return self.lookback - 1 + self.target_offset
+
+    @property
     def span(self):
         """Rows one window touches, inputs and targets."""
-        return self.lookback - 1 + self.target_offset + self.horizon
+        return self.first_target + self.horizon
 
     @property
     def default_gap(self):

@@ -241,3 +241,45 @@ def test_memory_plan_and_budget(ramp_file):
                                          r"the largest part is DataLoader workers .*lower training.num_workers"):
         check_plan(plan, 500)
 
+
+
+@pytest.mark.parametrize("gather_batches", [2, 5])
+def test_chunked_gather_gives_the_same_batches(ramp_file, gather_batches):
+    # On a GPU windows are gathered several batches at a time (fewer kernel launches) and batches
+    # are views of the chunk; forced here on the CPU, with batches spanning rounds and a resume
+    # in the middle of a chunk.
+    prepared = prepared_ramp(ramp_file, normalize="global")
+    cfg = training(batch_size=13)
+    plain = build_loader(prepared, "train", cfg, seed=3, return_ids=True)
+    assert plain.gather_batches == 1
+    plain.set_epoch(1)
+    want = [(b.x.clone(), b.y.clone(), b.session, b.row) for b in plain]
+
+    chunked = build_loader(prepared, "train", cfg, seed=3, return_ids=True)
+    chunked.gather_batches = gather_batches
+    chunked.set_epoch(1)
+    got = []
+    for i, b in enumerate(chunked):
+        got.append((b.x.clone(), b.y.clone(), b.session, b.row))
+        if i == 6:
+            state = chunked.state_dict()
+            break
+    resumed = build_loader(prepared, "train", cfg, seed=3, return_ids=True)
+    resumed.gather_batches = gather_batches
+    resumed.load_state_dict(state)
+    resumed.set_epoch(1)
+    got.extend((b.x.clone(), b.y.clone(), b.session, b.row) for b in resumed)
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert all(torch.equal(a, b) for a, b in zip(g, w))
+
+
+def test_gather_batches_is_one_on_the_cpu_and_bounded_on_a_gpu():
+    from data.dataloader import gather_batches
+    from data.windows import WindowSpec
+    w = WindowSpec(lookback=128)
+    assert gather_batches("cpu", 256, w, 16) == 1
+    assert gather_batches("cuda", 256, w, 16) == 16            # 16 x 2 MiB = 32 MiB
+    assert gather_batches("cuda", 1024, w, 16) == 4
+    assert gather_batches("cuda", 1, WindowSpec(lookback=2), 1) == 64
+    assert gather_batches("cuda", 65536, w, 64) == 1

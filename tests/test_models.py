@@ -73,3 +73,23 @@ def test_repeat_last_repeats_the_last_row():
     assert torch.equal(out, x[:, -1:, [2, 0]].expand(-1, 3, -1))
     with pytest.raises(InputError, match="forecasting baseline"):
         build_model(ModelConfig(name="repeat_last", task="classify", n_classes=2), Shapes(8, 1, 4, 2))
+
+
+@pytest.mark.parametrize("name", ["gru", "lstm"])
+def test_recurrent_layers_stack_with_torch_dropout_and_load_the_old_layout(name):
+    # Stacked one module per layer, with nn.Dropout between (its masks come from torch's RNG,
+    # which checkpoints hold; cuDNN's multi-layer dropout state is not restored on resume).
+    cfg = ModelConfig(name=name, hidden_size=8, num_layers=3, dropout=0.5)
+    model = build_model(cfg, SHAPES)
+    assert len(model.layers) == 3 and model.dropout.p == 0.5
+    cell = torch.nn.LSTM if name == "lstm" else torch.nn.GRU
+    old = cell(5, 8, num_layers=3, batch_first=True, dropout=0.5)
+    state = {f"rnn.{k}": v for k, v in old.state_dict().items()}
+    state.update({k: v for k, v in model.state_dict().items() if k.startswith("head.")})
+    model.load_state_dict(state)                              # a checkpoint of the multi-layer layout
+    model.eval()
+    old.eval()
+    x = torch.randn(2, 32, 5)
+    expected = model.head(old(x)[0][:, -1])
+    torch.testing.assert_close(model(x), expected)
+    assert build_model(ModelConfig(name=name, hidden_size=8, num_layers=1, dropout=0.5), SHAPES).dropout.p == 0.0

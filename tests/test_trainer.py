@@ -181,3 +181,19 @@ def test_thread_count_leaves_busy_cores_alone(monkeypatch):
     assert trainer_module.thread_count(0) == (0, "") and trainer_module.thread_count(3) == (3, "")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")                                   # torchrun sets it
     assert trainer_module.thread_count(-1, cores=2, busy_cores=0.0)[0] == 0
+
+
+def test_auto_workers_are_lowered_to_fit_the_memory_budget(demo_path, tmp_path, monkeypatch):
+    # Seen on a 16-core GPU machine: auto gave 4 workers and low_memory (1 GB) refused to start.
+    import data.dataloader as dataloader_module
+    from data.dataset import prepare_data
+    monkeypatch.setattr(dataloader_module.os, "cpu_count", lambda: 16)
+    config = small_config(demo_path, tmp_path, "training.num_workers=-1", "memory_budget_mb=1024")
+    prepared = prepare_data(config.data, progress=False)
+    trainer = Trainer(config, prepared, tmp_path / "run", monitor=False)
+    workers = trainer.loader_cfg.num_workers
+    assert trainer.train_loader.options["num_workers"] == workers < 4
+    assert sum(line.mb for line in trainer.memory_plan()) <= 1024
+    more = __import__("dataclasses").replace(config.training, num_workers=workers + 1)
+    assert sum(line.mb for line in trainer.memory_plan(more)) > 1024
+    assert config.training.num_workers == -1                  # the run's config is left as written

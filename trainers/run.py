@@ -143,7 +143,7 @@ def predict(run_dir, out, split="test"):
     window = prepared.window
     sessions = prepared.catalog.sessions
     stamped = all(s.has_timestamps for s in sessions)
-    offset = window.lookback - 1 + window.target_offset
+    offset = window.first_target
     n = 0
     with atomic_path(out) as tmp:
         with h5py.File(tmp, "w") as f:

@@ -7,6 +7,7 @@ step (to skip a non-finite step) and at log intervals.
 """
 
 import contextlib
+import dataclasses
 import gc
 import logging
 import math
@@ -22,6 +23,7 @@ from data.memory_plan import PlanLine, check_plan, format_plan, loader_plan
 from errors import InputError
 from models import Shapes, build_model
 from trainers.checkpoint import Checkpointer
+from trainers.cuda_plan import cuda_plan, format_cuda_plan
 from trainers.distributed import Group
 from trainers.metrics import ClassificationMetrics, RegressionMetrics
 from trainers.monitor import Monitor
@@ -121,7 +123,8 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=tc.learning_rate,
                                            weight_decay=tc.weight_decay)
         self.autocast, self.scaler, self.amp = amp_setup(tc.amp, self.device)
-        self.train_loader = build_loader(prepared, "train", tc, seed=config.seed, rank=self.rank,
+        self.loader_cfg = self._loader_training_config()
+        self.train_loader = build_loader(prepared, "train", self.loader_cfg, seed=config.seed, rank=self.rank,
                                          world_size=self.world_size, device=self.device, return_ids=True)
         self.steps_per_epoch = self._steps_per_epoch()
         self.scheduler = self._scheduler()
@@ -132,6 +135,10 @@ class Trainer:
         self.nonfinite_in_a_row, self.nonfinite_total = 0, 0
         self._stop_signal = None
         self._stop_requested = False    # agreed by every rank at the last optimizer step
+        self.epoch_perf = {}            # the last training epoch's throughput (train_epoch)
+        self.cuda_planned_mb = None     # the planned peak of CUDA memory (fit, on a GPU)
+        self.cuda_plan_worst = None     # the plan's largest phase
+        self.cuda_plan_lines = {}       # the plan's lines, MB by name
 
     # --- setup ------------------------------------------------------------------------
     def _steps_per_epoch(self):
@@ -161,10 +168,30 @@ class Trainer:
             return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress))
         return torch.optim.lr_scheduler.LambdaLR(self.optimizer, cosine_with_warmup)
 
-    def memory_plan(self):
+    def _loader_training_config(self):
+        """The training section the loaders use: with num_workers=-1 (auto), the auto count lowered
+        until the memory plan fits memory_budget_mb. Measured on a 16-core GPU machine: auto gave 4
+        workers, and low_memory (1 GB) refused to start with them (plan 1,441 MB)."""
+        tc = self.config.training
+        if tc.num_workers != -1:
+            return tc
+        auto = loader_options(tc, self.device)[0]["num_workers"]
+        for workers in range(auto, 0, -1):
+            cfg = dataclasses.replace(tc, num_workers=workers)
+            if sum(line.mb for line in self.memory_plan(cfg)) <= self.config.memory_budget_mb:
+                break
+        else:
+            cfg = dataclasses.replace(tc, num_workers=0)
+        if cfg.num_workers < auto:
+            log.info("training.num_workers=-1 (auto): %d workers, not %d, to fit memory_budget_mb=%d",
+                     cfg.num_workers, auto, self.config.memory_budget_mb)
+        return cfg
+
+    def memory_plan(self, loader_cfg=None):
         """The loader's plan plus the model, optimizer and activations (a rough bound)."""
-        options, _ = loader_options(self.config.training, self.device)
-        lines = loader_plan(self.prepared, self.config.data, self.config.training, options)
+        loader_cfg = loader_cfg or self.loader_cfg
+        options, _ = loader_options(loader_cfg, self.device)
+        lines = loader_plan(self.prepared, self.config.data, loader_cfg, options)
         params = sum(p.numel() for p in self.model.parameters())
         w, tc = self.prepared.window, self.config.training
         lines.append(PlanLine("model + AdamW state + gradients", params * 4 * 4 / MB, "model.hidden_size / d_model",
@@ -182,6 +209,8 @@ class Trainer:
         if self.group.is_main:
             print(format_plan(plan, self.config.memory_budget_mb))
         check_plan(plan, self.config.memory_budget_mb)
+        if self.device.type == "cuda":
+            self._plan_cuda_memory()
         if self.group.is_main:
             self.checkpoints.remove_stale_temps()
         tc = self.config.training
@@ -207,6 +236,21 @@ class Trainer:
                 signal.signal(s, handler)
             self.monitor.close()
 
+    def _plan_cuda_memory(self):
+        """Print the GPU's plan (trainers/cuda_plan.py); stop before training when it cannot fit."""
+        lines, total, worst = cuda_plan(self)
+        self.cuda_planned_mb, self.cuda_plan_worst = total / MB, worst
+        self.cuda_plan_lines = {line.name: line.detail if line.name == "phases" else round(line.mb, 2)
+                                for line in lines}
+        capacity = torch.cuda.get_device_properties(self.device).total_memory
+        if self.group.is_main:
+            print(format_cuda_plan(lines, total, worst, capacity))
+        self.monitor.scalars(self.step, {"cuda_planned_mb": self.cuda_planned_mb}, "memory")
+        if total > capacity:
+            raise InputError(f"the CUDA memory plan needs {total / MB:,.0f} MB at its peak ({worst}) but "
+                             f"{torch.cuda.get_device_name(self.device)} has {capacity / MB:,.0f} MB; lower "
+                             "training.batch_size (or training.round_blocks / data.block_rows)")
+
     def _early_stopped(self):
         patience = self.config.training.early_stopping_patience
         if patience and self.bad_epochs >= patience:
@@ -218,23 +262,27 @@ class Trainer:
         # Finish the current step, save, exit cleanly (checked after each optimizer step).
         self._stop_signal = signum
 
-    def _agree(self, nonfinite=None):
-        """(any rank saw a non-finite loss, any rank was signalled), in one all-reduce under DDP.
-        Every rank calls this at the same points, so all skip or stop together (a rank that
-        stopped alone would leave the others waiting in a collective)."""
-        flags = torch.stack([torch.zeros((), device=self.device) if nonfinite is None else nonfinite.float(),
-                             torch.tensor(float(self._stop_signal or 0), device=self.device)])
-        any_nonfinite, signum = self.group.all_reduce(flags, "max").tolist()
+    def _agree(self, nonfinite=None, overflow=None):
+        """(any rank saw a non-finite loss, any rank's fp16 gradients overflowed, any rank was
+        signalled), in one all-reduce under DDP and one host sync (`.tolist()`). Every rank calls
+        this at the same points, so all skip or stop together (a rank that stopped alone would
+        leave the others waiting in a collective). The flags are built on the device (torch.full,
+        not torch.tensor: a host-to-device copy of a Python number is a second sync)."""
+        def flag(value):
+            return torch.zeros((), device=self.device) if value is None else value.float().reshape(())
+        stop = torch.full((), float(self._stop_signal or 0), device=self.device)
+        flags = torch.stack([flag(nonfinite), flag(overflow), stop])
+        any_nonfinite, any_overflow, signum = self.group.all_reduce(flags, "max").tolist()
         if signum and self._stop_signal is None:
             self._stop_signal = int(signum)
-        return bool(any_nonfinite), signum != 0
+        return bool(any_nonfinite), bool(any_overflow), signum != 0
 
     def _stop_agreed(self):
-        return self._agree()[1]
+        return self._agree()[2]
 
     def _global_sum(self, total, count):
-        """(total, count) summed over ranks, as floats."""
-        both = torch.stack([total, torch.tensor(float(count), dtype=torch.float64, device=self.device)])
+        """(total, count) summed over ranks, as floats: one host sync (the `.tolist()`)."""
+        both = torch.stack([total, torch.full((), float(count), dtype=torch.float64, device=self.device)])
         total, count = self.group.all_reduce(both).tolist()
         return total, count
 
@@ -249,14 +297,18 @@ class Trainer:
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         loss_count = 0
         windows, wait, t_log = 0, 0.0, time.perf_counter()
+        epoch_windows, epoch_wait, t_epoch, epoch_steps = 0, 0.0, time.perf_counter(), 0
         micro = 0
         batches = iter(loader)
         while done_steps < self.steps_per_epoch:
             t0 = time.perf_counter()
             batch = next(batches, None)
-            wait += time.perf_counter() - t0
+            waited = time.perf_counter() - t0
+            wait += waited
+            epoch_wait += waited
             if batch is None:
                 break
+            epoch_windows += len(batch.x)
             # DDP averages gradients over ranks on backward; between accumulation steps it need not.
             accumulating = (micro + 1) % tc.gradient_accumulation_steps != 0
             with self.train_model.no_sync() if accumulating and self.group.enabled else contextlib.nullcontext():
@@ -270,6 +322,7 @@ class Trainer:
                 continue
             self._optimizer_step(loss, batch)
             done_steps += 1
+            epoch_steps += 1
             self.monitor.step()
             if self.step % tc.log_every_steps == 0:
                 elapsed = time.perf_counter() - t_log
@@ -286,7 +339,14 @@ class Trainer:
             if self._stop_requested or (self._stop_signal is not None and not self.group.enabled):
                 break
         self.monitor.end_epoch()
-        total, count = self._global_sum(loss_sum, loss_count)
+        total, count = self._global_sum(loss_sum, loss_count)    # a host sync: the epoch's GPU work is done
+        seconds = time.perf_counter() - t_epoch
+        # This rank's epoch as a whole (the log-interval figures above are windows of it).
+        self.epoch_perf = {"steps": epoch_steps, "windows": epoch_windows, "seconds": seconds,
+                           "data_wait_s": epoch_wait, "windows_per_s": epoch_windows / max(seconds, 1e-9),
+                           "data_wait": epoch_wait / max(seconds, 1e-9)}
+        self.monitor.scalars(self.epoch, {"windows_per_s": self.epoch_perf["windows_per_s"],
+                                          "data_wait": self.epoch_perf["data_wait"]}, "perf_epoch")
         return total / max(1.0, count)
 
     def _steps_done_in_epoch(self):
@@ -309,7 +369,11 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
         # The one per-step host sync: a non-finite loss must skip the step before it lands. Under
         # DDP the ranks agree (one all-reduce) on it and on a stop signal, so they step together.
-        nonfinite, self._stop_requested = self._agree(~torch.isfinite(loss.detach()))
+        # fp16: the GradScaler's overflow flag rides along, so the step below needs no second sync
+        # (GradScaler.step would read it with .item(); docs/benchmarks.md, GPU check).
+        overflow = sum(self.scaler._found_inf_per_device(self.optimizer).values()) \
+            if self.scaler.is_enabled() else None
+        nonfinite, overflow, self._stop_requested = self._agree(~torch.isfinite(loss.detach()), overflow)
         if nonfinite:
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.update()
@@ -323,7 +387,10 @@ class Trainer:
                     "training.learning_rate, or set training.amp=off")
             return
         self.nonfinite_in_a_row = 0
-        self.scaler.step(self.optimizer)
+        if not overflow:
+            # What GradScaler.step does once it knows there was no overflow (the gradients are
+            # unscaled already); on overflow it skips the step and update() lowers the scale.
+            self.optimizer.step()
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         if not isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
@@ -363,7 +430,7 @@ class Trainer:
         model = model or self.model
         model.eval()
         tc = self.config.training
-        loader = build_loader(self.prepared, split, tc, seed=self.config.seed, rank=self.rank,
+        loader = build_loader(self.prepared, split, self.loader_cfg, seed=self.config.seed, rank=self.rank,
                               world_size=self.world_size, device=self.device, return_ids=True)
         norm = self.prepared.normalizer
         collect = not tc.compute_metrics_online
