@@ -23,7 +23,7 @@ def test_dry_run_lists_the_sections_in_order(tmp_path):
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     sections = [line.split()[0] for line in lines if line.startswith("  ") and "<=" in line]
-    assert sections == ["tests", "loader", "train", "memory", "total"]
+    assert sections == ["tests", "loader", "train", "memory", "profile", "total"]
     assert "pytest -m cuda" in proc.stdout and "--batch 256 / 1024" in proc.stdout
     assert not (tmp_path / "gpu_check.json").exists()          # a dry run writes nothing
 

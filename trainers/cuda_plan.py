@@ -18,16 +18,21 @@ peaks: the chunk a trainer's last batch still views lives on while the next is g
 
 Sizes of the rounds and batches follow from the config and the block plan; the
 forward/backward line comes from a probe: two small forward/backward passes on the
-device (batch/8 and batch/4, after a warm-up pass) whose peak increments are
-extrapolated linearly to the batch size. The probe leaves the model, its buffers
+device (batch/2 and the batch itself, after a warm-up pass at batch/2); the first H100
+run extrapolated from batch/8 and batch/4 and planned a 2-layer GRU 5 MB under its peak
+(cuDNN's RNN memory does not grow linearly in the batch), so the batch size itself is
+probed. A batch too large for the GPU stops here, before training, naming the key. The probe leaves the model, its buffers
 and every RNG as it found them. Planned vs measured peaks per profile:
 docs/benchmarks.md (GPU check).
 """
+
+import contextlib
 
 import torch
 
 from data.dataloader import gather_batches
 from data.memory_plan import PlanLine
+from errors import InputError
 
 MB = 1024 * 1024
 FLOAT = 4
@@ -39,7 +44,7 @@ def probe_forward_backward(model, autocast, task, shapes, batch_size, device):
     Peaks are measured above what is allocated before each pass (inputs and targets already
     made, gradients None, as after `zero_grad(set_to_none=True)`); `resident` is what the
     warm-up pass leaves allocated for good (cuBLAS/cuDNN workspaces)."""
-    sizes = (max(1, batch_size // 8), max(2, batch_size // 4))
+    sizes = (max(1, batch_size // 2), max(2, batch_size))
     buffers = {name: b.clone() for name, b in model.named_buffers()}
     was_training = model.training
     model.train()
@@ -50,7 +55,7 @@ def probe_forward_backward(model, autocast, task, shapes, batch_size, device):
     torch.cuda.synchronize(device)
     before = torch.cuda.memory_allocated(device)
     peaks = []
-    with torch.random.fork_rng(devices=[device]):
+    with torch.random.fork_rng(devices=[device]), _out_of_memory_names_the_batch(batch_size, device):
         for b in (sizes[0],) + sizes:          # the first pass is the warm-up
             x = torch.randn(b, shapes.lookback, shapes.n_features, device=device)       # (b, L, F)
             if task == "classify":
@@ -83,6 +88,15 @@ def probe_forward_backward(model, autocast, task, shapes, batch_size, device):
     per_window = max(0.0, (peaks[2] - peaks[1]) / (sizes[1] - sizes[0]))
     fixed = max(0.0, peaks[1] - per_window * sizes[0])
     return per_window, fixed, resident
+
+
+@contextlib.contextmanager
+def _out_of_memory_names_the_batch(batch_size, device):
+    try:
+        yield
+    except torch.cuda.OutOfMemoryError:
+        raise InputError(f"training.batch_size={batch_size}: one training step does not fit in the memory of "
+                         f"{torch.cuda.get_device_name(device)}; lower training.batch_size (or the model's size)") from None
 
 
 def cuda_plan(trainer):
