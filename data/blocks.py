@@ -101,13 +101,18 @@ class RoundReader(torch.utils.data.Dataset):
 
 
 def window_starts(item, window):
-    """Row index (into the round's rows) of every window in the round, block by block: (Nw,)."""
-    table, offsets = item["blocks"], item["row_offsets"]
+    """Row index (into the round's rows) of every window in the round, block by block: (Nw,).
+
+    numpy, not torch: these small index ops ran 12 ms a round in torch on a 16-core GPU machine
+    (its OpenMP threads spin against the DataLoader workers; cProfile in docs/benchmarks.md, GPU
+    check) and well under 1 ms in numpy, which runs them on one thread."""
+    table, offsets = item["blocks"].numpy(), item["row_offsets"].numpy()
     counts = table[:, N_WINDOWS]
-    block_of = torch.repeat_interleave(torch.arange(len(table)), counts)             # (Nw,)
-    first = torch.cumsum(counts, 0) - counts
-    within = torch.arange(int(counts.sum())) - first[block_of]
-    return offsets[block_of] + within * window.stride, block_of, within
+    block_of = np.repeat(np.arange(len(table)), counts)                               # (Nw,)
+    first = np.cumsum(counts) - counts
+    within = np.arange(int(counts.sum())) - first[block_of]
+    starts = offsets[block_of] + within * window.stride
+    return torch.from_numpy(starts), torch.from_numpy(block_of), torch.from_numpy(within)
 
 
 def window_ids(item, window, block_of, within):

@@ -16,6 +16,7 @@ import dataclasses
 import logging
 import os
 
+import numpy as np
 import torch
 
 from data.blocks import RoundReader, window_ids, window_starts
@@ -211,8 +212,10 @@ class WindowLoader:
         starts, block_of, within = window_starts(item, self.window)                  # (Nw,)
         row_session = None
         if self.normalizer.mode == "per_session":
-            sizes = torch.as_tensor(self.reader.block_rows(item["blocks"].numpy()))
-            row_session = torch.repeat_interleave(item["blocks"][:, 0], sizes).to(self.device, non_blocking=True)
+            table = item["blocks"].numpy()
+            # (R,) session of each row; numpy, as in window_starts
+            row_session = torch.from_numpy(np.repeat(table[:, 0], self.reader.block_rows(table)))
+            row_session = row_session.to(self.device, non_blocking=True)
         x_rows = self.normalizer.normalize_features(rows[:, self._x_cols], row_session).contiguous()
         if self._y_cols is not None:
             y_rows = rows[:, self._y_cols]

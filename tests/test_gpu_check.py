@@ -42,7 +42,7 @@ def test_cpu_fallbacks_report_every_section(tmp_path):
                "--data-dir", str(tmp_path / "data"))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads((tmp_path / "gpu_check.json").read_text())
-    assert set(report["sections"]) == {"loader", "train", "memory"}          # the cuda tests skip on a CPU
+    assert set(report["sections"]) == {"loader", "train", "memory", "profile"}   # cuda tests skip on a CPU
     assert all(c["ok"] for c in report["checks"].values())
     loader = report["sections"]["loader"]["rows"]
     assert {r["device"] for r in loader} == {"cpu"} and all(r["windows_per_s"] > 0 for r in loader)
@@ -52,6 +52,9 @@ def test_cpu_fallbacks_report_every_section(tmp_path):
     memory = report["sections"]["memory"]["runs"]
     assert memory[0]["profile"] == "low_memory" and memory[0]["peak_mb"] is None      # no CUDA plan on a CPU
     assert "## c. Training throughput" in (tmp_path / "gpu_check.md").read_text()
+    profile = report["sections"]["profile"]
+    assert {"loader_workers_0", "loader_workers_-1", "train_dlinear"} <= set(profile)
+    assert all(profile[k]["top"] and profile[k]["top"][0]["own_s"] >= 0 for k in ("loader_workers_0", "train_dlinear"))
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the skip reason where there is no GPU")
