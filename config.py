@@ -10,6 +10,7 @@ naming the field. YAML is read with yaml.safe_load only.
 import dataclasses
 import datetime
 import difflib
+import math
 import typing
 from pathlib import Path
 
@@ -207,6 +208,10 @@ class TrainingConfig:
             raise InputError(f"training.num_workers must be -1 (auto) or >= 0, got {self.num_workers}")
         if self.learning_rate <= 0:
             raise InputError(f"training.learning_rate must be > 0, got {self.learning_rate}")
+        if self.weight_decay < 0:
+            raise InputError(f"training.weight_decay must be >= 0, got {self.weight_decay}")
+        if self.grad_clip < 0:
+            raise InputError(f"training.grad_clip must be >= 0 (0 = no clipping), got {self.grad_clip}")
         _check_choice("training", self, {"scheduler": ("cosine", "halving", "hold_decay", "plateau", "none"),
                                          "amp": ("auto", "off", "bf16", "fp16")})
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
@@ -288,15 +293,21 @@ def _coerce(hint, value, key):
             return int(value)
         raise InputError(f"{key} must be an integer, got {value!r}")
     if hint is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
+            number = float(value)
+        elif isinstance(value, str):
             # PyYAML (YAML 1.1) reads 1e-12 (no dot) as a string; accept it as the number it is.
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        raise InputError(f"{key} must be a number, got {value!r}")
+        if number is None:
+            raise InputError(f"{key} must be a number, got {value!r}")
+        if not math.isfinite(number):
+            # .inf / .nan would train to NaN metrics and report success (issue 10, case 10).
+            raise InputError(f"{key} must be a finite number, got {number}")
+        return number
     if hint is str:
         if isinstance(value, str):
             return value

@@ -17,6 +17,7 @@ the gap: the first prediction then falls right after the gap instead of a lookba
 
 import dataclasses
 import fnmatch
+import math
 import logging
 from typing import Optional
 
@@ -46,9 +47,13 @@ class SplitSpec:
         if self.method not in ("fractions", "timestamps", "rows"):
             raise InputError(f"split.method is {self.method!r}; choose fractions, timestamps or rows")
         if self.method == "fractions":
-            fr = tuple(float(f) for f in self.fractions)
-            if len(fr) != 3 or min(fr) < 0 or sum(fr) > 1 + 1e-9 or fr[0] <= 0:
-                raise InputError(f"split.fractions is {list(self.fractions)}; give three shares "
+            try:
+                fr = tuple(float(f) for f in self.fractions)
+            except (TypeError, ValueError):
+                fr = ()
+            if len(fr) != 3 or not all(math.isfinite(f) for f in fr) or min(fr) < 0 or sum(fr) > 1 + 1e-9 \
+                    or fr[0] <= 0:
+                raise InputError(f"split.fractions is {list(self.fractions)}; give three finite shares "
                                  "(train, val, test), train > 0, summing to at most 1")
             self.fractions = fr
         if self.method == "timestamps" and (self.val_start is None or self.test_start is None):

@@ -90,3 +90,19 @@ def test_dates_stay_strings():
     config = load_config("default", overrides=["data.split.method=timestamps", "data.split.val_start=2016-07-01",
                                                "data.split.test_start=2017-04-01"])
     assert config.data.split.val_start == "2016-07-01" and config.data.split.test_start == "2017-04-01"
+
+
+@pytest.mark.parametrize("override, message", [
+    ("training.learning_rate=.inf", r"training.learning_rate must be a finite number, got inf"),
+    ("training.weight_decay=.nan", r"training.weight_decay must be a finite number, got nan"),
+    ("training.grad_clip=.nan", r"training.grad_clip must be a finite number, got nan"),
+    ("model.dropout=-.inf", r"model.dropout must be a finite number, got -inf"),
+    ("training.weight_decay=-0.1", r"training.weight_decay must be >= 0, got -0.1"),
+    ("training.grad_clip=-1", r"training.grad_clip must be >= 0 \(0 = no clipping\), got -1.0"),
+    ("data.split.fractions=[.nan, 0.5, 0.5]", r"split.fractions is \[nan, 0.5, 0.5\]; give three finite shares"),
+    ("data.split.fractions=[a, b, c]", r"split.fractions is \['a', 'b', 'c'\]; give three finite shares"),
+])
+def test_non_finite_and_out_of_range_numbers_are_refused(override, message):
+    # Issue 10, case 10: learning_rate=.inf trained to all-NaN metrics with exit 0.
+    with pytest.raises(InputError, match=message):
+        load_config("default", overrides=[override])

@@ -174,9 +174,10 @@ def test_an_interrupted_gpu_run_resumes_to_the_same_metrics(demo_path, tmp_path,
     original = Trainer._optimizer_step
 
     def interrupt_at_step_17(self, loss, batch):
-        original(self, loss, batch)
+        stepped = original(self, loss, batch)
         if self.step == 17:
             os.kill(os.getpid(), signal.SIGTERM)
+        return stepped
     monkeypatch.setattr(Trainer, "_optimizer_step", interrupt_at_step_17)
     assert run_module.train(config, tmp_path / "resumed")["stopped_by"] == "SIGTERM"
     monkeypatch.setattr(Trainer, "_optimizer_step", original)

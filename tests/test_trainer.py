@@ -58,9 +58,10 @@ def test_resume_after_a_signal_matches_an_uninterrupted_run(demo_path, tmp_path,
     original = Trainer._optimizer_step
 
     def interrupt_at_step_17(self, loss, batch):
-        original(self, loss, batch)
+        stepped = original(self, loss, batch)
         if self.step == 17:
             os.kill(os.getpid(), signum)            # handled: finish the step, save, return
+        return stepped
     monkeypatch.setattr(Trainer, "_optimizer_step", interrupt_at_step_17)
     stopped = run_module.train(config, tmp_path / "resumed")
     assert stopped["stopped_by"] == signal.Signals(signum).name
@@ -88,7 +89,7 @@ def test_fp16_needs_cuda(demo_path, tmp_path):
 
 def test_non_finite_losses_are_skipped_then_stop(demo_path, tmp_path, monkeypatch):
     monkeypatch.setattr(Trainer, "_loss", lambda self, batch: self.model(batch.x).sum() * float("nan"))
-    with pytest.raises(InputError, match=r"3 non-finite losses in a row at step 0; the last batch came from "
+    with pytest.raises(InputError, match=r"3 non-finite losses in a row at step 2; the last batch came from "
                                          r"sessions stock_"):
         run_module.train(small_config(demo_path, tmp_path, "training.max_nonfinite_steps=3"), tmp_path / "nan")
 
@@ -197,3 +198,44 @@ def test_auto_workers_are_lowered_to_fit_the_memory_budget(demo_path, tmp_path, 
     more = __import__("dataclasses").replace(config.training, num_workers=workers + 1)
     assert sum(line.mb for line in trainer.memory_plan(more)) > 1024
     assert config.training.num_workers == -1                  # the run's config is left as written
+
+
+def test_a_skipped_non_finite_step_leaves_the_epoch_loss_finite_and_resume_exact(demo_path, tmp_path, monkeypatch):
+    # Issue 10, case 5: the skipped step's NaN was added to the epoch loss, and skipped steps were
+    # counted by the epoch but not by Trainer.step, so a resume after one started at another batch.
+    from data.dataset import prepare_data
+    config = small_config(demo_path, tmp_path, "training.epochs=1", "training.max_steps_per_epoch=20")
+    loader = Trainer(config, prepare_data(config.data, progress=False), tmp_path / "probe", monitor=False).train_loader
+    loader.set_epoch(0)
+    poisoned = next(b for i, b in enumerate(loader) if i == 3)
+    key = (int(poisoned.session[0]), int(poisoned.row[0]))
+    original_loss = Trainer._loss
+
+    def nan_on_one_batch(self, batch):
+        loss = original_loss(self, batch)
+        return loss * float("nan") if (int(batch.session[0]), int(batch.row[0])) == key else loss
+    monkeypatch.setattr(Trainer, "_loss", nan_on_one_batch)
+    losses = {}
+    original_end = Trainer.end_epoch
+
+    def record(self, train_loss, val):
+        losses[str(self.run_dir)] = train_loss
+        return original_end(self, train_loss, val)
+    monkeypatch.setattr(Trainer, "end_epoch", record)
+    straight = run_module.train(config, tmp_path / "straight")
+    assert torch.isfinite(torch.tensor(losses[str(tmp_path / "straight")]))
+    state = torch.load(tmp_path / "straight" / "checkpoints" / "last.pt", weights_only=True)
+    assert state["nonfinite_total"] == 1 and state["step"] == 20
+
+    original_step = Trainer._optimizer_step
+
+    def interrupt_at_step_9(self, loss, batch):
+        stepped = original_step(self, loss, batch)
+        if self.step == 9:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return stepped
+    monkeypatch.setattr(Trainer, "_optimizer_step", interrupt_at_step_9)
+    assert run_module.train(config, tmp_path / "resumed")["stopped_by"] == "SIGTERM"
+    monkeypatch.setattr(Trainer, "_optimizer_step", original_step)
+    resumed = run_module.train(None, tmp_path / "resumed", resume=True)
+    assert resumed["test"] == straight["test"]

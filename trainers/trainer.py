@@ -296,6 +296,9 @@ class Trainer:
         self.monitor.step(done_steps)
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         loss_count = 0
+        # This optimizer step's micro-batch losses: they join the epoch's loss only if the step is
+        # not skipped as non-finite (a skipped NaN used to make the epoch loss NaN).
+        step_loss = torch.zeros((), dtype=torch.float64, device=self.device)
         windows, wait, t_log = 0, 0.0, time.perf_counter()
         epoch_windows, epoch_wait, t_epoch, epoch_steps = 0, 0.0, time.perf_counter(), 0
         micro = 0
@@ -314,13 +317,15 @@ class Trainer:
             with self.train_model.no_sync() if accumulating and self.group.enabled else contextlib.nullcontext():
                 loss = self._loss(batch) / tc.gradient_accumulation_steps
                 self.scaler.scale(loss).backward()
-            loss_sum += loss.detach().double() * tc.gradient_accumulation_steps
-            loss_count += 1
+            step_loss += loss.detach().double() * tc.gradient_accumulation_steps
             windows += len(batch.x)
             micro += 1
             if micro % tc.gradient_accumulation_steps:
                 continue
-            self._optimizer_step(loss, batch)
+            if self._optimizer_step(step_loss, batch):
+                loss_sum += step_loss
+                loss_count += tc.gradient_accumulation_steps
+            step_loss = torch.zeros((), dtype=torch.float64, device=self.device)
             done_steps += 1
             epoch_steps += 1
             self.monitor.step()
@@ -363,6 +368,10 @@ class Trainer:
         return torch.nn.functional.mse_loss(out.float(), y)
 
     def _optimizer_step(self, loss, batch):
+        """Step on the gradients of `loss` (the sum of this step's micro-batch losses); False when
+        the loss was non-finite and the step skipped. A skipped step still counts as a step (and
+        the scheduler moves on), as an fp16 overflow does: `self.step` then counts the batches the
+        epoch consumed, which is what a resumed run needs to continue at the same batch."""
         tc = self.config.training
         self.scaler.unscale_(self.optimizer)
         if tc.grad_clip:
@@ -385,17 +394,18 @@ class Trainer:
                     f"{self.nonfinite_in_a_row} non-finite losses in a row at step {self.step}; the last batch "
                     f"came from sessions {', '.join(names[:5])}; check those for extreme values, lower "
                     "training.learning_rate, or set training.amp=off")
-            return
-        self.nonfinite_in_a_row = 0
-        if not overflow:
-            # What GradScaler.step does once it knows there was no overflow (the gradients are
-            # unscaled already); on overflow it skips the step and update() lowers the scale.
-            self.optimizer.step()
-        self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
+        else:
+            self.nonfinite_in_a_row = 0
+            if not overflow:
+                # What GradScaler.step does once it knows there was no overflow (the gradients are
+                # unscaled already); on overflow it skips the step and update() lowers the scale.
+                self.optimizer.step()
+            self.scaler.update()
+            self.optimizer.zero_grad(set_to_none=True)
         if not isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             self.scheduler.step()
         self.step += 1
+        return not nonfinite
 
     def end_epoch(self, train_loss, val):
         tc = self.config.training

@@ -29,9 +29,10 @@ def recording_loss(self, batch):
 
 
 def stopping_step(self, loss, batch):
-    original_step(self, loss, batch)
+    stepped = original_step(self, loss, batch)
     if self.step == stop_at:
         os.kill(os.getpid(), signal.SIGTERM)
+    return stepped
 
 
 Trainer._loss = recording_loss
