@@ -74,6 +74,30 @@ def resolve_paths(paths):
     return list(dict.fromkeys(os.path.abspath(f) for f in files))
 
 
+def file_labels(files):
+    """{path: the name its sessions are qualified with}: the file's stem, or, where two files share
+    a stem (y2020/data.h5, y2021/data.h5), its path below their common folder without the suffix
+    (y2020/data, y2021/data). A session's name is its identity: normalizer statistics, predictions
+    and resume positions are keyed by it, so two sessions must never share one."""
+    stems = [Path(f).stem for f in files]
+    if len(set(stems)) == len(stems):
+        return dict(zip(files, stems))
+    common = Path(os.path.commonpath([os.path.dirname(f) for f in files]))
+    return {f: str(Path(f).relative_to(common).with_suffix("")) if stems.count(Path(f).stem) > 1 else Path(f).stem
+            for f in files}
+
+
+def _check_unique_names(sessions):
+    seen = {}
+    for s in sessions:
+        if s.name in seen:
+            other = seen[s.name]
+            raise InputError(f"session name {s.name!r} is used twice: {other.path}:{other.group} and "
+                             f"{s.path}:{s.group}; rename one of the groups or files (a session's name keys "
+                             "its normalization statistics and predictions)")
+        seen[s.name] = s
+
+
 def open_catalog(paths, *, pool=None, allow_external_links=False, use_index=True):
     """Catalog every session under `paths`. Raises InputError on any schema problem.
 
@@ -86,6 +110,7 @@ def open_catalog(paths, *, pool=None, allow_external_links=False, use_index=True
     pool = pool or HandlePool()
     sessions = []
     multi = len(files) > 1
+    labels = file_labels(files)
     for path in files:
         with open_file(path) as h5file:
             try:
@@ -98,13 +123,14 @@ def open_catalog(paths, *, pool=None, allow_external_links=False, use_index=True
             raise InputError(
                 f"{path}: holds no session (no group with a `features` dataset); write sessions "
                 "with `python main.py convert` or see docs/data_format.md")
-        stem = Path(path).stem
+        stem, label = Path(path).stem, labels[path]
         for meta in found:
             short = meta["group"].strip("/") or stem
-            name = f"{stem}/{short}" if multi and short != stem else short
+            name = f"{label}/{short}" if multi and short != stem else (label if short == stem else short)
             sessions.append(SessionData(path=path, name=name, pool=pool, **meta))
     if not sessions:
         raise InputError(f"{', '.join(files)}: the dataset is empty (no sessions)")
+    _check_unique_names(sessions)
     _check_same_schema(sessions)
     return Catalog(sessions=sessions, feature_names=sessions[0].feature_names,
                    target_names=sessions[0].target_names, paths=files)

@@ -71,6 +71,8 @@ def prepare_data(data_cfg, seed=0, progress=True, normalizer=None):
                 pieces.append((session, start, stop))
         clean_ranges[split] = pieces
         blocks[split] = plan_blocks(pieces, window, per_block)
+    if normalizer is not None:
+        normalizer = normalizer.for_catalog(catalog, columns)
     normalizer = normalizer or fit_normalizer(
         catalog, clean_ranges["train"], columns, mode=data_cfg.normalize,
         max_samples=data_cfg.max_samples_for_normalize,

@@ -135,6 +135,30 @@ class Normalizer:
         mean, std = self._stats_for(y, "targets", session_ids)
         return y * std + mean
 
+    def for_catalog(self, catalog, columns, source="the saved normalizer"):
+        """This normalizer checked against the data it is applied to, by name: the same feature and
+        target columns in the same order, and, per session, statistics reordered to the catalog's
+        sessions. Positions alone would hand a session another's statistics when the files or their
+        order changed (issue 10, case 1: means 99.9 instead of -0.1)."""
+        for which, saved, now in (("feature", self.feature_names, columns.feature_names),
+                                  ("target", self.target_names, columns.target_names)):
+            if list(saved) != list(now):
+                raise InputError(f"{source} was fitted on {which} columns {list(saved)} but the data has "
+                                 f"{list(now)}; use the run's data.{which}_columns, or train a new run")
+        if self.mode != "per_session":
+            return self
+        names = [s.name for s in catalog.sessions]
+        index = {name: i for i, name in enumerate(self.session_names)}
+        missing = [n for n in names if n not in index]
+        if missing:
+            raise InputError(f"{source} has no statistics for {len(missing)} session(s) of the data "
+                             f"({', '.join(repr(n) for n in missing[:3])}{', ...' if len(missing) > 3 else ''}); "
+                             "per_session normalization needs the sessions the run was trained on")
+        order = [index[n] for n in names]
+        targets = [self.session_targets[i] for i in order] if self.session_targets else None
+        return Normalizer(self.mode, self.feature_names, self.target_names, self.features, self.targets, names,
+                          [self.session_features[i] for i in order], targets, self.info)
+
     # --- persistence -------------------------------------------------------
     def to_json(self):
         obj = {"mode": self.mode, "feature_names": self.feature_names, "target_names": self.target_names,

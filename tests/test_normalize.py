@@ -1,3 +1,4 @@
+import json
 import numpy as np
 import pytest
 import torch
@@ -111,3 +112,56 @@ def test_nan_in_train_rows_named_under_error_policy(make_file):
     # Other policies ignore it for the statistics.
     norm = fit_normalizer(catalog, train, resolve_columns(catalog), nan_policy="drop", progress=False)
     assert np.isfinite(norm.features.mean).all()
+
+
+def test_files_with_the_same_stem_get_distinct_session_names_and_their_own_statistics(tmp_path):
+    # Issue 10, case 1: y2020/data.h5 and y2021/data.h5 both named their session "data"; per-session
+    # statistics saved by name and applied by position then gave one session the other's means.
+    from config import DataConfig
+    from data.dataset import prepare_data
+    from tests.conftest import write_file
+    rng = np.random.default_rng(0)
+    paths = []
+    for folder, level in (("y2020", 100.0), ("y2021", -0.1)):
+        (tmp_path / folder).mkdir()
+        paths.append(write_file(tmp_path / folder / "data.h5",
+                                {"/": (rng.normal(level, 1.0, (400, 2)).astype(np.float32))}))
+    catalog = open_catalog(paths)
+    assert [s.name for s in catalog.sessions] == ["y2020/data", "y2021/data"]
+    cfg = DataConfig(paths=list(reversed(paths)), lookback=4, normalize="per_session", normalize_exact=True)
+    prepared = prepare_data(cfg, progress=False)
+    assert [s.name for s in prepared.catalog.sessions] == ["y2021/data", "y2020/data"]
+    saved = Normalizer.from_json(json.loads(json.dumps(prepared.normalizer.to_json())))
+    # The run's data listed in the other order: statistics follow the names, not the positions.
+    again = prepare_data(DataConfig(paths=paths, lookback=4, normalize="per_session"), progress=False,
+                         normalizer=saved)
+    means = {name: stats.mean[0] for name, stats in zip(again.normalizer.session_names,
+                                                         again.normalizer.session_features)}
+    assert [s.name for s in again.catalog.sessions] == again.normalizer.session_names
+    assert means["y2020/data"] == pytest.approx(100.0, abs=0.2) and means["y2021/data"] == pytest.approx(-0.1, abs=0.2)
+
+
+def test_a_saved_normalizer_that_does_not_cover_the_data_is_refused(tmp_path, make_file):
+    from config import DataConfig
+    from data.dataset import prepare_data
+    rng = np.random.default_rng(1)
+    two = make_file({"a": rng.normal(size=(300, 2)).astype(np.float32),
+                     "b": rng.normal(size=(300, 2)).astype(np.float32)}, name="two.h5")
+    three = make_file({"a": rng.normal(size=(300, 2)).astype(np.float32),
+                       "b": rng.normal(size=(300, 2)).astype(np.float32),
+                       "c": rng.normal(size=(300, 2)).astype(np.float32)}, name="three.h5")
+    saved = prepare_data(DataConfig(paths=[two], lookback=4, normalize="per_session"), progress=False).normalizer
+    with pytest.raises(InputError, match=r"the saved normalizer has no statistics for 1 session\(s\) of the data "
+                                         r"\('c'\); per_session normalization needs"):
+        prepare_data(DataConfig(paths=[three], lookback=4, normalize="per_session"), progress=False, normalizer=saved)
+
+
+def test_two_sessions_with_one_name_are_refused(make_file):
+    # Two files in one folder tree can still collide (a session group named like another file's).
+    from types import SimpleNamespace
+
+    from data.catalog import _check_unique_names
+    sessions = [SimpleNamespace(name="x", path="/d/a.h5", group="/x"),
+                SimpleNamespace(name="x", path="/d/b.h5", group="/")]
+    with pytest.raises(InputError, match=r"session name 'x' is used twice: /d/a.h5:/x and /d/b.h5:/; rename"):
+        _check_unique_names(sessions)
