@@ -36,3 +36,19 @@ def write_json(path, obj):
         with open(tmp, "w") as f:
             json.dump(obj, f, indent=2, sort_keys=True)
             f.write("\n")
+
+
+def check_output(path, overwrite=False):
+    """Refuse an output path before any work is done: a directory, an existing file without
+    `overwrite`, or a folder that cannot be written. Returns the path."""
+    from errors import InputError
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory; give a file name for the output, e.g. {path / 'out.h5'}")
+    if path.exists() and not overwrite:
+        raise InputError(f"{path}: already exists; pass --overwrite to replace it (it is replaced only "
+                         "after the new file is complete)")
+    parent = next((p for p in [path.parent, *path.parent.parents] if p.exists()), Path("."))
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise InputError(f"{path}: cannot be written ({parent} is not a writable folder); choose another path")
+    return path

@@ -359,11 +359,21 @@ def read_yaml(path):
         raise InputError(f"{path}: config file not found; check the path")
     try:
         with open(path) as f:
-            values = yaml.safe_load(f) or {}
+            values = yaml.safe_load(f)
+    except yaml.constructor.ConstructorError as exc:
+        # A tag such as !!python/object/apply: safe_load refuses to build objects on purpose.
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        tag = str(exc.problem).split("tag ")[-1] if exc.problem else "?"
+        raise InputError(f"{path}:{where} uses the YAML tag {tag}, which is not allowed (config files hold "
+                         "plain values: numbers, strings, lists, mappings); remove the tag") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         raise InputError(f"{path}:{where} is not valid YAML ({getattr(exc, 'problem', exc)}); fix the syntax") from None
+    if values is None:
+        raise InputError(f"{path}: the config file is empty; write config keys in it (see "
+                         "docs/configuration.md) or leave out --config")
     if not isinstance(values, dict):
         raise InputError(f"{path}: must hold a mapping of config keys, got {type(values).__name__}")
     return values

@@ -54,6 +54,7 @@ def build_parser():
     p.add_argument("--run", required=True, help="run directory")
     p.add_argument("--out", required=True, help="output HDF5 file")
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
 
     p = sub.add_parser("prepare", help="catalog, split and normalize the data of a config; print "
                        "the memory plan; write the run directory (no training)")
@@ -210,7 +211,7 @@ def cmd_evaluate(args):
 
 def cmd_predict(args):
     from trainers.run import predict
-    result = predict(args.run, args.out, args.split)
+    result = predict(args.run, args.out, args.split, overwrite=args.overwrite)
     print(f"wrote {result['windows']:,} predictions to {result['out']}")
 
 

@@ -90,7 +90,7 @@ def evaluate_predictions(pred_path, h5_path):
         frame = pd.DataFrame({"session": f["session"][()], "row": f["row"][()], "timestamp": f["timestamp"][()],
                               "model": f["prediction"][:, 0, 0], "target": f["target"][:, 0, 0]})
         names = json.loads(f.attrs["session_names"])
-        lookback = int(f.attrs["row_meaning"].rsplit("+ ", 1)[1]) + 1
+        lookback = int(f.attrs["lookback"])
     # Previous-day-return baseline: the log return of the window's last day (a feature, known then).
     with h5py.File(h5_path, "r") as f:
         prev = np.empty(len(frame), np.float64)

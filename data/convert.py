@@ -17,7 +17,7 @@ import h5py
 import numpy as np
 import pandas as pd
 
-from atomic import atomic_path
+from atomic import atomic_path, check_output
 from data.catalog import write_index
 from data.layout import COMPRESSIONS, SessionWriter
 from errors import InputError
@@ -245,10 +245,7 @@ def convert(inputs, out, *, features=(), targets=(), time_column=None, session_c
     if compression not in COMPRESSIONS:
         raise InputError(f"--compression {compression!r} is unknown; choose {', '.join(COMPRESSIONS)}")
     files = expand_inputs(inputs)
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise InputError(f"{out}: already exists; pass --overwrite to replace it (it is replaced only "
-                         "after the new file is complete)")
+    out = check_output(out, overwrite)
     if any(os.path.abspath(f) == os.path.abspath(out) for f in files):
         raise InputError(f"{out}: the output is also an input; choose another --out")
     summary = {"out": str(out), "sessions": {}, "inputs": len(files)}

@@ -106,3 +106,16 @@ def test_non_finite_and_out_of_range_numbers_are_refused(override, message):
     # Issue 10, case 10: learning_rate=.inf trained to all-NaN metrics with exit 0.
     with pytest.raises(InputError, match=message):
         load_config("default", overrides=[override])
+
+
+def test_a_python_tag_and_an_empty_file_are_named_as_such(tmp_path):
+    # Issue 10, case 18: the tag was refused with "fix the syntax"; an empty file was accepted silently.
+    tagged = tmp_path / "tagged.yaml"
+    tagged.write_text("training:\n  epochs: !!python/object/apply:os.system [ls]\n")
+    with pytest.raises(InputError, match=r"tagged.yaml: line 2 uses the YAML tag "
+                                         r"'tag:yaml.org,2002:python/object/apply:os.system', which is not allowed"):
+        load_config("default", tagged)
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("# nothing yet\n")
+    with pytest.raises(InputError, match=r"empty.yaml: the config file is empty"):
+        load_config("default", empty)

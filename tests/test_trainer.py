@@ -126,6 +126,8 @@ def test_evaluate_and_predict_commands(demo_path, tmp_path):
         s = open_catalog(demo_path).sessions[int(f["session"][0])]
         row = int(f["row"][0]) + 15
         assert f["timestamp"][0] == s.read_timestamps(row, row + 1)[0]
+        # Issue 10, case 21: the alignment as numbers, not only as a sentence to parse.
+        assert (f.attrs["lookback"], f.attrs["horizon"], f.attrs["first_target_offset"]) == (16, 1, 15)
 
 
 def test_gradient_accumulation_equals_one_big_batch(demo_path, tmp_path):
@@ -239,3 +241,17 @@ def test_a_skipped_non_finite_step_leaves_the_epoch_loss_finite_and_resume_exact
     monkeypatch.setattr(Trainer, "_optimizer_step", original_step)
     resumed = run_module.train(None, tmp_path / "resumed", resume=True)
     assert resumed["test"] == straight["test"]
+
+
+def test_predict_checks_its_output_before_the_work(tmp_path):
+    # Issue 10, case 14: an existing --out was overwritten silently; a directory failed with a
+    # traceback after the whole prediction ran. Both are refused before the run is even opened.
+    existing = tmp_path / "pred.h5"
+    existing.write_bytes(b"the user's file")
+    with pytest.raises(InputError, match=r"pred.h5: already exists; pass --overwrite"):
+        run_module.predict(tmp_path / "no-such-run", existing)
+    assert existing.read_bytes() == b"the user's file"
+    with pytest.raises(InputError, match=r"is a directory; give a file name for the output"):
+        run_module.predict(tmp_path / "no-such-run", tmp_path)
+    with pytest.raises(InputError, match=r"no-such-run: not a run directory"):
+        run_module.predict(tmp_path / "no-such-run", existing, overwrite=True)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import yaml
 
-from atomic import atomic_path, write_json
+from atomic import atomic_path, check_output, write_json
 from config import Config, _from_dict, to_dict
 from data.dataloader import build_loader
 from data.dataset import prepare_data
@@ -131,9 +131,10 @@ def evaluate(run_dir, split="test", *, prepared=None, config=None, trainer=None)
 
 
 @torch.no_grad()
-def predict(run_dir, out, split="test"):
+def predict(run_dir, out, split="test", overwrite=False):
     """Predictions of the best checkpoint for every window of `split`, streamed to HDF5 in
     original units, aligned by session, first row and (if present) the first target's timestamp."""
+    check_output(out, overwrite)            # before the work, not after it (issue 10, case 14)
     config, state, prepared = _restore(run_dir)
     trainer = Trainer(config, prepared, Path(run_dir), monitor=False)
     trainer.model.load_state_dict(state["model"])
@@ -181,6 +182,11 @@ def predict(run_dir, out, split="test"):
             f.attrs["target_names"] = json.dumps(list(prepared.columns.target_names))
             f.attrs["split"] = split
             f.attrs["row_meaning"] = "first input row of the window; targets start at row + " + str(offset)
+            # The same facts as numbers (window.first_target owns the offset): read these, not the sentence.
+            f.attrs["lookback"] = window.lookback
+            f.attrs["horizon"] = window.horizon
+            f.attrs["first_target_offset"] = offset
+            f.attrs["timestamp_meaning"] = "time of the first target row (row + first_target_offset)"
     return {"out": str(out), "windows": n}
 
 
