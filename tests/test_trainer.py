@@ -255,3 +255,17 @@ def test_predict_checks_its_output_before_the_work(tmp_path):
         run_module.predict(tmp_path / "no-such-run", tmp_path)
     with pytest.raises(InputError, match=r"no-such-run: not a run directory"):
         run_module.predict(tmp_path / "no-such-run", existing, overwrite=True)
+
+
+def test_a_cpu_run_logs_no_cuda_figures_and_one_hparams_entry(demo_path, tmp_path):
+    # Issue 10, case 24: CPU runs logged memory/cuda_* as 0; each resume of a finished run added
+    # another hparams entry.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    config = small_config(demo_path, tmp_path, "training.epochs=1", "training.device=cpu")
+    run_module.train(config, tmp_path / "run")
+    run_module.train(None, tmp_path / "run", resume=True)          # finished: evaluates and logs again
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    events.Reload()
+    tags = events.Tags()["scalars"]
+    assert "memory/pss_mb" in tags and not [t for t in tags if t.startswith("memory/cuda")]
+    assert len(events.Scalars("hparam/test_mse")) == 1

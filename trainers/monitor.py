@@ -5,7 +5,9 @@ Under torchrun only rank 0 writes (enabled=False elsewhere makes every method a 
 
 import logging
 import time
+from pathlib import Path
 
+import torch
 from tqdm import tqdm
 
 from trainers.memory import cuda_memory_mb, tree_pss_mb
@@ -25,7 +27,7 @@ class Monitor:
             from torch.utils.tensorboard import SummaryWriter
             self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
 
-    def memory(self):
+    def memory(self, device=None):
         """PSS of the process tree (main + workers) and CUDA memory, in MiB. PSS is read at most every
         PSS_EVERY_S seconds: reading /proc/PID/smaps_rollup took 12 ms a process on a GPU machine (a
         CUDA context maps a lot), 15% of a DLinear epoch there when read at every log interval."""
@@ -33,7 +35,9 @@ class Monitor:
         if self._pss_at is None or now - self._pss_at >= PSS_EVERY_S:
             self._pss_mb, self._pss_at = tree_pss_mb(), now
             self.peak_pss_mb = max(self.peak_pss_mb, self._pss_mb)
-        return {"pss_mb": self._pss_mb, **cuda_memory_mb()}
+        # CUDA figures only for a run on CUDA: zeros on a CPU run read as a measurement (issue 10, case 24).
+        cuda = cuda_memory_mb() if device is not None and torch.device(device).type == "cuda" else {}
+        return {"pss_mb": self._pss_mb, **cuda}
 
     def start_epoch(self, epoch, total_steps):
         if self.enabled:
@@ -58,9 +62,20 @@ class Monitor:
                 self.writer.add_scalar(f"{prefix}/{key}", value, step)
 
     def hparams(self, hparams, metrics):
-        if self.writer is not None:
-            clean = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in hparams.items()}
-            self.writer.add_hparams(clean, {f"hparam/{k}": v for k, v in metrics.items()}, run_name=".")
+        """One hparams entry per run: the event file an earlier call wrote (a resumed run that finished
+        again) is replaced, not added to (issue 10, case 24)."""
+        if self.writer is None:
+            return
+        logdir = Path(self.writer.get_logdir())
+        marker = logdir / ".hparams_event"
+        if marker.exists():
+            (logdir / marker.read_text().strip()).unlink(missing_ok=True)
+        before = set(logdir.glob("events.out.tfevents.*"))
+        clean = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in hparams.items()}
+        self.writer.add_hparams(clean, {f"hparam/{k}": v for k, v in metrics.items()}, run_name=".")
+        new = sorted(set(logdir.glob("events.out.tfevents.*")) - before)
+        if new:
+            marker.write_text(new[-1].name + "\n")
 
     def info(self, message):
         if self.enabled:

@@ -333,7 +333,7 @@ class Trainer:
                 elapsed = time.perf_counter() - t_log
                 stats = {"loss": float(loss_sum) / max(1, loss_count), "lr": self.optimizer.param_groups[0]["lr"],
                          "windows_per_s": windows / elapsed, "data_wait": wait / elapsed}
-                stats.update(self.monitor.memory())
+                stats.update(self.monitor.memory(self.device))
                 self.monitor.scalars(self.step, {"loss": stats["loss"], "lr": stats["lr"]}, "train")
                 self.monitor.scalars(self.step, {k: stats[k] for k in ("windows_per_s", "data_wait")}, "perf")
                 self.monitor.scalars(self.step, {k: v for k, v in stats.items() if k.endswith("_mb")}, "memory")
