@@ -230,14 +230,14 @@ def prepare_run(config, run_dir=None):
     from trainers.run import new_run_dir, save_config
     ensure_demo(config)
     prepared = prepare_data(config.data, seed=config.seed)
-    run_dir = Path(run_dir) if run_dir else new_run_dir(config)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(config, run_dir)
-    prepared.normalizer.save(run_dir / "normalizer.json")
     options, _ = loader_options(config.training, "cpu")
     plan = loader_plan(prepared, config.data, config.training, options)
     print(format_plan(plan, config.memory_budget_mb))
     check_plan(plan, config.memory_budget_mb)
+    run_dir = Path(run_dir) if run_dir else new_run_dir(config)     # created once data and plan check out
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(config, run_dir)
+    prepared.normalizer.save(run_dir / "normalizer.json")
     catalog = prepared.catalog
     print(f"data: {len(catalog.sessions)} sessions, {catalog.n_rows:,} rows, "
           f"{len(prepared.columns.feature_names)} features -> {len(prepared.columns.target_names)} "

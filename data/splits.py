@@ -118,13 +118,18 @@ def split_ranges(catalog, spec, window):
                 "lower data.lookback / data.horizon or use longer sessions")
     for name in SPLITS:
         if not out[name] and _requested(spec, name, held):
+            longest = max(s.n_rows for s in catalog.sessions)
             raise InputError(
-                f"split {name!r} has no complete window ({window.span} rows each) after the embargo "
-                f"gap of {gap} rows; give it a larger share or use longer sessions")
+                f"split {name!r} has no complete window (a window spans {window.span} rows: lookback "
+                f"{window.lookback}, horizon {window.horizon}) after the embargo gap of {gap} rows (longest "
+                f"session: {longest:,} rows); give it a larger share in data.split, lower data.lookback, or use "
+                "longer sessions")
     return out
 
 
 def _requested(spec, name, held):
+    if name == "train":
+        return True                     # training needs windows whatever the method (issue 10, case 16)
     if held[name]:
         return True
     if spec.method == "fractions":

@@ -1,6 +1,7 @@
 """The command line: every user mistake is one line on stderr and exit code 2."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -172,3 +173,26 @@ def test_a_killed_loader_worker_is_a_clear_error_not_a_hang(tmp_path):
     lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and "Traceback" not in err, err[-2000:]
     assert "DataLoader worker (pid" in lines[0] and "usually the out-of-memory killer" in lines[0]
+
+
+@pytest.mark.parametrize("override", ["data.lookback=900", "data.split.fractions=[0.001,0.5,0.499]"])
+def test_no_training_window_is_one_line_and_leaves_no_run_directory(tmp_path, override):
+    # Issue 10, cases 15 and 16: KeyError 'train' traceback, and an empty run directory per failed start.
+    demo = tmp_path / "d.h5"
+    generate(demo, sessions=2, rows=1000, features=3, progress=False)
+    runs = tmp_path / "runs"
+    proc = subprocess.run([sys.executable, "main.py", "train", f"data.paths=[{demo}]", override,
+                           f"output.runs_dir={runs}"], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert re.search(r"split 'train' has no complete window \(a window spans \d+ rows", proc.stderr)
+    assert not runs.exists() or not list(runs.iterdir())
+
+
+def test_a_plan_over_budget_leaves_no_run_directory(tmp_path):
+    demo = tmp_path / "d.h5"
+    generate(demo, sessions=2, rows=1000, features=3, progress=False)
+    run = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "main.py", "train", f"data.paths=[{demo}]", "memory_budget_mb=64",
+                           "--run-dir", str(run)], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2 and "memory plan needs" in proc.stderr and not run.exists()

@@ -7,6 +7,7 @@ The CLI (main.py) calls `train`, `evaluate` and `predict` here; each takes a Con
 import datetime
 import json
 import logging
+import shutil
 import signal
 from pathlib import Path
 
@@ -29,13 +30,13 @@ log = logging.getLogger("h5series")
 
 
 def new_run_dir(config):
+    """A fresh run directory's path (not created: a run creates it once its data and plan check out)."""
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     run_dir = Path(config.output.runs_dir) / f"{config.profile}-{stamp}"
     n = 1
     while run_dir.exists():
         n += 1
         run_dir = Path(config.output.runs_dir) / f"{config.profile}-{stamp}-{n}"
-    run_dir.mkdir(parents=True)
     return run_dir
 
 
@@ -70,17 +71,28 @@ def train(config, run_dir=None, resume=False, group=None):
             print(f"{run_dir}: no checkpoint yet (stopped in its first epoch); starting it again")
     elif group.is_main:
         run_dir = Path(run_dir) if run_dir else new_run_dir(config)
-        run_dir.mkdir(parents=True, exist_ok=True)
     run_dir = Path(group.broadcast_object(str(run_dir)))   # one directory for all ranks (named by rank 0)
-    prepared = prepare_data(config.data, seed=config.seed, normalizer=normalizer, progress=group.is_main)
-    if state is None and group.is_main:
-        save_config(config, run_dir)
-        prepared.normalizer.save(run_dir / "normalizer.json")
-    trainer = Trainer(config, prepared, run_dir, group=group)
-    if state is not None:
-        trainer.load(state)
+    created = not resume and not run_dir.exists()
+    try:
+        # Data, model and memory plans are checked before training; a start that fails on them
+        # leaves no empty run directory behind (issue 10, case 15).
+        prepared = prepare_data(config.data, seed=config.seed, normalizer=normalizer, progress=group.is_main)
         if group.is_main:
-            print(f"resuming {run_dir} at epoch {trainer.epoch}, step {trainer.step}")
+            run_dir.mkdir(parents=True, exist_ok=True)
+        group.barrier()
+        if state is None and group.is_main:
+            save_config(config, run_dir)
+            prepared.normalizer.save(run_dir / "normalizer.json")
+        trainer = Trainer(config, prepared, run_dir, group=group)
+        if state is not None:
+            trainer.load(state)
+            if group.is_main:
+                print(f"resuming {run_dir} at epoch {trainer.epoch}, step {trainer.step}")
+        trainer.preflight()
+    except InputError:
+        if created and group.is_main:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     stopped = trainer.fit()
     if stopped is not None:
         name = signal.Signals(stopped).name

@@ -136,6 +136,7 @@ class Trainer:
         self._stop_signal = None
         self._stop_requested = False    # agreed by every rank at the last optimizer step
         self.epoch_perf = {}            # the last training epoch's throughput (train_epoch)
+        self._preflight_done = False
         self.cuda_planned_mb = None     # the planned peak of CUDA memory (fit, on a GPU)
         self.cuda_plan_worst = None     # the plan's largest phase
         self.cuda_plan_lines = {}       # the plan's lines, MB by name
@@ -203,14 +204,22 @@ class Trainer:
         return lines
 
     # --- the run ----------------------------------------------------------------------
-    def fit(self):
-        """Train to the end (or early stop / signal); returns final metrics."""
+    def preflight(self):
+        """Print and check the memory plans (host, and GPU on CUDA); raises InputError before any
+        training when they cannot be kept. Runs once; fit() calls it if the caller did not."""
+        if self._preflight_done:
+            return
         plan = self.memory_plan()
         if self.group.is_main:
             print(format_plan(plan, self.config.memory_budget_mb))
         check_plan(plan, self.config.memory_budget_mb)
         if self.device.type == "cuda":
             self._plan_cuda_memory()
+        self._preflight_done = True
+
+    def fit(self):
+        """Train to the end (or early stop / signal); returns final metrics."""
+        self.preflight()
         if self.group.is_main:
             self.checkpoints.remove_stale_temps()
         tc = self.config.training
