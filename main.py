@@ -48,6 +48,8 @@ def build_parser():
     p = sub.add_parser("evaluate", help="metrics of a run's best checkpoint on a split")
     p.add_argument("--run", required=True, help="run directory")
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
+    p.add_argument("--checkpoint", choices=("best", "last"), default=None,
+                   help="which checkpoint to score (default: best, or last where there is no best yet)")
     p.add_argument("--json", action="store_true", help="print JSON")
 
     p = sub.add_parser("predict", help="stream a run's predictions for a split to HDF5")
@@ -55,6 +57,8 @@ def build_parser():
     p.add_argument("--out", required=True, help="output HDF5 file")
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--checkpoint", choices=("best", "last"), default=None,
+                   help="which checkpoint predicts (default: best, or last where there is no best yet)")
 
     p = sub.add_parser("prepare", help="catalog, split and normalize the data of a config; print "
                        "the memory plan; write the run directory (no training)")
@@ -193,7 +197,7 @@ def cmd_train(args):
     if "test" in result:
         test = result["test"]
         shown = ", ".join(f"{k} {v:.4g}" for k, v in test.items() if isinstance(v, float))
-        print(f"test (best checkpoint, after epoch {test['epoch_of_checkpoint']}): {shown}")
+        print(f"test ({test['checkpoint']} checkpoint, after epoch {test['epoch_of_checkpoint']}): {shown}")
         print(f"run directory: {result['run_dir']}  (checkpoints/, metrics_test.json, config.yaml)")
         print(f"TensorBoard:   tensorboard --logdir {result['run_dir']}/tensorboard")
         return 0
@@ -202,16 +206,17 @@ def cmd_train(args):
 
 def cmd_evaluate(args):
     from trainers.run import evaluate
-    result = evaluate(args.run, args.split)
+    result = evaluate(args.run, args.split, checkpoint=args.checkpoint)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        print(f"{args.split}: " + ", ".join(f"{k} {v:.5g}" for k, v in result.items()))
+        print(f"{args.split} ({result['checkpoint']} checkpoint, after epoch {result['epoch_of_checkpoint']}): " +
+              ", ".join(f"{k} {v:.5g}" for k, v in result.items() if isinstance(v, float)))
 
 
 def cmd_predict(args):
     from trainers.run import predict
-    result = predict(args.run, args.out, args.split, overwrite=args.overwrite)
+    result = predict(args.run, args.out, args.split, overwrite=args.overwrite, checkpoint=args.checkpoint)
     print(f"wrote {result['windows']:,} predictions to {result['out']}")
 
 

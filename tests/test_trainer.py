@@ -269,3 +269,18 @@ def test_a_cpu_run_logs_no_cuda_figures_and_one_hparams_entry(demo_path, tmp_pat
     tags = events.Tags()["scalars"]
     assert "memory/pss_mb" in tags and not [t for t in tags if t.startswith("memory/cuda")]
     assert len(events.Scalars("hparam/test_mse")) == 1
+
+
+def test_evaluate_names_the_checkpoint_it_scored_and_epochs_count_from_one(demo_path, tmp_path, capsys):
+    # Issue 10, cases 11 and 12: `evaluate` used `last` silently when there was no `best`; the log said
+    # "epoch 0 (best)" and the JSON "epoch_of_checkpoint: 1" for the same epoch.
+    run_module.train(small_config(demo_path, tmp_path, "training.epochs=1"), tmp_path / "run")
+    assert "epoch 1/1: train loss" in capsys.readouterr().out
+    best = run_module.evaluate(tmp_path / "run", "val")
+    assert best["checkpoint"] == "best" and best["epoch_of_checkpoint"] == 1
+    assert run_module.evaluate(tmp_path / "run", "val", checkpoint="last")["checkpoint"] == "last"
+    (tmp_path / "run" / "checkpoints" / "best.pt").unlink()
+    assert run_module.evaluate(tmp_path / "run", "val")["checkpoint"] == "last"
+    assert "no `best` checkpoint yet; scoring `last`" in capsys.readouterr().err
+    with pytest.raises(InputError, match=r"best.pt: no checkpoint"):
+        run_module.evaluate(tmp_path / "run", "val", checkpoint="best")

@@ -9,6 +9,7 @@ import json
 import logging
 import shutil
 import signal
+import sys
 from pathlib import Path
 
 import h5py
@@ -87,7 +88,7 @@ def train(config, run_dir=None, resume=False, group=None):
         if state is not None:
             trainer.load(state)
             if group.is_main:
-                print(f"resuming {run_dir} at epoch {trainer.epoch}, step {trainer.step}")
+                print(f"resuming {run_dir} in epoch {trainer.epoch + 1}, at step {trainer.step}")
         trainer.preflight()
     except InputError:
         if created and group.is_main:
@@ -119,35 +120,44 @@ def hparams_monitor(config, run_dir, result):
     monitor.close()
 
 
-def _restore(run_dir, config=None, prepared=None, which="best"):
+def _restore(run_dir, config=None, prepared=None, which=None):
+    """(config, checkpoint state, prepared data, the checkpoint's name). `which` None: `best`, or
+    `last` where the run has no `best` yet, said so on stderr (issue 10, case 11); a named one
+    that does not exist is an error (Checkpointer.load)."""
     config = config or load_run_config(run_dir)
     checkpoints = Checkpointer(run_dir)
-    state = checkpoints.load(which if checkpoints.exists(which) else "last")
+    if which is None:
+        which = "best" if checkpoints.exists("best") else "last"
+        if which == "last" and checkpoints.exists("last"):
+            print(f"{run_dir}: no `best` checkpoint yet; scoring `last`", file=sys.stderr)
+    state = checkpoints.load(which)
     if prepared is None:
         prepared = prepare_data(config.data, seed=config.seed, progress=False,
                                 normalizer=Normalizer.from_json(state["normalizer"]))
-    return config, state, prepared
+    return config, state, prepared, which
 
 
-def evaluate(run_dir, split="test", *, prepared=None, config=None, trainer=None):
-    """Metrics of the best checkpoint on `split`; written to <run>/metrics_<split>.json."""
-    config, state, prepared = _restore(run_dir, config, prepared)
+def evaluate(run_dir, split="test", *, prepared=None, config=None, trainer=None, checkpoint=None):
+    """Metrics of the `checkpoint` (best by default) on `split`; written to <run>/metrics_<split>.json
+    with the checkpoint's name and the epoch it was saved after (epochs numbered from 1)."""
+    config, state, prepared, checkpoint = _restore(run_dir, config, prepared, checkpoint)
     if trainer is None:
         trainer = Trainer(config, prepared, Path(run_dir), monitor=False)
     trainer.model.load_state_dict(state["model"])
     result = trainer.evaluate(split)
     result["epoch_of_checkpoint"] = int(state["epoch"])
+    result["checkpoint"] = checkpoint
     if trainer.group.is_main:
         write_json(Path(run_dir) / f"metrics_{split}.json", result)
     return result
 
 
 @torch.no_grad()
-def predict(run_dir, out, split="test", overwrite=False):
+def predict(run_dir, out, split="test", overwrite=False, checkpoint=None):
     """Predictions of the best checkpoint for every window of `split`, streamed to HDF5 in
     original units, aligned by session, first row and (if present) the first target's timestamp."""
     check_output(out, overwrite)            # before the work, not after it (issue 10, case 14)
-    config, state, prepared = _restore(run_dir)
+    config, state, prepared, checkpoint = _restore(run_dir, which=checkpoint)
     trainer = Trainer(config, prepared, Path(run_dir), monitor=False)
     trainer.model.load_state_dict(state["model"])
     trainer.model.eval()
@@ -193,6 +203,8 @@ def predict(run_dir, out, split="test", overwrite=False):
             f.attrs["session_names"] = json.dumps([s.name for s in sessions])
             f.attrs["target_names"] = json.dumps(list(prepared.columns.target_names))
             f.attrs["split"] = split
+            f.attrs["checkpoint"] = checkpoint
+            f.attrs["epoch_of_checkpoint"] = int(state["epoch"])
             f.attrs["row_meaning"] = "first input row of the window; targets start at row + " + str(offset)
             # The same facts as numbers (window.first_target owns the offset): read these, not the sentence.
             f.attrs["lookback"] = window.lookback

@@ -301,7 +301,7 @@ class Trainer:
         loader = self.train_loader
         loader.set_epoch(self.epoch)
         done_steps = self._steps_done_in_epoch()
-        self.monitor.start_epoch(self.epoch, self.steps_per_epoch)
+        self.monitor.start_epoch(self.epoch + 1, self.steps_per_epoch)
         self.monitor.step(done_steps)
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         loss_count = 0
@@ -359,7 +359,7 @@ class Trainer:
         self.epoch_perf = {"steps": epoch_steps, "windows": epoch_windows, "seconds": seconds,
                            "data_wait_s": epoch_wait, "windows_per_s": epoch_windows / max(seconds, 1e-9),
                            "data_wait": epoch_wait / max(seconds, 1e-9)}
-        self.monitor.scalars(self.epoch, {"windows_per_s": self.epoch_perf["windows_per_s"],
+        self.monitor.scalars(self.epoch + 1, {"windows_per_s": self.epoch_perf["windows_per_s"],
                                           "data_wait": self.epoch_perf["data_wait"]}, "perf_epoch")
         return total / max(1.0, count)
 
@@ -421,14 +421,17 @@ class Trainer:
         val_loss = val["loss"]
         if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             self.scheduler.step(val_loss)
-        self.monitor.scalars(self.epoch, {"loss": train_loss, "nonfinite_steps": self.nonfinite_total}, "epoch_train")
-        self.monitor.scalars(self.epoch, val, "val")
+        # Epochs are numbered from 1 wherever a user sees them (log, bar, TensorBoard, metrics JSON); the
+        # checkpoint's `epoch` counts the epochs completed, so the checkpoint after epoch 1 says 1.
+        self.monitor.scalars(self.epoch + 1, {"loss": train_loss, "nonfinite_steps": self.nonfinite_total},
+                             "epoch_train")
+        self.monitor.scalars(self.epoch + 1, val, "val")
         improved = val_loss < self.best
         if improved:
             self.best, self.bad_epochs = val_loss, 0
         else:
             self.bad_epochs += 1
-        self.monitor.info(f"epoch {self.epoch}: train loss {train_loss:.5f}, val loss {val_loss:.5f}"
+        self.monitor.info(f"epoch {self.epoch + 1}/{tc.epochs}: train loss {train_loss:.5f}, val loss {val_loss:.5f}"
                           f"{' (best)' if improved else ''}; " +
                           ", ".join(f"{k} {v:.4g}" for k, v in val.items() if k != "loss"))
         self.epoch += 1
