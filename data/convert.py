@@ -145,6 +145,15 @@ class _Sink:
                 return
             self.pending = (feats[-1:], source[-1:], None if stamps is None else stamps[-1:])
             targs = _transform(source, self.plan["transform"])[:, None]   # (n - 1, 1)
+            infinite = np.flatnonzero(np.isinf(targs[:, 0]))
+            if len(infinite):
+                # close = 0 makes log(next / 0) = inf (issue 10, case 9): a wrong number, not a missing one.
+                i = int(infinite[0])
+                raise InputError(
+                    f"{path}: session {self.writer.group.name.strip('/')!r} row {self.writer.rows + i}: "
+                    f"{self.plan['target_from']} is {source[i]:g} then {source[i + 1]:g}, so its "
+                    f"{self.plan['transform']} is infinite; fix those values (a price of 0 makes no return) "
+                    "or drop the rows")
             feats, stamps = feats[:-1], None if stamps is None else stamps[:-1]
         self.writer.append(feats, targs, stamps)
 
@@ -201,17 +210,15 @@ def _plan_columns(frame, path, features, targets, time_column, session_column, t
         for f in features:
             need(f, "feature")
     else:
-        features = [c for c in columns if c not in reserved and pd.api.types.is_numeric_dtype(frame[c])]
+        # A column with any number in it is a feature: one stray text cell in a numeric column is an
+        # error naming it (_numbers), not a reason to drop the column quietly (issue 10, case 8).
+        features = [c for c in columns if c not in reserved and _has_numbers(frame[c])]
         skipped = [c for c in columns if c not in reserved and c not in features]
         if skipped:
             log.info("%s: non-numeric columns left out of the features: %s", path, ", ".join(skipped))
         if not features:
             raise InputError(f"{path}: no numeric column to use as features; columns: {', '.join(columns)}")
-    for c in list(features) + list(targets):
-        if not pd.api.types.is_numeric_dtype(frame[c]) and not frame[c].isna().all():
-            example = frame[c].dropna().iloc[0]
-            raise InputError(f"{path}: column {c!r} is not numeric (e.g. {example!r}); leave it out with "
-                             "--features, or clean it")
+    _numbers(frame, list(features) + list(targets) + ([target_from] if target_from else []), path)
     if transform and transform not in TARGET_TRANSFORMS:
         raise InputError(f"--target-transform {transform!r} is unknown; choose {', '.join(TARGET_TRANSFORMS)}")
     if transform and not target_from:
@@ -222,6 +229,35 @@ def _plan_columns(frame, path, features, targets, time_column, session_column, t
     return {"features": list(features), "targets": list(targets), "target_names": target_names or None,
             "time": time_column, "session": session_column, "target_from": target_from,
             "transform": transform}
+
+
+def _has_numbers(series):
+    if pd.api.types.is_numeric_dtype(series):
+        return True
+    if pd.api.types.is_bool_dtype(series) or not (pd.api.types.is_object_dtype(series)
+                                                   or pd.api.types.is_string_dtype(series)):
+        return False
+    return bool(pd.to_numeric(series, errors="coerce").notna().any())
+
+
+def _numbers(frame, columns, path, dtype=np.float32):
+    """frame[columns] as a (n, len(columns)) array; a cell that is not a number (NaN and empty cells
+    are missing values, allowed) is an error naming the file, row, column and value."""
+    out = np.empty((len(frame), len(columns)), dtype)
+    for j, c in enumerate(columns):
+        series = frame[c]
+        if not pd.api.types.is_numeric_dtype(series) or pd.api.types.is_bool_dtype(series):
+            numbers = pd.to_numeric(series, errors="coerce")
+            bad = numbers.isna() & series.notna()
+            if bad.any():
+                i = int(np.flatnonzero(bad.to_numpy())[0])
+                label = frame.index[i]
+                row = f"row {label + 1}" if isinstance(label, (int, np.integer)) else f"row {label!r}"
+                raise InputError(f"{path}: {row} (1 = first data row), column {c!r}: {series.iloc[i]!r} is not a "
+                                 "number; fix or empty that cell, or leave the column out with --features")
+            series = numbers
+        out[:, j] = series.to_numpy(dtype, na_value=np.nan)
+    return out
 
 
 def _parse_time(series, path):
@@ -313,8 +349,8 @@ def _append(sinks, h5file, name, frame, plan, compression, path):
     if name not in sinks:
         sinks[name] = (_Sink(h5file, name, plan, compression), path)
     sink = sinks[name][0]
-    feats = frame[plan["features"]].to_numpy(np.float32, na_value=np.nan)
-    targs = frame[plan["targets"]].to_numpy(np.float32, na_value=np.nan) if plan["targets"] else None
+    feats = _numbers(frame, plan["features"], path)
+    targs = _numbers(frame, plan["targets"], path) if plan["targets"] else None
     stamps = _parse_time(frame[plan["time"]], path) if plan["time"] else None
-    source = frame[plan["target_from"]].to_numpy(np.float64, na_value=np.nan) if plan["transform"] else None
+    source = _numbers(frame, [plan["target_from"]], path, np.float64)[:, 0] if plan["transform"] else None
     sink.add(feats, targs, stamps, source, path)

@@ -125,7 +125,7 @@ def test_failed_conversion_keeps_the_existing_output(tmp_path):
         convert([tmp_path / "a.csv"], out)
     bad = tmp_path / "bad.csv"
     bad.write_text("date,open\n2020-01-01,1\n2020-01-02,abc\n")
-    with pytest.raises(InputError, match=r"column 'open' is not numeric \(e.g. '1'\)"):
+    with pytest.raises(InputError, match=r"bad.csv: row 2 \(1 = first data row\), column 'open': 'abc' is not a number"):
         convert([bad], out, overwrite=True, features=["open"])
     assert out.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".o.h5")] == []
@@ -163,3 +163,35 @@ def test_rows_out_of_time_order_are_refused(tmp_path, monkeypatch):
     f.to_csv(tmp_path / "a.csv", index=False)
     with pytest.raises(InputError, match=r"a\.csv: session 'a' row 6 goes back in time .*sort the rows"):
         convert([tmp_path / "a.csv"], tmp_path / "o.h5")
+
+
+@pytest.mark.parametrize("where", ["alone", "among_clean_files", "in_a_later_chunk"])
+def test_one_text_cell_in_a_numeric_column_is_named(tmp_path, monkeypatch, where):
+    # Issue 10, case 8: the column was dropped with exit 0 (an INFO line); in a folder of clean
+    # files the same cell gave a ValueError traceback.
+    import data.convert as convert_module
+    folder = tmp_path / "in"
+    folder.mkdir()
+    rows = frame(40)
+    rows["volume"] = rows["volume"].astype(object)
+    rows.loc[31, "volume"] = "n/a?"
+    rows["note"] = "text"                                  # a real text column is still left out
+    rows.to_csv(folder / "bad.csv", index=False)
+    if where == "among_clean_files":
+        frame(40).to_csv(folder / "a_clean.csv", index=False)
+    if where == "in_a_later_chunk":
+        monkeypatch.setattr(convert_module, "CHUNK_ROWS", 16)
+    with pytest.raises(InputError, match=r"bad.csv: row 32 \(1 = first data row\), column 'volume': 'n/a\?' is "
+                                         r"not a number; fix or empty that cell"):
+        convert([folder], tmp_path / "o.h5")
+    assert not (tmp_path / "o.h5").exists()
+
+
+def test_a_zero_price_under_next_log_return_is_refused(tmp_path):
+    # Issue 10, case 9: close = 0 wrote +-inf targets.
+    rows = frame(20)
+    rows.loc[7, "close"] = 0.0
+    rows.to_csv(tmp_path / "s.csv", index=False)
+    with pytest.raises(InputError, match=r"s.csv: session 's' row 6: close is [\d.]+ then 0, so its next_log_return "
+                                         r"is infinite"):
+        convert([tmp_path / "s.csv"], tmp_path / "o.h5", target_from="close", target_transform="next_log_return")
