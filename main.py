@@ -267,12 +267,25 @@ def _one_line(exc):
     return text
 
 
+def parse_args(parser, argv):
+    """argparse, with key=value overrides accepted anywhere on the line (`train --profile P a=1
+    --run-dir X b=2`): argparse takes only the ones before the first option (issue 10, case 23)."""
+    args, extra = parser.parse_known_args(argv)
+    overrides = [t for t in extra if "=" in t and not t.startswith("-")]
+    unknown = [t for t in extra if t not in overrides]
+    if unknown or (overrides and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(unknown or overrides)}")
+    if overrides:
+        args.overrides = list(args.overrides) + overrides
+    return args
+
+
 def main(argv=None):
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     log.setLevel(logging.INFO)
     from errors import InputError
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     commands = {"convert": cmd_convert, "make-demo": cmd_make_demo, "inspect": cmd_inspect,
                 "config": cmd_config, "prepare": cmd_prepare, "index": cmd_index, "train": cmd_train,
                 "evaluate": cmd_evaluate, "predict": cmd_predict}

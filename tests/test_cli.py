@@ -196,3 +196,13 @@ def test_a_plan_over_budget_leaves_no_run_directory(tmp_path):
     proc = subprocess.run([sys.executable, "main.py", "train", f"data.paths=[{demo}]", "memory_budget_mb=64",
                            "--run-dir", str(run)], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 2 and "memory plan needs" in proc.stderr and not run.exists()
+
+
+def test_overrides_are_accepted_anywhere_on_the_line(capsys):
+    # Issue 10, case 23: `train --profile P a=1 --run-dir X b=2` failed with "unrecognized arguments".
+    assert main.main(["config", "data.lookback=16", "--profile", "quick_demo", "training.epochs=7"]) == 0
+    out = capsys.readouterr().out
+    assert "lookback: 16" in out and "epochs: 7" in out
+    with pytest.raises(SystemExit) as exit_info:
+        main.main(["config", "--profile", "quick_demo", "--bogus"])
+    assert exit_info.value.code == 2 and "unrecognized arguments: --bogus" in capsys.readouterr().err
