@@ -426,3 +426,36 @@ def load_config(profile="default", config_file=None, overrides=()):
         values = _merge(values, parse_override(text))
     values["profile"] = profile
     return _from_dict(Config, values, "")
+
+
+# Keys a resumed run may change: they alter how long it trains, what it logs and how it reads,
+# never what one step computes, so the steps it has taken stay the run's own. Anything else
+# (model, data, lookback, learning rate, seed, device...) would make it another run.
+RESUME_KEYS = {"training.epochs", "training.early_stopping_patience", "training.max_nonfinite_steps",
+               "training.log_every_steps", "training.num_workers", "training.num_threads",
+               "training.prefetch_factor", "training.persistent_workers", "training.pin_memory",
+               "training.gc_every_epoch", "training.compute_metrics_online", "output.tensorboard",
+               "output.metrics_in_normalized_units", "memory_budget_mb"}
+
+
+def _flat_keys(nested, prefix=""):
+    for key, value in nested.items():
+        if isinstance(value, dict) and f"{prefix}{key}" not in RESUME_KEYS:
+            yield from _flat_keys(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}"
+
+
+def resume_config(config, overrides):
+    """A run's config with the overrides a resume may take (RESUME_KEYS), e.g. training.epochs=20 to
+    extend a finished run; any other key is refused by name (it used to be ignored silently)."""
+    values = to_dict(config)
+    for text in overrides:
+        update = parse_override(text)
+        for key in _flat_keys(update):
+            if key not in RESUME_KEYS:
+                raise InputError(f"{key} cannot change on --resume: the resumed run would no longer be the one "
+                                 f"its checkpoints hold; start a new run for it, or change only "
+                                 f"{', '.join(sorted(RESUME_KEYS))}")
+        values = _merge(values, update)
+    return _from_dict(Config, values, "")

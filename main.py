@@ -28,7 +28,7 @@ log = logging.getLogger("h5series")
 
 def _config_args(parser):
     from config import PROFILES
-    parser.add_argument("--profile", default=SELECTED_CONFIG, choices=PROFILES,
+    parser.add_argument("--profile", default=None, choices=PROFILES,
                         help=f"base profile (default: SELECTED_CONFIG = {SELECTED_CONFIG})")
     parser.add_argument("--config", dest="config_file", help="YAML file overriding the profile")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
@@ -177,11 +177,19 @@ def ensure_demo(config):
 
 
 def cmd_train(args):
-    from config import load_config
+    from config import load_config, resume_config
+    from errors import InputError
     from trainers import distributed
     from trainers.run import load_run_config, train
-    config = load_run_config(args.resume) if args.resume else \
-        load_config(args.profile, args.config_file, args.overrides)
+    if args.resume:
+        given = [flag for flag, value in (("--profile", args.profile_given), ("--config", args.config_file),
+                                          ("--run-dir", args.run_dir)) if value]
+        if given:
+            raise InputError(f"{given[0]} cannot be combined with --resume: a resumed run keeps its own config "
+                             f"and directory ({args.resume}); start a new run to change them")
+        config = resume_config(load_run_config(args.resume), args.overrides)
+    else:
+        config = load_config(args.profile, args.config_file, args.overrides)
     group = distributed.setup(config.training.device)     # a no-op without torchrun
     if not group.is_main:
         log.setLevel(logging.WARNING)                      # rank 0 speaks for the run
@@ -277,6 +285,8 @@ def parse_args(parser, argv):
         parser.error(f"unrecognized arguments: {' '.join(unknown or overrides)}")
     if overrides:
         args.overrides = list(args.overrides) + overrides
+    if hasattr(args, "profile"):
+        args.profile_given, args.profile = args.profile is not None, args.profile or SELECTED_CONFIG
     return args
 
 
@@ -291,7 +301,7 @@ def main(argv=None):
                 "evaluate": cmd_evaluate, "predict": cmd_predict}
     try:
         if args.command is None:
-            args = parser.parse_args(["train"])
+            args = parse_args(parser, ["train"])
         return commands[args.command](args) or 0
     except InputError as exc:
         print(f"error: {_one_line(exc)}", file=sys.stderr)

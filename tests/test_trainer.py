@@ -284,3 +284,23 @@ def test_evaluate_names_the_checkpoint_it_scored_and_epochs_count_from_one(demo_
     assert "no `best` checkpoint yet; scoring `last`" in capsys.readouterr().err
     with pytest.raises(InputError, match=r"best.pt: no checkpoint"):
         run_module.evaluate(tmp_path / "run", "val", checkpoint="best")
+
+
+def test_resume_takes_the_overrides_it_can_honour_and_refuses_the_others(demo_path, tmp_path, capsys):
+    # Issue 10, case 3: `train --resume RUN key=value` ignored the overrides (exit 0, nothing trained).
+    import main
+    config = small_config(demo_path, tmp_path, "training.epochs=1")
+    run_module.train(config, tmp_path / "run")
+    run = str(tmp_path / "run")
+    assert main.main(["train", "--resume", run, "training.epochs=2"]) == 0
+    state = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
+    assert state["epoch"] == 2 and state["config"]["training"]["epochs"] == 2
+    assert "epochs: 2" in (tmp_path / "run" / "config.yaml").read_text()
+    assert "in epoch 2" in capsys.readouterr().out
+    for argv, message in (([run, "model.hidden_size=16"], "model.hidden_size cannot change on --resume"),
+                          ([run, "data.lookback=8"], "data.lookback cannot change on --resume"),
+                          ([run, "--profile", "default"], "--profile cannot be combined with --resume"),
+                          ([run, "--run-dir", run], "--run-dir cannot be combined with --resume")):
+        assert main.main(["train", "--resume", *argv]) == 2
+        assert message in capsys.readouterr().err
+    assert torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 2

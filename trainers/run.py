@@ -81,8 +81,9 @@ def train(config, run_dir=None, resume=False, group=None):
         if group.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
         group.barrier()
+        if group.is_main:
+            save_config(config, run_dir)          # on resume: with the overrides it took (training.epochs)
         if state is None and group.is_main:
-            save_config(config, run_dir)
             prepared.normalizer.save(run_dir / "normalizer.json")
         trainer = Trainer(config, prepared, run_dir, group=group)
         if state is not None:
