@@ -268,6 +268,10 @@ def _describe_session(path, group_name, name, group, allow_external_links):
     _check_numeric(features, path, name, "features")
     _check_storage(features, path, name, allow_external_links)
     n_rows, n_features = features.shape
+    if n_features == 0:
+        # Issue 10, case 17: a (N, 0) dataset reached scikit-learn as a traceback.
+        raise InputError(f"{path}: session {name!r} `features` has shape {features.shape}: no feature column; "
+                         "write at least one column of inputs")
 
     target_names, target_dtype = [], None
     if layout.TARGETS in group:
@@ -276,6 +280,9 @@ def _describe_session(path, group_name, name, group, allow_external_links):
             raise InputError(
                 f"{path}: session {name!r} `targets` has shape {getattr(targets, 'shape', None)}; "
                 "expected 2-D [rows, targets]; store one target column per column")
+        if targets.shape[1] == 0:
+            raise InputError(f"{path}: session {name!r} `targets` has shape {targets.shape}: no target column; "
+                             "write at least one, or leave the `targets` dataset out")
         _check_numeric(targets, path, name, "targets")
         _check_storage(targets, path, name, allow_external_links)
         if targets.shape[0] != n_rows:

@@ -91,6 +91,20 @@ def test_session_without_features(tmp_path, rng):
         open_catalog(path)
 
 
+def test_features_and_targets_without_columns_are_refused(tmp_path):
+    # Issue 10, case 17: features of shape (N, 0) reached scikit-learn as a traceback.
+    path = tmp_path / "d.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("s/features", data=np.zeros((100, 0), np.float32))
+    with pytest.raises(InputError, match=r"session 's' `features` has shape \(100, 0\): no feature column"):
+        open_catalog(path)
+    with h5py.File(path, "w") as f:
+        f.create_dataset("s/features", data=np.zeros((100, 2), np.float32))
+        f.create_dataset("s/targets", data=np.zeros((100, 0), np.float32))
+    with pytest.raises(InputError, match=r"session 's' `targets` has shape \(100, 0\): no target column"):
+        open_catalog(path)
+
+
 @pytest.mark.parametrize("shape", [(100,), (10, 5, 2)])
 def test_features_must_be_2d(tmp_path, shape):
     path = tmp_path / "d.h5"
