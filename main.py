@@ -44,6 +44,7 @@ def build_parser():
     _config_args(p)
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
     p.add_argument("--run-dir", help="run directory (default: runs/<profile>-<time>)")
+    p.add_argument("--overwrite", action="store_true", help="replace the run already in --run-dir")
 
     p = sub.add_parser("evaluate", help="metrics of a run's best checkpoint on a split")
     p.add_argument("--run", required=True, help="run directory")
@@ -197,7 +198,8 @@ def cmd_train(args):
         if group.is_main and not args.resume:
             ensure_demo(config)
         group.barrier()
-        result = train(config, args.resume or args.run_dir, resume=bool(args.resume), group=group)
+        result = train(config, args.resume or args.run_dir, resume=bool(args.resume), group=group,
+                       overwrite=args.overwrite)
     finally:
         distributed.shutdown(group)
     if not group.is_main:

@@ -304,3 +304,33 @@ def test_resume_takes_the_overrides_it_can_honour_and_refuses_the_others(demo_pa
         assert main.main(["train", "--resume", *argv]) == 2
         assert message in capsys.readouterr().err
     assert torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 2
+
+
+def test_a_run_directory_is_locked_and_never_overwritten_silently(demo_path, tmp_path, capsys):
+    # Issue 10, case 13: two trainings into one --run-dir both exited 0 with a mixed directory, and a
+    # --run-dir pointing at a finished run overwrote its `best` checkpoint.
+    import subprocess
+    import sys
+
+    import main
+    run = tmp_path / "run"
+    args = ["train", "--profile", "quick_demo", f"data.paths=[{demo_path}]", "data.lookback=16",
+            "data.block_rows=512", "model.hidden_size=8", "training.epochs=1", "training.max_steps_per_epoch=4",
+            "training.num_workers=0", "--run-dir", str(run)]
+    assert main.main(args) == 0
+    best = (run / "checkpoints" / "best.pt").read_bytes()
+    assert main.main(args) == 2
+    assert "already holds a run; continue it with `train --resume" in capsys.readouterr().err
+    assert (run / "checkpoints" / "best.pt").read_bytes() == best
+    lock = tmp_path / ".run.lock"
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lock.write_text(f"{sleeper.pid}\n")                    # another live process uses the run
+        assert main.main(["train", "--resume", str(run)]) == 2
+        assert f"in use by process {sleeper.pid}" in capsys.readouterr().err
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert main.main(["train", "--resume", str(run)]) == 0    # its process is gone: the lock is taken over
+    assert not lock.exists()
+    assert main.main(args + ["--overwrite"]) == 0

@@ -7,6 +7,7 @@ The CLI (main.py) calls `train`, `evaluate` and `predict` here; each takes a Con
 import datetime
 import json
 import logging
+import os
 import shutil
 import signal
 import sys
@@ -55,12 +56,68 @@ def load_run_config(run_dir):
     return _from_dict(Config, read_yaml(path), "")
 
 
-def train(config, run_dir=None, resume=False, group=None):
+class RunLock:
+    """`.<run>.lock` beside a run directory, holding the pid of the process that uses the run: two
+    trainings of one directory would mix one's config with the other's checkpoints (issue 10, case
+    13). A lock whose process is gone (killed, crashed) is taken over."""
+
+    def __init__(self, run_dir, enabled=True):
+        self.path = Path(run_dir).parent / f".{Path(run_dir).name}.lock"
+        self.run_dir = run_dir
+        self.enabled = enabled
+
+    def __enter__(self):
+        if not self.enabled:
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                try:
+                    pid = int(self.path.read_text().strip() or 0)
+                except (OSError, ValueError):
+                    pid = 0
+                if pid and _alive(pid):
+                    raise InputError(f"{self.run_dir}: in use by process {pid} (lock {self.path}); wait for it, "
+                                     "or stop it, or train into another --run-dir") from None
+                self.path.unlink(missing_ok=True)       # its process is gone: take the lock over
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(f"{os.getpid()}\n")
+            return self
+        raise InputError(f"{self.run_dir}: cannot take the lock {self.path}; remove it if no run uses it")
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            self.path.unlink(missing_ok=True)
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def train(config, run_dir=None, resume=False, group=None, overwrite=False):
     """Train (or resume) a run; evaluates the best checkpoint on the test split at the end.
 
     Under torchrun every rank calls this with its `group`; rank 0 alone writes files and prints.
+    A run directory is locked while in use; an existing run is replaced only with `overwrite`.
     """
     group = group or Group()
+    if not resume and group.is_main:
+        run_dir = Path(run_dir) if run_dir else new_run_dir(config)
+    run_dir = Path(group.broadcast_object(str(run_dir)))   # one directory for all ranks (named by rank 0)
+    with RunLock(run_dir, enabled=group.is_main):
+        return _train(config, run_dir, resume, group, overwrite)
+
+
+def _train(config, run_dir, resume, group, overwrite):
     state, normalizer = None, None
     if resume:
         config = config or load_run_config(run_dir)
@@ -70,9 +127,11 @@ def train(config, run_dir=None, resume=False, group=None):
             normalizer = Normalizer.from_json(state["normalizer"])
         elif group.is_main:
             print(f"{run_dir}: no checkpoint yet (stopped in its first epoch); starting it again")
-    elif group.is_main:
-        run_dir = Path(run_dir) if run_dir else new_run_dir(config)
-    run_dir = Path(group.broadcast_object(str(run_dir)))   # one directory for all ranks (named by rank 0)
+    elif group.is_main and ((run_dir / "config.yaml").exists() or (run_dir / "checkpoints").exists()):
+        if not overwrite:
+            raise InputError(f"{run_dir}: already holds a run; continue it with `train --resume {run_dir}`, "
+                             "train into another --run-dir, or pass --overwrite to replace it")
+        shutil.rmtree(run_dir)
     created = not resume and not run_dir.exists()
     try:
         # Data, model and memory plans are checked before training; a start that fails on them
