@@ -334,3 +334,13 @@ def test_a_run_directory_is_locked_and_never_overwritten_silently(demo_path, tmp
     assert main.main(["train", "--resume", str(run)]) == 0    # its process is gone: the lock is taken over
     assert not lock.exists()
     assert main.main(args + ["--overwrite"]) == 0
+
+
+def test_a_run_first_names_its_profile_and_warns_of_the_demo_profile_on_other_data(demo_path, tmp_path, capsys):
+    # Issue 10, case 22: `train data.paths=[mine.h5]` quietly trained a 3-epoch demo model.
+    run_module.train(small_config(demo_path, tmp_path, "training.epochs=1"), tmp_path / "run")
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "profile quick_demo: model gru, 1 epochs, at most 12 steps each, batch 64, lookback 16, horizon 1"
+    assert out[1].startswith("note: quick_demo is the demo profile")
+    from config import load_config
+    assert "note:" not in run_module.describe_run(load_config("quick_demo"))

@@ -117,10 +117,25 @@ def train(config, run_dir=None, resume=False, group=None, overwrite=False):
         return _train(config, run_dir, resume, group, overwrite)
 
 
+def describe_run(config):
+    """The first line of a run: which profile, and what it will do (issue 10, case 22)."""
+    tc, m = config.training, config.model
+    steps = f", at most {tc.max_steps_per_epoch} steps each" if tc.max_steps_per_epoch else ""
+    line = (f"profile {config.profile}: model {m.name}, {tc.epochs} epochs{steps}, batch {tc.batch_size}, "
+            f"lookback {config.data.lookback}, horizon {config.data.horizon}")
+    if config.profile == "quick_demo" and config.data.paths != ["demo_data/demo.h5"]:
+        line += ("\nnote: quick_demo is the demo profile (a small model, short epochs); for your own data "
+                 "choose --profile default (or low_memory / high_performance)")
+    return line
+
+
 def _train(config, run_dir, resume, group, overwrite):
     state, normalizer = None, None
     if resume:
         config = config or load_run_config(run_dir)
+    if group.is_main:
+        print(describe_run(config))
+    if resume:
         checkpoints = Checkpointer(run_dir)
         if checkpoints.exists("last"):
             state = checkpoints.load("last")
