@@ -76,6 +76,8 @@ class DataConfig:
     """Open sessions per process (LRU); bounds chunk-cache memory with many sessions."""
     block_rows: int = 8192
     """Rows per block read (one h5py call); windows per block follow from it."""
+    check_time_order: bool = True
+    """Refuse sessions whose timestamps go back or repeat (read once at start: 8 bytes a row)."""
     allow_external_links: bool = False
     """Follow external links / virtual datasets that point outside the data files."""
 

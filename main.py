@@ -142,6 +142,11 @@ def cmd_inspect(args):
     if info["target_names"]:
         print(f"targets ({info['target_dtype']}): {', '.join(info['target_names'])}")
     print(f"timestamps: {'yes' if info['has_timestamps'] else 'no'}")
+    for f in info["files"]:
+        for s in f["sessions"]:
+            if s.get("time_order", "increasing") != "increasing":
+                print(f"time order: session {s['session']}: {s['time_order']} (training refuses it; "
+                      "see data.check_time_order)")
     print(f"{'session':<28} {'rows':>12} {'chunks':>14} {'compression':>12} {'stored MiB':>11}")
     shown = 0
     for f in info["files"]:

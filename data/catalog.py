@@ -327,6 +327,25 @@ def _check_same_schema(sessions):
                 f"{first.name!r} {first.target_names}; every session must have the same targets")
 
 
+def time_text(ns):
+    return str(np.datetime64(int(ns), "ns"))
+
+
+def check_time_order(catalog):
+    """Refuse sessions whose timestamps go back or repeat (issue 10, case 7): splits by time, the
+    embargo and `predict`'s target times all assume rows in time order."""
+    for s in catalog.sessions:
+        if not s.has_timestamps:
+            continue
+        problem = s.time_order_problem()
+        if problem is not None:
+            row, before, at = problem
+            raise InputError(
+                f"{s.path}: session {s.name!r} row {row} has time {time_text(at)}, not after row {row - 1}'s "
+                f"{time_text(before)} (timestamps go back or repeat); sort the rows by time, or set "
+                "data.check_time_order=false to train on them in stored order")
+
+
 def describe(paths, *, allow_external_links=False):
     """What `inspect` shows: per file and session rows, columns, dtypes, chunking, compression, size."""
     catalog = open_catalog(paths, allow_external_links=allow_external_links)
@@ -337,6 +356,10 @@ def describe(paths, *, allow_external_links=False):
             for s in (s for s in catalog.sessions if s.path == path):
                 group = h5file[s.group]
                 entry = {"session": s.name, "group": s.group, "rows": s.n_rows}
+                if s.has_timestamps:
+                    problem = s.time_order_problem()
+                    entry["time_order"] = "increasing" if problem is None else \
+                        f"row {problem[0]} at {time_text(problem[2])} is not after {time_text(problem[1])}"
                 for dataset_name in (layout.FEATURES, layout.TARGETS, layout.TIMESTAMPS):
                     if dataset_name not in group:
                         continue
@@ -349,8 +372,9 @@ def describe(paths, *, allow_external_links=False):
                     }
                 entries.append(entry)
         files.append({"path": path, "size_bytes": os.path.getsize(path), "sessions": entries})
+    disordered = [e["session"] for f in files for e in f["sessions"] if e.get("time_order", "increasing") != "increasing"]
     return {
-        "n_sessions": len(catalog.sessions), "n_rows": catalog.n_rows,
+        "n_sessions": len(catalog.sessions), "n_rows": catalog.n_rows, "time_disordered_sessions": disordered,
         "feature_names": catalog.feature_names, "feature_dtype": catalog.sessions[0].feature_dtype,
         "target_names": catalog.target_names, "target_dtype": catalog.sessions[0].target_dtype,
         "has_timestamps": all(s.has_timestamps for s in catalog.sessions),

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from data import quality
-from data.catalog import open_catalog
+from data.catalog import check_time_order, open_catalog
 from data.normalize import fit_normalizer
 from data.session import ChunkCache, HandlePool
 from data.splits import SPLITS, split_ranges
@@ -57,6 +57,8 @@ def prepare_data(data_cfg, seed=0, progress=True, normalizer=None):
     columns = resolve_columns(catalog, data_cfg.feature_columns, data_cfg.target_columns)
     window = WindowSpec(data_cfg.lookback, data_cfg.horizon, data_cfg.stride,
                         target_offset=1 if columns.target_source == "features" else 0)
+    if data_cfg.check_time_order or data_cfg.split.method == "timestamps":
+        check_time_order(catalog)           # borders by time need rows in time order, whatever the key says
     ranges = split_ranges(catalog, data_cfg.split, window)
     bad_rows = quality.bad_rows_by_session(catalog, columns, ranges, data_cfg.nan_policy, progress)
     per_block = block_windows_for(data_cfg.block_rows, window)

@@ -231,6 +231,21 @@ class SessionData:
                              "split by fractions or row borders instead")
         return self._read(dataset, start, stop, np.empty(stop - start, np.int64), "timestamps")
 
+    def time_order_problem(self, rows_per_read=1 << 20):
+        """None when the timestamps strictly increase, else (row, previous time, time at row): the first
+        row whose time is not after the previous row's (backwards or duplicated). Reads them in pieces."""
+        previous = None
+        for start in range(0, self.n_rows, rows_per_read):
+            stamps = self.read_timestamps(start, min(self.n_rows, start + rows_per_read))
+            if previous is not None:
+                stamps = np.concatenate([[previous], stamps])
+            bad = np.flatnonzero(np.diff(stamps) <= 0)
+            if len(bad):
+                i = int(bad[0])
+                return start + i + (0 if previous is not None else 1), int(stamps[i]), int(stamps[i + 1])
+            previous = stamps[-1] if len(stamps) else previous
+        return None
+
     def timestamp_row(self, value):
         """First row whose timestamp is >= value (binary search with point reads, no full load)."""
         dataset = self._datasets().timestamps

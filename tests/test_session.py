@@ -91,3 +91,27 @@ def test_reads_after_fork_reopen_in_the_child(ramp_file):
 
 def test_next_prime():
     assert [_next_prime(n) for n in (1, 2, 8, 100, 521)] == [2, 2, 11, 101, 521]
+
+
+def test_timestamps_going_back_or_repeating_are_reported_and_refused(tmp_path, capsys):
+    # Issue 10, case 7: accepted by inspect, index and train (and split.method=timestamps then raised KeyError).
+    import main
+    from config import DataConfig
+    from data.dataset import prepare_data
+    from data.splits import SplitSpec
+    from errors import InputError
+    from tests.conftest import write_file
+    stamps = np.arange(600, dtype=np.int64) * 60_000_000_000
+    stamps[400] = stamps[399]                                        # a repeated minute
+    path = write_file(tmp_path / "d.h5", {"s": np.ones((600, 2), np.float32)}, timestamps=stamps)
+    assert open_catalog(path).sessions[0].time_order_problem(rows_per_read=64) == (400, stamps[399], stamps[400])
+    assert main.main(["inspect", path]) == 0
+    assert "time order: session s: row 400 at 1970-01-01T06:39:00" in capsys.readouterr().out
+    with pytest.raises(InputError, match=r"session 's' row 400 has time .* not after row 399's .* sort the rows by "
+                                         r"time, or set data.check_time_order=false"):
+        prepare_data(DataConfig(paths=[path], lookback=8), progress=False)
+    assert prepare_data(DataConfig(paths=[path], lookback=8, check_time_order=False), progress=False)
+    with pytest.raises(InputError, match=r"row 400 has time"):
+        prepare_data(DataConfig(paths=[path], lookback=8, check_time_order=False,
+                                split=SplitSpec(method="timestamps", val_start=10**12, test_start=2 * 10**12)),
+                     progress=False)
