@@ -8,6 +8,7 @@ TimeSeriesDataset is the per-index compatibility path over the same block plan
 """
 
 import dataclasses
+import hashlib
 import logging
 
 import numpy as np
@@ -35,6 +36,18 @@ class PreparedData:
 
     def n_windows(self, split):
         return int(self.blocks[split][:, 2].sum()) if len(self.blocks[split]) else 0
+
+    def fingerprint(self):
+        """What a checkpoint's loader positions refer to, as plain data: every session's name and rows,
+        the window, and digests of the split borders and block plan. A resume compares it with the data
+        it finds (issue 10, case 2); values changed in place with the same rows are not seen."""
+        def digest(table):
+            return hashlib.sha256(np.ascontiguousarray(table, dtype=np.int64).tobytes()).hexdigest()[:16]
+        w = self.window
+        return {"sessions": {s.name: int(s.n_rows) for s in self.catalog.sessions},
+                "window": [w.lookback, w.horizon, w.stride, w.target_offset],
+                "splits": {split: digest(np.asarray(self.ranges[split]).reshape(-1, 3)) for split in self.ranges},
+                "blocks": {split: digest(self.blocks[split]) for split in self.blocks}}
 
     def dataset(self, split, return_ids=False):
         """The per-index dataset of one split."""
@@ -134,3 +147,19 @@ class TimeSeriesDataset(torch.utils.data.Dataset):
         if self.return_ids:
             return x, y, session_idx, row
         return x, y
+
+
+def fingerprint_changes(saved, now):
+    """What differs between two fingerprints, in words (first few), or [] when they match."""
+    changes = []
+    before, after = saved.get("sessions", {}), now["sessions"]
+    changes += [f"session {n!r} added" for n in after if n not in before][:3]
+    changes += [f"session {n!r} gone" for n in before if n not in after][:3]
+    changes += [f"session {n!r} rows {before[n]:,} -> {after[n]:,}" for n in after
+                if n in before and before[n] != after[n]][:3]
+    if list(saved.get("window", [])) != list(now["window"]):
+        changes.append(f"window (lookback, horizon, stride, offset) {saved.get('window')} -> {now['window']}")
+    if not changes:
+        changes += [f"split {k!r} borders" for k in now["splits"] if saved.get("splits", {}).get(k) != now["splits"][k]]
+        changes += [f"split {k!r} block plan" for k in now["blocks"] if saved.get("blocks", {}).get(k) != now["blocks"][k]]
+    return changes

@@ -344,3 +344,28 @@ def test_a_run_first_names_its_profile_and_warns_of_the_demo_profile_on_other_da
     assert out[1].startswith("note: quick_demo is the demo profile")
     from config import load_config
     assert "note:" not in run_module.describe_run(load_config("quick_demo"))
+
+
+def test_resume_refuses_data_that_changed_since_the_checkpoint(tmp_path, monkeypatch):
+    # Issue 10, case 2: a checkpoint held loader positions but nothing of the data they index, so a
+    # resume on files with a session added or rows appended was silently inexact.
+    data = tmp_path / "data.h5"
+    generate(data, sessions=3, rows=3000, features=4, progress=False)
+    config = small_config(data, tmp_path)
+    original = Trainer._optimizer_step
+
+    def interrupt_at_step_5(self, loss, batch):
+        stepped = original(self, loss, batch)
+        if self.step == 5:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return stepped
+    monkeypatch.setattr(Trainer, "_optimizer_step", interrupt_at_step_5)
+    assert run_module.train(config, tmp_path / "run")["stopped_by"] == "SIGTERM"
+    monkeypatch.setattr(Trainer, "_optimizer_step", original)
+    assert torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)["data"]["sessions"]
+    generate(data, sessions=3, rows=3500, features=4, progress=False)      # rows appended
+    with pytest.raises(InputError, match=r"last.pt: the data changed since this checkpoint \(session '\w+' rows "
+                                         r"3,000 -> 3,500.*would not be exact"):
+        run_module.train(None, tmp_path / "run", resume=True)
+    generate(data, sessions=3, rows=3000, features=4, progress=False)      # restored: resumes
+    assert "test" in run_module.train(None, tmp_path / "run", resume=True)

@@ -19,6 +19,7 @@ import psutil
 import torch
 
 from data.dataloader import build_loader, loader_options
+from data.dataset import fingerprint_changes
 from data.memory_plan import PlanLine, check_plan, format_plan, loader_plan
 from errors import InputError
 from models import Shapes, build_model
@@ -504,6 +505,7 @@ class Trainer:
             "rng_cuda": self.group.gather_objects(torch.cuda.get_rng_state(self.device))
             if self.device.type == "cuda" else [],
             "normalizer": self.prepared.normalizer.to_json(), "config": self._config_dict(),
+            "data": self.prepared.fingerprint(),
         }
 
     def _config_dict(self):
@@ -517,6 +519,13 @@ class Trainer:
         self.group.barrier()                # no rank reads a checkpoint rank 0 is still writing
 
     def load(self, state):
+        if "data" in state:             # checkpoints from before the fingerprint have none to compare
+            changes = fingerprint_changes(state["data"], self.prepared.fingerprint())
+            if changes:
+                raise InputError(
+                    f"{self.checkpoints.path('last')}: the data changed since this checkpoint ({'; '.join(changes)}); "
+                    "its position in the epoch would point at other windows, so the resume would not be exact; "
+                    "restore the data, or start a new run on the new data")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
