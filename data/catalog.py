@@ -17,7 +17,7 @@ import h5py
 import numpy as np
 
 from data import layout
-from data.session import HandlePool, SessionData, open_file
+from data.session import HandlePool, SessionData, file_stamp, open_file
 from errors import InputError
 
 log = logging.getLogger("h5series")
@@ -124,10 +124,11 @@ def open_catalog(paths, *, pool=None, allow_external_links=False, use_index=True
                 f"{path}: holds no session (no group with a `features` dataset); write sessions "
                 "with `python main.py convert` or see docs/data_format.md")
         stem, label = Path(path).stem, labels[path]
+        stamp = file_stamp(path)
         for meta in found:
             short = meta["group"].strip("/") or stem
             name = f"{label}/{short}" if multi and short != stem else (label if short == stem else short)
-            sessions.append(SessionData(path=path, name=name, pool=pool, **meta))
+            sessions.append(SessionData(path=path, name=name, pool=pool, file_stamp=stamp, **meta))
     if not sessions:
         raise InputError(f"{', '.join(files)}: the dataset is empty (no sessions)")
     _check_unique_names(sessions)

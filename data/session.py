@@ -117,6 +117,12 @@ class HandlePool:
         self._reset()
 
 
+def file_stamp(path):
+    """(size, mtime_ns, inode): what changes when a file is truncated, appended to or replaced."""
+    st = os.stat(path)
+    return st.st_size, st.st_mtime_ns, st.st_ino
+
+
 def scratch_copy(session, pool):
     """The same session read through another pool: one-off passes (statistics, scans) use a
     small pool of their own so they leave no large caches behind in the training process."""
@@ -169,10 +175,30 @@ class SessionData:
     target_dtype: Optional[str]
     has_timestamps: bool
     pool: HandlePool = dataclasses.field(default_factory=HandlePool, repr=False, compare=False)
+    file_stamp: Optional[tuple] = dataclasses.field(default=None, repr=False, compare=False)
+    """(size, mtime_ns, inode) of the file when it was catalogued; None = not checked."""
 
     @property
     def n_features(self):
         return len(self.feature_names)
+
+    def check_unchanged(self):
+        """Stop with one line when the file was truncated, replaced or rewritten since it was catalogued:
+        HDF5 would otherwise read zeros past a truncated end and training would go on (issue 10, case 6).
+        One os.stat per block read (~1 us against a read of thousands of rows)."""
+        if self.file_stamp is None:
+            return
+        try:
+            now = file_stamp(self.path)
+        except OSError as exc:
+            raise InputError(f"{self.path}: session {self.name!r} cannot be read any more ({exc.strerror}); "
+                             "the file was removed or moved while in use") from None
+        if now != self.file_stamp:
+            what = f"size {self.file_stamp[0]:,} -> {now[0]:,} bytes" if now[0] != self.file_stamp[0] else \
+                "replaced or rewritten (modification time or inode changed)"
+            raise InputError(f"{self.path}: changed while in use ({what}); do not write to data files while a "
+                             "run reads them; restore the file and resume the run (`train --resume RUN_DIR`)")
+
 
     def _datasets(self):
         try:
@@ -202,6 +228,7 @@ class SessionData:
             raise ValueError(f"out has {len(out)} rows, need {n}")
         if n == 0:
             return out[:0]
+        self.check_unchanged()
         try:
             # One h5py call per range: h5py's per-call cost is tens of microseconds.
             dataset.read_direct(out, source_sel=np.s_[start:stop], dest_sel=np.s_[0:n])

@@ -369,3 +369,20 @@ def test_resume_refuses_data_that_changed_since_the_checkpoint(tmp_path, monkeyp
         run_module.train(None, tmp_path / "run", resume=True)
     generate(data, sessions=3, rows=3000, features=4, progress=False)      # restored: resumes
     assert "test" in run_module.train(None, tmp_path / "run", resume=True)
+
+
+def test_a_data_file_truncated_during_training_stops_the_run(tmp_path, monkeypatch):
+    # Issue 10, case 6: a file truncated mid-run (23 MB -> 6 MB) read as zeros past its end, exit 0.
+    data = tmp_path / "data.h5"
+    generate(data, sessions=3, rows=3000, features=4, progress=False)
+    original = Trainer._optimizer_step
+
+    def truncate_at_step_3(self, loss, batch):
+        stepped = original(self, loss, batch)
+        if self.step == 3:
+            os.truncate(data, data.stat().st_size // 4)
+        return stepped
+    monkeypatch.setattr(Trainer, "_optimizer_step", truncate_at_step_3)
+    with pytest.raises(InputError, match=r"data.h5: changed while in use \(size [\d,]+ -> [\d,]+ bytes\); do not "
+                                         r"write to data files while a run reads them"):
+        run_module.train(small_config(data, tmp_path), tmp_path / "run")
