@@ -250,6 +250,15 @@ class Config:
     def __post_init__(self):
         if self.memory_budget_mb < 64:
             raise InputError(f"memory_budget_mb must be at least 64, got {self.memory_budget_mb}")
+        if self.model.task == "classify":
+            # Class labels are never standardized: 1, 2, 0 became 0, 1, -1 after .long() (issue 10, case 4).
+            self.data.normalize_targets = False
+            if self.data.horizon != 1:
+                raise InputError(f"model.task is classify but data.horizon is {self.data.horizon}; a classifier "
+                                 "predicts one label per window: set data.horizon=1")
+            if len(self.data.target_columns) > 1:
+                raise InputError(f"model.task is classify but data.target_columns has {len(self.data.target_columns)} "
+                                 f"columns {self.data.target_columns}; name the one label column")
 
 
 # --- building a Config from nested dicts -------------------------------------------------

@@ -386,3 +386,37 @@ def test_a_data_file_truncated_during_training_stops_the_run(tmp_path, monkeypat
     with pytest.raises(InputError, match=r"data.h5: changed while in use \(size [\d,]+ -> [\d,]+ bytes\); do not "
                                          r"write to data files while a run reads them"):
         run_module.train(small_config(data, tmp_path), tmp_path / "run")
+
+
+def test_classification_on_converted_labels(tmp_path):
+    # Issue 10, case 4: convert writes labels as float32; they were standardized, then .long() made
+    # 1, 2, 0 into 0, 1, -1 (a traceback). Labels stay whole classes, are never normalized, and are
+    # range-checked against model.n_classes before training.
+    import numpy as np
+    import pandas as pd
+
+    from data.convert import convert
+    rng = np.random.default_rng(0)
+    frames = []
+    for s in range(3):
+        x = rng.normal(size=(1500, 3))
+        frames.append(pd.DataFrame({"stock": f"s{s}", "a": x[:, 0], "b": x[:, 1], "c": x[:, 2],
+                                    "label": np.digitize(x[:, 0], [-0.5, 0.5]).astype(float)}))   # 0, 1, 2
+    pd.concat(frames).to_csv(tmp_path / "labels.csv", index=False)
+    convert([tmp_path / "labels.csv"], tmp_path / "labels.h5", session_column="stock", targets=["label"],
+            time_column="")
+
+    def config(*extra):
+        return load_config("quick_demo", overrides=[
+            f"data.paths=[{tmp_path / 'labels.h5'}]", "data.lookback=8", "data.block_rows=256", "model.name=gru",
+            "model.task=classify", "model.hidden_size=16", "training.epochs=2", "training.max_steps_per_epoch=40",
+            "training.batch_size=64", "training.learning_rate=0.01", "training.num_workers=0",
+            f"output.runs_dir={tmp_path}", *extra])
+    assert config("model.n_classes=3").data.normalize_targets is False
+    result = run_module.train(config("model.n_classes=3"), tmp_path / "cls")
+    assert result["test"]["accuracy"] > 0.8          # the class of the last input's first feature
+    with pytest.raises(InputError, match=r"session 's\d' row \d+: label 2.0 is not a class 0 .. 1 "
+                                         r"\(model.n_classes=2\)"):
+        run_module.train(config("model.n_classes=2"), tmp_path / "cls2")
+    with pytest.raises(InputError, match=r"model.task is classify but data.horizon is 3"):
+        config("model.n_classes=3", "data.horizon=3")

@@ -15,6 +15,7 @@ import os
 import signal
 import time
 
+import numpy as np
 import psutil
 import torch
 
@@ -86,6 +87,33 @@ def thread_count(setting, cores=None, busy_cores=None):
     return threads, f"auto: {threads} thread(s); other processes keep {busy_cores:.1f} of {cores} cores busy"
 
 
+def check_labels(prepared, n_classes, rows_per_read=1 << 20):
+    """Class labels: one column, whole numbers in [0, n_classes), checked once over every row the
+    splits use (CPU, in pieces) before training: out of range, cross_entropy fails (on a GPU as a
+    device assert), and a fraction was truncated by .long() without a word (issue 10, case 4)."""
+    cols = prepared.columns
+    if cols.target_source != "targets":
+        return                              # refused right after, with its own message
+    if len(cols.target_index) != 1:
+        raise InputError(f"model.task is classify but the data has {len(cols.target_index)} target columns "
+                         f"{list(cols.target_names)}; set data.target_columns to the one label column")
+    column = cols.target_index[0]
+    for split, pieces in prepared.ranges.items():
+        for session_index, start, stop in pieces:
+            session = prepared.catalog.sessions[session_index]
+            for a in range(start, stop, rows_per_read):
+                labels = session.read_targets(a, min(stop, a + rows_per_read))[:, column]
+                bad = np.flatnonzero(~np.isfinite(labels) | (labels != np.round(labels)) | (labels < 0)
+                                     | (labels >= n_classes)) if labels.dtype.kind == "f" else \
+                    np.flatnonzero((labels < 0) | (labels >= n_classes))
+                if len(bad):
+                    i = int(bad[0])
+                    raise InputError(
+                        f"{session.path}: session {session.name!r} row {a + i}: label {labels[i].item()!r} is not "
+                        f"a class 0 .. {n_classes - 1} (model.n_classes={n_classes}); fix the labels or "
+                        "model.n_classes")
+
+
 def model_shapes(prepared, model_cfg):
     cols = prepared.columns
     same = cols.target_source == "features"
@@ -109,6 +137,8 @@ class Trainer:
         self.device = resolve_device(tc.device, self.group)
         torch.manual_seed(config.seed)
         self.task = config.model.task
+        if self.task == "classify":
+            check_labels(prepared, config.model.n_classes)
         if self.task == "classify" and prepared.columns.target_source == "features":
             raise InputError("model.task is classify but the targets are feature columns; classify needs "
                              "integer labels in the sessions' `targets` dataset")
