@@ -287,7 +287,10 @@ def convert(inputs, out, *, features=(), targets=(), time_column=None, session_c
     summary = {"out": str(out), "sessions": {}, "inputs": len(files)}
     plan = None
     with atomic_path(out) as tmp:
-        with h5py.File(tmp, "w") as h5file:
+        # No chunk cache for the output: every open writer (one per session) kept up to 1 MiB a dataset of
+        # it, so memory grew with the number of sessions (issue 10, case 25); appends cover whole chunks
+        # but at their edges, where HDF5 reads the one partial chunk back.
+        with h5py.File(tmp, "w", rdcc_nbytes=0) as h5file:
             sinks = {}
             for path in files:
                 kind = input_kind(path)
@@ -315,9 +318,18 @@ def convert(inputs, out, *, features=(), targets=(), time_column=None, session_c
                                              f"{sinks[name][1]}; rename one of the files")
                         _append(sinks, h5file, _clean_name(name), frame, plan, compression, path)
                 _flush(buffers, sinks, h5file, plan, compression, path)
+                if not plan["session"]:
+                    # One session per file: done with this file, done with its sessions. Closing them
+                    # keeps memory flat in the number of files (issue 10, case 25).
+                    for name, (sink, source) in list(sinks.items()):
+                        if source == path and sink is not None:
+                            sink.writer.close()
+                            summary["sessions"][name] = sink.writer.rows
+                            sinks[name] = (None, source)
             for name, (sink, _) in sinks.items():
-                sink.writer.close()
-                summary["sessions"][name] = sink.writer.rows
+                if sink is not None:
+                    sink.writer.close()
+                    summary["sessions"][name] = sink.writer.rows
             if not sinks:
                 raise InputError(f"{', '.join(files)}: no rows to convert")
             h5file.attrs["h5series_converted_from"] = [str(f) for f in files][:1000]
