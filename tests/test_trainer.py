@@ -31,6 +31,19 @@ def small_config(demo_path, tmp_path, *extra):
     return load_config("quick_demo", overrides=overrides)
 
 
+def interrupting(step, signum=signal.SIGTERM):
+    """Trainer._optimizer_step that sends this process `signum` once the run reaches `step` (handled:
+    the trainer finishes the step, saves `last` and returns)."""
+    original = Trainer._optimizer_step
+
+    def step_then_signal(self, loss, batch):
+        stepped = original(self, loss, batch)
+        if self.step == step:
+            os.kill(os.getpid(), signum)
+        return stepped
+    return step_then_signal
+
+
 def test_a_run_trains_evaluates_and_logs(demo_path, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     result = run_module.train(small_config(demo_path, tmp_path), tmp_path / "run")
@@ -56,13 +69,7 @@ def test_resume_after_a_signal_matches_an_uninterrupted_run(demo_path, tmp_path,
     straight = run_module.train(config, tmp_path / "straight")
 
     original = Trainer._optimizer_step
-
-    def interrupt_at_step_17(self, loss, batch):
-        stepped = original(self, loss, batch)
-        if self.step == 17:
-            os.kill(os.getpid(), signum)            # handled: finish the step, save, return
-        return stepped
-    monkeypatch.setattr(Trainer, "_optimizer_step", interrupt_at_step_17)
+    monkeypatch.setattr(Trainer, "_optimizer_step", interrupting(17, signum))
     stopped = run_module.train(config, tmp_path / "resumed")
     assert stopped["stopped_by"] == signal.Signals(signum).name
     monkeypatch.setattr(Trainer, "_optimizer_step", original)
@@ -230,13 +237,7 @@ def test_a_skipped_non_finite_step_leaves_the_epoch_loss_finite_and_resume_exact
     assert state["nonfinite_total"] == 1 and state["step"] == 20
 
     original_step = Trainer._optimizer_step
-
-    def interrupt_at_step_9(self, loss, batch):
-        stepped = original_step(self, loss, batch)
-        if self.step == 9:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return stepped
-    monkeypatch.setattr(Trainer, "_optimizer_step", interrupt_at_step_9)
+    monkeypatch.setattr(Trainer, "_optimizer_step", interrupting(9))
     assert run_module.train(config, tmp_path / "resumed")["stopped_by"] == "SIGTERM"
     monkeypatch.setattr(Trainer, "_optimizer_step", original_step)
     resumed = run_module.train(None, tmp_path / "resumed", resume=True)
@@ -353,13 +354,7 @@ def test_resume_refuses_data_that_changed_since_the_checkpoint(tmp_path, monkeyp
     generate(data, sessions=3, rows=3000, features=4, progress=False)
     config = small_config(data, tmp_path)
     original = Trainer._optimizer_step
-
-    def interrupt_at_step_5(self, loss, batch):
-        stepped = original(self, loss, batch)
-        if self.step == 5:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return stepped
-    monkeypatch.setattr(Trainer, "_optimizer_step", interrupt_at_step_5)
+    monkeypatch.setattr(Trainer, "_optimizer_step", interrupting(5))
     assert run_module.train(config, tmp_path / "run")["stopped_by"] == "SIGTERM"
     monkeypatch.setattr(Trainer, "_optimizer_step", original)
     assert torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)["data"]["sessions"]
