@@ -181,6 +181,11 @@ class TrainingConfig:
     """Non-finite losses in a row before the run stops (each one is skipped and counted)."""
     log_every_steps: int = 50
     """Optimizer steps between TensorBoard scalars and host syncs."""
+    checkpoint_every_steps: int = 0
+    """Also save `last` every this many optimizer steps inside an epoch; 0 = off."""
+    checkpoint_every_minutes: float = 30.0
+    """Also save `last` when this many minutes passed since the last save; 0 = off. A SIGKILL (the
+    out-of-memory killer) then loses at most this much of a long epoch, not the whole epoch."""
     gc_every_epoch: bool = True
     """gc.collect() and torch.cuda.empty_cache() after each epoch."""
     num_workers: int = -1
@@ -206,6 +211,9 @@ class TrainingConfig:
         if self.num_threads < -1:
             raise InputError(f"training.num_threads must be -1 (auto), 0 (PyTorch's default) or >= 1, "
                              f"got {self.num_threads}")
+        if self.checkpoint_every_steps < 0 or self.checkpoint_every_minutes < 0:
+            raise InputError("training.checkpoint_every_steps / checkpoint_every_minutes must be >= 0 (0 = off), got "
+                             f"{self.checkpoint_every_steps} / {self.checkpoint_every_minutes}")
         if self.num_workers < -1:
             raise InputError(f"training.num_workers must be -1 (auto) or >= 0, got {self.num_workers}")
         if self.learning_rate <= 0:
@@ -446,7 +454,8 @@ RESUME_KEYS = {"training.epochs", "training.early_stopping_patience", "training.
                "training.log_every_steps", "training.num_workers", "training.num_threads",
                "training.prefetch_factor", "training.persistent_workers", "training.pin_memory",
                "training.gc_every_epoch", "training.compute_metrics_online", "output.tensorboard",
-               "output.metrics_in_normalized_units", "memory_budget_mb"}
+               "output.metrics_in_normalized_units", "memory_budget_mb", "training.checkpoint_every_steps",
+               "training.checkpoint_every_minutes"}
 
 
 def _flat_keys(nested, prefix=""):

@@ -415,3 +415,27 @@ def test_classification_on_converted_labels(tmp_path):
         run_module.train(config("model.n_classes=2"), tmp_path / "cls2")
     with pytest.raises(InputError, match=r"model.task is classify but data.horizon is 3"):
         config("model.n_classes=3", "data.horizon=3")
+
+
+def test_periodic_checkpoints_let_a_crash_mid_epoch_resume_exactly(demo_path, tmp_path, monkeypatch):
+    # Issue 10, case 20: checkpoints only at epoch end; a SIGKILL (the OOM killer) lost the whole epoch.
+    config = small_config(demo_path, tmp_path, "training.epochs=1", "training.max_steps_per_epoch=20",
+                          "training.checkpoint_every_steps=5")
+    straight = run_module.train(config, tmp_path / "straight")
+    original = Trainer._optimizer_step
+
+    def crash_at_step_13(self, loss, batch):
+        stepped = original(self, loss, batch)
+        if self.step == 13:
+            raise MemoryError("killed")          # no handler runs, as after SIGKILL
+        return stepped
+    monkeypatch.setattr(Trainer, "_optimizer_step", crash_at_step_13)
+    with pytest.raises(MemoryError):
+        run_module.train(config, tmp_path / "crashed")
+    monkeypatch.setattr(Trainer, "_optimizer_step", original)
+    assert torch.load(tmp_path / "crashed" / "checkpoints" / "last.pt", weights_only=True)["step"] == 10
+    resumed = run_module.train(None, tmp_path / "crashed", resume=True)
+    assert resumed["test"] == straight["test"]
+    a = torch.load(tmp_path / "straight" / "checkpoints" / "last.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "crashed" / "checkpoints" / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)

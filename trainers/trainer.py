@@ -168,6 +168,8 @@ class Trainer:
         self._stop_requested = False    # agreed by every rank at the last optimizer step
         self.epoch_perf = {}            # the last training epoch's throughput (train_epoch)
         self._preflight_done = False
+        self._save_due = False          # a periodic checkpoint agreed at the last optimizer step
+        self._last_save = time.monotonic()
         self.cuda_planned_mb = None     # the planned peak of CUDA memory (fit, on a GPU)
         self.cuda_plan_worst = None     # the plan's largest phase
         self.cuda_plan_lines = {}       # the plan's lines, MB by name
@@ -302,6 +304,14 @@ class Trainer:
         # Finish the current step, save, exit cleanly (checked after each optimizer step).
         self._stop_signal = signum
 
+    def _checkpoint_due(self):
+        """This rank's view: periodic `last` due by steps or minutes (agreed over ranks in _agree)."""
+        tc = self.config.training
+        by_steps = tc.checkpoint_every_steps and (self.step + 1) % tc.checkpoint_every_steps == 0
+        by_time = tc.checkpoint_every_minutes and \
+            time.monotonic() - self._last_save >= 60 * tc.checkpoint_every_minutes
+        return bool(by_steps or by_time)
+
     def _agree(self, nonfinite=None, overflow=None):
         """(any rank saw a non-finite loss, any rank's fp16 gradients overflowed, any rank was
         signalled), in one all-reduce under DDP and one host sync (`.tolist()`). Every rank calls
@@ -311,10 +321,12 @@ class Trainer:
         def flag(value):
             return torch.zeros((), device=self.device) if value is None else value.float().reshape(())
         stop = torch.full((), float(self._stop_signal or 0), device=self.device)
-        flags = torch.stack([flag(nonfinite), flag(overflow), stop])
-        any_nonfinite, any_overflow, signum = self.group.all_reduce(flags, "max").tolist()
+        due = torch.full((), float(nonfinite is not None and self._checkpoint_due()), device=self.device)
+        flags = torch.stack([flag(nonfinite), flag(overflow), stop, due])
+        any_nonfinite, any_overflow, signum, any_due = self.group.all_reduce(flags, "max").tolist()
         if signum and self._stop_signal is None:
             self._stop_signal = int(signum)
+        self._save_due = bool(any_due)      # every rank saves together: save() is a collective
         return bool(any_nonfinite), bool(any_overflow), signum != 0
 
     def _stop_agreed(self):
@@ -368,6 +380,9 @@ class Trainer:
             step_loss = torch.zeros((), dtype=torch.float64, device=self.device)
             done_steps += 1
             epoch_steps += 1
+            if self._save_due and done_steps < self.steps_per_epoch and not self._stop_requested:
+                # Mid-epoch `last`, exactly like the one a signal leaves: resumes at the next batch.
+                self.save("last")
             self.monitor.step()
             if self.step % tc.log_every_steps == 0:
                 elapsed = time.perf_counter() - t_log
@@ -543,6 +558,7 @@ class Trainer:
         return to_dict(self.config)
 
     def save(self, name):
+        self._last_save = time.monotonic()
         state = self.state()                # a collective under DDP: every rank builds it
         if self.group.is_main:
             self.checkpoints.save(name, state)
