@@ -433,8 +433,13 @@ def profile_path(profile):
     return CONFIG_DIR / f"{profile}.yaml"
 
 
-def load_config(profile="default", config_file=None, overrides=()):
-    """Defaults -> profile YAML -> config file -> key=value overrides, validated."""
+def load_config(profile=None, config_file=None, overrides=()):
+    """Defaults -> profile YAML -> config file -> key=value overrides, validated. `profile` None is
+    main.py's SELECTED_CONFIG, the profile a bare `python main.py` trains: one default for the CLI
+    and the Python API (issue 10, case 22)."""
+    if profile is None:
+        from main import SELECTED_CONFIG
+        profile = SELECTED_CONFIG
     if profile == "auto":
         profile = auto_profile()
     values = {"profile": profile}

@@ -119,3 +119,9 @@ def test_a_python_tag_and_an_empty_file_are_named_as_such(tmp_path):
     empty.write_text("# nothing yet\n")
     with pytest.raises(InputError, match=r"empty.yaml: the config file is empty"):
         load_config("default", empty)
+
+
+def test_the_cli_and_the_python_api_share_one_default_profile():
+    # Issue 10, case 22: quick_demo for the CLI, default for load_config(), and nothing said which.
+    import main
+    assert load_config().profile == main.SELECTED_CONFIG == main.parse_args(main.build_parser(), ["train"]).profile
