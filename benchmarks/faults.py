@@ -1,6 +1,7 @@
 """Crash and resume: SIGKILL a training run at random moments, resume it, compare.
 
     python benchmarks/faults.py [--trials 20] [--seed 0] [--json docs/results/faults.json] [--quick]
+                                [--checkpoint-every-steps N]
 
 First one uninterrupted run gives the reference test metrics. Then each trial starts the
 same run (`python main.py train ... --run-dir R`), kills it with SIGKILL, and checks:
@@ -34,12 +35,13 @@ QUICK = ["training.epochs=2", "training.max_steps_per_epoch=15"]
 FULL = ["training.epochs=4", "training.max_steps_per_epoch=40"]
 
 
-def train_args(data, run_dir, quick):
+def train_args(data, run_dir, quick, every_steps=0):
     # A GRU of 64 units: checkpoints of ~0.5 MB, so writes take long enough to be hit.
     return ["train", "--profile", "quick_demo", f"data.paths=[{data}]", "data.lookback=32", "data.block_rows=2048",
             "model.name=gru", "model.hidden_size=64", "model.num_layers=2", "model.dropout=0.1",
             "training.batch_size=64", "training.num_workers=0", "training.log_every_steps=10",
-            f"output.runs_dir={run_dir.parent}", *(QUICK if quick else FULL), "--run-dir", str(run_dir)]
+            f"output.runs_dir={run_dir.parent}", *(QUICK if quick else FULL),
+            f"training.checkpoint_every_steps={every_steps}", "--run-dir", str(run_dir)]
 
 
 # One thread per run: this tiny model gains nothing from two, and with any other load on the
@@ -98,9 +100,9 @@ def check_checkpoints(run_dir):
     return found
 
 
-def trial(index, mode, rng, data, base, quick, reference, duration):
+def trial(index, mode, rng, data, base, quick, reference, duration, every_steps=0):
     run_dir = base / f"trial{index:02d}"
-    args = train_args(data, run_dir, quick)
+    args = train_args(data, run_dir, quick, every_steps)
     t0 = time.perf_counter()
     proc = start(args)
     if mode == "write":
@@ -131,7 +133,7 @@ def trial(index, mode, rng, data, base, quick, reference, duration):
             "seconds": round(time.perf_counter() - t0, 1)}
 
 
-def full_disk(base, data, quick, checkpoint_bytes):
+def full_disk(base, data, quick, checkpoint_bytes, every_steps=0):
     """A real full disk: a tmpfs with room for the first epoch's two checkpoints but not for
     the temp file of the next one. Expects exit code 2, one line naming the file and the
     fix, and the previous checkpoints intact. Needs root (mount); says so otherwise."""
@@ -144,7 +146,7 @@ def full_disk(base, data, quick, checkpoint_bytes):
         return {"full_disk": "not run", "reason": mounted.stderr.strip() or "mount failed"}
     try:
         run_dir = mount / "run"
-        args = train_args(data, run_dir, quick)
+        args = train_args(data, run_dir, quick, every_steps)
         args.insert(args.index("--run-dir"), "output.tensorboard=false")     # only checkpoints fill the disk
         proc = subprocess.run([sys.executable, "main.py", *args], cwd=ROOT, capture_output=True, text=True, env=ENV)
         errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
@@ -155,23 +157,23 @@ def full_disk(base, data, quick, checkpoint_bytes):
         subprocess.run(["umount", str(mount)], check=False)
 
 
-def run(trials, seed, quick, base, write_every=3):
+def run(trials, seed, quick, base, write_every=3, every_steps=0):
     base.mkdir(parents=True, exist_ok=True)
     data = base / "demo.h5"
     if not data.exists():
         finish(["make-demo", "--out", str(data), "--sessions", "6", "--rows", "6000", "--features", "6"])
     reference_dir = base / "reference"
     t0 = time.perf_counter()
-    finish(train_args(data, reference_dir, quick))
+    finish(train_args(data, reference_dir, quick, every_steps))
     duration = time.perf_counter() - t0
     reference = json.loads((reference_dir / "metrics_test.json").read_text())
-    disk = full_disk(base, data, quick, (reference_dir / "checkpoints" / "last.pt").stat().st_size)
+    disk = full_disk(base, data, quick, (reference_dir / "checkpoints" / "last.pt").stat().st_size, every_steps)
     print(json.dumps(disk), flush=True)
     rng = np.random.default_rng(seed)
     rows = []
     for i in range(trials):
         mode = "write" if i % write_every == write_every - 1 else "random"
-        rows.append(trial(i, mode, rng, data, base, quick, reference, duration))
+        rows.append(trial(i, mode, rng, data, base, quick, reference, duration, every_steps))
         print(json.dumps(rows[-1]), flush=True)
     return {"reference_seconds": round(duration, 1), "reference": reference, "full_disk": disk, "trials": rows}
 
@@ -184,11 +186,14 @@ def main():
     parser.add_argument("--write-every", type=int, default=3, help="every n-th trial kills during a write")
     parser.add_argument("--dir", default=str(ROOT / "bench_data" / "faults"))
     parser.add_argument("--json", default=None)
+    parser.add_argument("--checkpoint-every-steps", type=int, default=0,
+                        help="periodic mid-epoch checkpoints (training.checkpoint_every_steps): random kills then "
+                             "land between them and resumes start inside an epoch")
     args = parser.parse_args()
     base = Path(args.dir)
     for old in base.glob("trial*"):                       # results of an earlier invocation
         subprocess.run(["rm", "-rf", str(old)], check=True)
-    result = run(args.trials, args.seed, args.quick, base, args.write_every)
+    result = run(args.trials, args.seed, args.quick, base, args.write_every, args.checkpoint_every_steps)
     rows = result["trials"]
     print(table(rows, ["trial", "mode", "killed", "temp_file_at_kill", "then", "resumed_from", "metrics_equal",
                        "seconds"]))
