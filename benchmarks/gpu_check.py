@@ -347,10 +347,10 @@ def memory_run(args):
     trainer.fit()
     trainer.evaluate("test")
     result = {"profile": profile, "model": config.model.name, "batch": config.training.batch_size,
-              "lookback": config.data.lookback, "amp": trainer.amp, "planned_mb": trainer.cuda_planned_mb,
+              "lookback": config.data.lookback, "amp": trainer.amp,
               "peak_mb": torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
-              "host_peak_pss_mb": trainer.monitor.peak_pss_mb, "worst_phase": trainer.cuda_plan_worst,
-              "plan_lines": trainer.cuda_plan_lines}
+              "host_peak_pss_mb": trainer.monitor.peak_pss_mb,
+              **(trainer.cuda_plan or {"planned_mb": None, "worst_phase": None, "lines": {}})}
     if result["planned_mb"] and result["peak_mb"]:
         result["plan_over_peak"] = result["planned_mb"] / result["peak_mb"] - 1
     shutil.rmtree(tmp, ignore_errors=True)

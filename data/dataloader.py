@@ -133,8 +133,6 @@ class WindowLoader:
             generator=torch.Generator().manual_seed(seed),
             multiprocessing_context="fork" if self.options["num_workers"] else None, **self.options)
         reader = self.reader
-        # A Python int (reading it off steps_y on a GPU would be a host sync per batch).
-        self._first_target = prepared.window.first_target
         self._x_cols = reader.x_cols                     # a slice when every column is an input (no copy)
         self._y_cols = _as_index(reader.y_cols, len(reader.read_cols)) if reader.y_from_features else None
 
@@ -260,7 +258,8 @@ class WindowLoader:
         torch.add(starts[:, None], steps_x, out=idx)                                  # (n, L) row indices
         x = x_rows.index_select(0, idx.view(-1)).view(n, w.lookback, -1)
         if w.horizon == 1:
-            y = y_rows.index_select(0, starts + self._first_target).view(n, 1, -1)
+            # w.first_target, a Python int: reading it off steps_y on a GPU is a host sync per batch.
+            y = y_rows.index_select(0, starts + w.first_target).view(n, 1, -1)
         else:
             y = y_rows.index_select(0, (starts[:, None] + steps_y).view(-1)).view(n, w.horizon, -1)
         return x, y

@@ -127,3 +127,30 @@ def bad_rows_by_session(catalog, columns, ranges, policy, progress=True):
         log.warning("nan_policy=%s: %d rows with NaN/Inf in %d sessions are kept out of every window",
                     policy, total, len(out))
     return out
+
+
+def check_labels(prepared, n_classes, rows_per_read=1 << 20):
+    """Class labels: one column, whole numbers in [0, n_classes), checked once over every row the
+    splits use (CPU, in pieces) before training: out of range, cross_entropy fails (on a GPU as a
+    device assert), and a fraction was truncated by .long() without a word (issue 10, case 4)."""
+    cols = prepared.columns
+    if cols.target_source != "targets":
+        return                              # refused right after, with its own message
+    if len(cols.target_index) != 1:
+        raise InputError(f"model.task is classify but the data has {len(cols.target_index)} target columns "
+                         f"{list(cols.target_names)}; set data.target_columns to the one label column")
+    column = cols.target_index[0]
+    for split, pieces in prepared.ranges.items():
+        for session_index, start, stop in pieces:
+            session = prepared.catalog.sessions[session_index]
+            for a in range(start, stop, rows_per_read):
+                labels = session.read_targets(a, min(stop, a + rows_per_read))[:, column]
+                bad = np.flatnonzero(~np.isfinite(labels) | (labels != np.round(labels)) | (labels < 0)
+                                     | (labels >= n_classes)) if labels.dtype.kind == "f" else \
+                    np.flatnonzero((labels < 0) | (labels >= n_classes))
+                if len(bad):
+                    i = int(bad[0])
+                    raise InputError(
+                        f"{session.path}: session {session.name!r} row {a + i}: label {labels[i].item()!r} is not "
+                        f"a class 0 .. {n_classes - 1} (model.n_classes={n_classes}); fix the labels or "
+                        "model.n_classes")

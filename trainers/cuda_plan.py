@@ -111,7 +111,7 @@ def cuda_plan(trainer):
     params = sum(p.numel() * p.element_size() for p in trainer.model.parameters())
     buffers = sum(b.numel() * b.element_size() for b in trainer.model.buffers())
     per_window, fixed, resident = probe_forward_backward(
-        trainer.model, trainer.autocast, trainer.task, trainer_shapes(trainer), B, device)
+        trainer.model, trainer.autocast, trainer.task, trainer.shapes, B, device)
 
     # The largest round of the training split (validation and test rounds are no larger per block).
     blocks = prepared.blocks["train"]
@@ -153,11 +153,6 @@ def cuda_plan(trainer):
     lines.append(PlanLine("phases", 0, "-", ", ".join(f"{k} {v / MB:,.1f} MB" for k, v in phases.items())))
     worst = max(phases, key=phases.get)
     return lines, persistent + phases[worst], worst
-
-
-def trainer_shapes(trainer):
-    from trainers.trainer import model_shapes
-    return model_shapes(trainer.prepared, trainer.config.model)
 
 
 def format_cuda_plan(lines, total, worst, capacity):

@@ -19,7 +19,7 @@ import torch
 import yaml
 
 from atomic import atomic_path, check_output, write_json
-from config import Config, _from_dict, to_dict
+from config import Config, DataConfig, _from_dict, to_dict
 from data.dataloader import build_loader
 from data.dataset import prepare_data
 from data.normalize import Normalizer
@@ -123,7 +123,7 @@ def describe_run(config):
     steps = f", at most {tc.max_steps_per_epoch} steps each" if tc.max_steps_per_epoch else ""
     line = (f"profile {config.profile}: model {m.name}, {tc.epochs} epochs{steps}, batch {tc.batch_size}, "
             f"lookback {config.data.lookback}, horizon {config.data.horizon}")
-    if config.profile == "quick_demo" and config.data.paths != ["demo_data/demo.h5"]:
+    if config.profile == "quick_demo" and config.data.paths != DataConfig().paths:      # not the demo file
         line += ("\nnote: quick_demo is the demo profile (a small model, short epochs); for your own data "
                  "choose --profile default (or low_memory / high_performance)")
     return line

@@ -15,10 +15,10 @@ import os
 import signal
 import time
 
-import numpy as np
 import psutil
 import torch
 
+from data import quality
 from data.dataloader import build_loader, loader_options
 from data.dataset import fingerprint_changes
 from data.memory_plan import PlanLine, check_plan, format_plan, loader_plan
@@ -87,33 +87,6 @@ def thread_count(setting, cores=None, busy_cores=None):
     return threads, f"auto: {threads} thread(s); other processes keep {busy_cores:.1f} of {cores} cores busy"
 
 
-def check_labels(prepared, n_classes, rows_per_read=1 << 20):
-    """Class labels: one column, whole numbers in [0, n_classes), checked once over every row the
-    splits use (CPU, in pieces) before training: out of range, cross_entropy fails (on a GPU as a
-    device assert), and a fraction was truncated by .long() without a word (issue 10, case 4)."""
-    cols = prepared.columns
-    if cols.target_source != "targets":
-        return                              # refused right after, with its own message
-    if len(cols.target_index) != 1:
-        raise InputError(f"model.task is classify but the data has {len(cols.target_index)} target columns "
-                         f"{list(cols.target_names)}; set data.target_columns to the one label column")
-    column = cols.target_index[0]
-    for split, pieces in prepared.ranges.items():
-        for session_index, start, stop in pieces:
-            session = prepared.catalog.sessions[session_index]
-            for a in range(start, stop, rows_per_read):
-                labels = session.read_targets(a, min(stop, a + rows_per_read))[:, column]
-                bad = np.flatnonzero(~np.isfinite(labels) | (labels != np.round(labels)) | (labels < 0)
-                                     | (labels >= n_classes)) if labels.dtype.kind == "f" else \
-                    np.flatnonzero((labels < 0) | (labels >= n_classes))
-                if len(bad):
-                    i = int(bad[0])
-                    raise InputError(
-                        f"{session.path}: session {session.name!r} row {a + i}: label {labels[i].item()!r} is not "
-                        f"a class 0 .. {n_classes - 1} (model.n_classes={n_classes}); fix the labels or "
-                        "model.n_classes")
-
-
 def model_shapes(prepared, model_cfg):
     cols = prepared.columns
     same = cols.target_source == "features"
@@ -138,11 +111,12 @@ class Trainer:
         torch.manual_seed(config.seed)
         self.task = config.model.task
         if self.task == "classify":
-            check_labels(prepared, config.model.n_classes)
+            quality.check_labels(prepared, config.model.n_classes)
         if self.task == "classify" and prepared.columns.target_source == "features":
             raise InputError("model.task is classify but the targets are feature columns; classify needs "
                              "integer labels in the sessions' `targets` dataset")
-        self.model = build_model(config.model, model_shapes(prepared, config.model)).to(self.device)
+        self.shapes = model_shapes(prepared, config.model)
+        self.model = build_model(config.model, self.shapes).to(self.device)
         # Training steps go through DDP (gradients averaged over ranks); evaluation and
         # checkpoints use the bare model, so a checkpoint loads in a single process.
         self.train_model = self.model
@@ -170,9 +144,7 @@ class Trainer:
         self._preflight_done = False
         self._save_due = False          # a periodic checkpoint agreed at the last optimizer step
         self._last_save = time.monotonic()
-        self.cuda_planned_mb = None     # the planned peak of CUDA memory (fit, on a GPU)
-        self.cuda_plan_worst = None     # the plan's largest phase
-        self.cuda_plan_lines = {}       # the plan's lines, MB by name
+        self.cuda_plan = None           # on a GPU, after preflight: {"planned_mb", "worst_phase", "lines"}
 
     # --- setup ------------------------------------------------------------------------
     def _steps_per_epoch(self):
@@ -281,13 +253,13 @@ class Trainer:
     def _plan_cuda_memory(self):
         """Print the GPU's plan (trainers/cuda_plan.py); stop before training when it cannot fit."""
         lines, total, worst = cuda_plan(self)
-        self.cuda_planned_mb, self.cuda_plan_worst = total / MB, worst
-        self.cuda_plan_lines = {line.name: line.detail if line.name == "phases" else round(line.mb, 2)
-                                for line in lines}
+        self.cuda_plan = {"planned_mb": total / MB, "worst_phase": worst,
+                          "lines": {line.name: line.detail if line.name == "phases" else round(line.mb, 2)
+                                    for line in lines}}
         capacity = torch.cuda.get_device_properties(self.device).total_memory
         if self.group.is_main:
             print(format_cuda_plan(lines, total, worst, capacity))
-        self.monitor.scalars(self.step, {"cuda_planned_mb": self.cuda_planned_mb}, "memory")
+        self.monitor.scalars(self.step, {"cuda_planned_mb": total / MB}, "memory")
         if total > capacity:
             raise InputError(f"the CUDA memory plan needs {total / MB:,.0f} MB at its peak ({worst}) but "
                              f"{torch.cuda.get_device_name(self.device)} has {capacity / MB:,.0f} MB; lower "
@@ -351,26 +323,25 @@ class Trainer:
         # This optimizer step's micro-batch losses: they join the epoch's loss only if the step is
         # not skipped as non-finite (a skipped NaN used to make the epoch loss NaN).
         step_loss = torch.zeros((), dtype=torch.float64, device=self.device)
-        windows, wait, t_log = 0, 0.0, time.perf_counter()
-        epoch_windows, epoch_wait, t_epoch, epoch_steps = 0, 0.0, time.perf_counter(), 0
+        # This rank's windows and seconds waiting on the loader so far this epoch, and what they and
+        # the clock were at the last log (the log interval's figures are the differences).
+        windows, wait, t_epoch, first_step = 0, 0.0, time.perf_counter(), done_steps
+        logged = (0, 0.0, t_epoch)
         micro = 0
         batches = iter(loader)
         while done_steps < self.steps_per_epoch:
             t0 = time.perf_counter()
             batch = next(batches, None)
-            waited = time.perf_counter() - t0
-            wait += waited
-            epoch_wait += waited
+            wait += time.perf_counter() - t0
             if batch is None:
                 break
-            epoch_windows += len(batch.x)
+            windows += len(batch.x)
             # DDP averages gradients over ranks on backward; between accumulation steps it need not.
             accumulating = (micro + 1) % tc.gradient_accumulation_steps != 0
             with self.train_model.no_sync() if accumulating and self.group.enabled else contextlib.nullcontext():
                 loss = self._loss(batch) / tc.gradient_accumulation_steps
                 self.scaler.scale(loss).backward()
             step_loss += loss.detach().double() * tc.gradient_accumulation_steps
-            windows += len(batch.x)
             micro += 1
             if micro % tc.gradient_accumulation_steps:
                 continue
@@ -379,22 +350,21 @@ class Trainer:
                 loss_count += tc.gradient_accumulation_steps
             step_loss = torch.zeros((), dtype=torch.float64, device=self.device)
             done_steps += 1
-            epoch_steps += 1
             if self._save_due and done_steps < self.steps_per_epoch and not self._stop_requested:
                 # Mid-epoch `last`, exactly like the one a signal leaves: resumes at the next batch.
                 self.save("last")
             self.monitor.step()
             if self.step % tc.log_every_steps == 0:
-                elapsed = time.perf_counter() - t_log
+                elapsed = time.perf_counter() - logged[2]
                 stats = {"loss": float(loss_sum) / max(1, loss_count), "lr": self.optimizer.param_groups[0]["lr"],
-                         "windows_per_s": windows / elapsed, "data_wait": wait / elapsed}
+                         "windows_per_s": (windows - logged[0]) / elapsed, "data_wait": (wait - logged[1]) / elapsed}
                 stats.update(self.monitor.memory(self.device))
                 self.monitor.scalars(self.step, {"loss": stats["loss"], "lr": stats["lr"]}, "train")
                 self.monitor.scalars(self.step, {k: stats[k] for k in ("windows_per_s", "data_wait")}, "perf")
                 self.monitor.scalars(self.step, {k: v for k, v in stats.items() if k.endswith("_mb")}, "memory")
                 self.monitor.step(0, loss=f"{stats['loss']:.4f}", win_s=f"{stats['windows_per_s']:,.0f}",
                                   wait=f"{stats['data_wait']:.0%}", pss=f"{stats['pss_mb']:,.0f}MB")
-                windows, wait, t_log = 0, 0.0, time.perf_counter()
+                logged = (windows, wait, time.perf_counter())
             # Alone, stop right after this step; under DDP, at the step every rank agreed on.
             if self._stop_requested or (self._stop_signal is not None and not self.group.enabled):
                 break
@@ -402,9 +372,9 @@ class Trainer:
         total, count = self._global_sum(loss_sum, loss_count)    # a host sync: the epoch's GPU work is done
         seconds = time.perf_counter() - t_epoch
         # This rank's epoch as a whole (the log-interval figures above are windows of it).
-        self.epoch_perf = {"steps": epoch_steps, "windows": epoch_windows, "seconds": seconds,
-                           "data_wait_s": epoch_wait, "windows_per_s": epoch_windows / max(seconds, 1e-9),
-                           "data_wait": epoch_wait / max(seconds, 1e-9)}
+        self.epoch_perf = {"steps": done_steps - first_step, "windows": windows, "seconds": seconds,
+                           "data_wait_s": wait, "windows_per_s": windows / max(seconds, 1e-9),
+                           "data_wait": wait / max(seconds, 1e-9)}
         self.monitor.scalars(self.epoch + 1, {"windows_per_s": self.epoch_perf["windows_per_s"],
                                           "data_wait": self.epoch_perf["data_wait"]}, "perf_epoch")
         return total / max(1.0, count)
