@@ -450,7 +450,7 @@ def judge(report, name, result):
         for r in runs:
             if r["model"] == "patchtst" and r["amp"] == "fp16":
                 report.target("c. PatchTST fp16 data wait", round(r["data_wait"], 4),
-                              r["data_wait"] < TARGET_DATA_WAIT, f"share of the epoch in next(); target < 5%")
+                              r["data_wait"] < TARGET_DATA_WAIT, "share of the epoch in next(); target < 5%")
     elif name == "profile":
         report.check("e. profile ran", all(r.get("top") for r in result.values() if isinstance(r, dict)),
                      ", ".join(k for k, v in result.items() if isinstance(v, dict)))

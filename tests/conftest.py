@@ -1,6 +1,8 @@
 """Shared fixtures: real HDF5 files written to pytest's tmp_path, and the shared datasets."""
 
 import logging
+import os
+import signal
 from pathlib import Path
 
 import h5py
@@ -52,3 +54,50 @@ def ramp_file(make_file):
 @pytest.fixture(autouse=True)
 def _h5series_logs(caplog):
     caplog.set_level(logging.INFO, logger="h5series")
+
+
+# --- small training runs (tests/test_trainer.py, tests/test_cuda.py) ------------------------------
+
+@pytest.fixture(scope="module")
+def demo_path(tmp_path_factory):
+    from data.demo import generate
+    path = tmp_path_factory.mktemp("demo") / "demo.h5"
+    generate(path, sessions=4, rows=3000, features=4, progress=False)
+    return path
+
+
+def small_config(demo_path, tmp_path, *extra):
+    """A GRU of 8 units, 2 epochs of 12 steps on the demo file: seconds on a CPU."""
+    from config import load_config
+    overrides = [f"data.paths=[{demo_path}]", "data.lookback=16", "data.block_rows=512",
+                 "model.name=gru", "model.hidden_size=8", "model.num_layers=1",
+                 "training.epochs=2", "training.max_steps_per_epoch=12", "training.batch_size=64",
+                 "training.warmup_steps=2", "training.log_every_steps=4", "training.num_workers=0",
+                 f"output.runs_dir={tmp_path}", *extra]
+    return load_config("quick_demo", overrides=overrides)
+
+
+def at_step(step, action):
+    """A Trainer._optimizer_step that calls `action()` right after the run reaches `step`."""
+    from trainers.trainer import Trainer
+    original = Trainer._optimizer_step
+
+    def step_then_act(self, loss, batch):
+        stepped = original(self, loss, batch)
+        if self.step == step:
+            action()
+        return stepped
+    return step_then_act
+
+
+def interrupting(step, signum=signal.SIGTERM):
+    """at_step sending this process `signum` (handled: the trainer finishes the step, saves `last`, returns)."""
+    return at_step(step, lambda: os.kill(os.getpid(), signum))
+
+
+def assert_same_weights(run_a, run_b):
+    """The two runs' `last` checkpoints hold the same weights, bit for bit."""
+    import torch
+    a = torch.load(Path(run_a) / "checkpoints" / "last.pt", weights_only=True)["model"]
+    b = torch.load(Path(run_b) / "checkpoints" / "last.pt", weights_only=True)["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

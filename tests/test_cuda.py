@@ -12,10 +12,9 @@ import warnings
 import pytest
 import torch
 
-from config import load_config
 from data.dataloader import build_loader
 from data.dataset import prepare_data
-from data.demo import generate
+from tests.conftest import interrupting, small_config
 from trainers import run as run_module
 from trainers.checkpoint import Checkpointer
 from trainers.trainer import Trainer
@@ -28,20 +27,8 @@ pytestmark = [pytest.mark.cuda,
 RESUME_RTOL = 1e-5
 
 
-@pytest.fixture(scope="module")
-def demo_path(tmp_path_factory):
-    path = tmp_path_factory.mktemp("demo") / "demo.h5"
-    generate(path, sessions=4, rows=3000, features=4, progress=False)
-    return path
-
-
 def gpu_config(demo_path, tmp_path, *extra):
-    overrides = [f"data.paths=[{demo_path}]", "data.lookback=16", "data.block_rows=512",
-                 "model.name=gru", "model.hidden_size=8", "model.num_layers=1",
-                 "training.device=cuda", "training.epochs=2", "training.max_steps_per_epoch=12",
-                 "training.batch_size=64", "training.warmup_steps=2", "training.log_every_steps=4",
-                 "training.num_workers=0", f"output.runs_dir={tmp_path}", *extra]
-    return load_config("quick_demo", overrides=overrides)
+    return small_config(demo_path, tmp_path, "training.device=cuda", *extra)
 
 
 def one_step(config, run_dir):
@@ -166,19 +153,11 @@ def test_a_checkpoint_saved_on_the_gpu_loads_on_the_cpu_and_back(demo_path, tmp_
 
 @pytest.mark.parametrize("model", ["patchtst", "gru"])
 def test_an_interrupted_gpu_run_resumes_to_the_same_metrics(demo_path, tmp_path, monkeypatch, model):
-    import os
-    import signal
     # fp16 (amp auto), dropout on; GRU's dropout between layers is cuDNN's own, PatchTST's is torch's.
     config = gpu_config(demo_path, tmp_path, f"model.name={model}", "model.num_layers=2", "model.dropout=0.3")
     straight = run_module.train(config, tmp_path / "straight")
     original = Trainer._optimizer_step
-
-    def interrupt_at_step_17(self, loss, batch):
-        stepped = original(self, loss, batch)
-        if self.step == 17:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return stepped
-    monkeypatch.setattr(Trainer, "_optimizer_step", interrupt_at_step_17)
+    monkeypatch.setattr(Trainer, "_optimizer_step", interrupting(17))
     assert run_module.train(config, tmp_path / "resumed")["stopped_by"] == "SIGTERM"
     monkeypatch.setattr(Trainer, "_optimizer_step", original)
     resumed = run_module.train(None, tmp_path / "resumed", resume=True)

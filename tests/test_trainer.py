@@ -10,38 +10,10 @@ import trainers.checkpoint as checkpoint_module
 from config import load_config
 from data.demo import generate
 from errors import InputError
+from tests.conftest import assert_same_weights, at_step, interrupting, small_config
 from trainers import run as run_module
 from trainers.checkpoint import Checkpointer
 from trainers.trainer import Trainer
-
-
-@pytest.fixture(scope="module")
-def demo_path(tmp_path_factory):
-    path = tmp_path_factory.mktemp("demo") / "demo.h5"
-    generate(path, sessions=4, rows=3000, features=4, progress=False)
-    return path
-
-
-def small_config(demo_path, tmp_path, *extra):
-    overrides = [f"data.paths=[{demo_path}]", "data.lookback=16", "data.block_rows=512",
-                 "model.name=gru", "model.hidden_size=8", "model.num_layers=1",
-                 "training.epochs=2", "training.max_steps_per_epoch=12", "training.batch_size=64",
-                 "training.warmup_steps=2", "training.log_every_steps=4", "training.num_workers=0",
-                 f"output.runs_dir={tmp_path}", *extra]
-    return load_config("quick_demo", overrides=overrides)
-
-
-def interrupting(step, signum=signal.SIGTERM):
-    """Trainer._optimizer_step that sends this process `signum` once the run reaches `step` (handled:
-    the trainer finishes the step, saves `last` and returns)."""
-    original = Trainer._optimizer_step
-
-    def step_then_signal(self, loss, batch):
-        stepped = original(self, loss, batch)
-        if self.step == step:
-            os.kill(os.getpid(), signum)
-        return stepped
-    return step_then_signal
 
 
 def test_a_run_trains_evaluates_and_logs(demo_path, tmp_path):
@@ -76,9 +48,7 @@ def test_resume_after_a_signal_matches_an_uninterrupted_run(demo_path, tmp_path,
     assert torch.load(tmp_path / "resumed" / "checkpoints" / "last.pt", weights_only=True)["step"] == 17
     resumed = run_module.train(None, tmp_path / "resumed", resume=True)
     assert resumed["test"] == straight["test"]
-    a = torch.load(tmp_path / "straight" / "checkpoints" / "last.pt", weights_only=True)["model"]
-    b = torch.load(tmp_path / "resumed" / "checkpoints" / "last.pt", weights_only=True)["model"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert_same_weights(tmp_path / "straight", tmp_path / "resumed")
 
 
 def test_bf16_autocast_on_cpu_trains(demo_path, tmp_path):
@@ -370,14 +340,7 @@ def test_a_data_file_truncated_during_training_stops_the_run(tmp_path, monkeypat
     # Issue 10, case 6: a file truncated mid-run (23 MB -> 6 MB) read as zeros past its end, exit 0.
     data = tmp_path / "data.h5"
     generate(data, sessions=3, rows=3000, features=4, progress=False)
-    original = Trainer._optimizer_step
-
-    def truncate_at_step_3(self, loss, batch):
-        stepped = original(self, loss, batch)
-        if self.step == 3:
-            os.truncate(data, data.stat().st_size // 4)
-        return stepped
-    monkeypatch.setattr(Trainer, "_optimizer_step", truncate_at_step_3)
+    monkeypatch.setattr(Trainer, "_optimizer_step", at_step(3, lambda: os.truncate(data, data.stat().st_size // 4)))
     with pytest.raises(InputError, match=r"data.h5: changed while in use \(size [\d,]+ -> [\d,]+ bytes\); do not "
                                          r"write to data files while a run reads them"):
         run_module.train(small_config(data, tmp_path), tmp_path / "run")
@@ -424,18 +387,13 @@ def test_periodic_checkpoints_let_a_crash_mid_epoch_resume_exactly(demo_path, tm
     straight = run_module.train(config, tmp_path / "straight")
     original = Trainer._optimizer_step
 
-    def crash_at_step_13(self, loss, batch):
-        stepped = original(self, loss, batch)
-        if self.step == 13:
-            raise MemoryError("killed")          # no handler runs, as after SIGKILL
-        return stepped
-    monkeypatch.setattr(Trainer, "_optimizer_step", crash_at_step_13)
+    def crash():
+        raise MemoryError("killed")              # no handler runs, as after SIGKILL
+    monkeypatch.setattr(Trainer, "_optimizer_step", at_step(13, crash))
     with pytest.raises(MemoryError):
         run_module.train(config, tmp_path / "crashed")
     monkeypatch.setattr(Trainer, "_optimizer_step", original)
     assert torch.load(tmp_path / "crashed" / "checkpoints" / "last.pt", weights_only=True)["step"] == 10
     resumed = run_module.train(None, tmp_path / "crashed", resume=True)
     assert resumed["test"] == straight["test"]
-    a = torch.load(tmp_path / "straight" / "checkpoints" / "last.pt", weights_only=True)["model"]
-    b = torch.load(tmp_path / "crashed" / "checkpoints" / "last.pt", weights_only=True)["model"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert_same_weights(tmp_path / "straight", tmp_path / "crashed")
