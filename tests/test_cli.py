@@ -206,3 +206,12 @@ def test_overrides_are_accepted_anywhere_on_the_line(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main.main(["config", "--profile", "quick_demo", "--bogus"])
     assert exit_info.value.code == 2 and "unrecognized arguments: --bogus" in capsys.readouterr().err
+
+
+def test_a_failed_start_leaves_no_runs_folder_either(tmp_path):
+    # Seen in a hostile run: the run lock made runs/ beside the run and left it empty after the error.
+    runs = tmp_path / "runs"
+    proc = subprocess.run([sys.executable, "main.py", "train", f"data.paths=[{tmp_path / 'missing.h5'}]",
+                           f"output.runs_dir={runs}"], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2 and "missing.h5: no such file or directory" in proc.stderr
+    assert not runs.exists()

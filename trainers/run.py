@@ -69,6 +69,9 @@ class RunLock:
     def __enter__(self):
         if not self.enabled:
             return self
+        # The parent (runs/) is made for the lock if missing, and removed again if the run made nothing
+        # in it: a failed start leaves no directory behind (issue 10, case 15).
+        self.made_parent = not self.path.parent.exists()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         for _ in range(2):
             try:
@@ -91,6 +94,8 @@ class RunLock:
     def __exit__(self, *exc):
         if self.enabled:
             self.path.unlink(missing_ok=True)
+            if self.made_parent and not any(self.path.parent.iterdir()):
+                self.path.parent.rmdir()
 
 
 def _alive(pid):
