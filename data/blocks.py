@@ -101,7 +101,8 @@ class RoundReader(torch.utils.data.Dataset):
 
 
 def window_starts(item, window):
-    """Row index (into the round's rows) of every window in the round, block by block: (Nw,).
+    """Row index (into the round's rows) of every window in the round, block by block, with
+    the block of each window and its place in the block: numpy (Nw,) each.
 
     numpy, not torch: these small index ops ran 12 ms a round in torch on a 16-core GPU machine
     (its OpenMP threads spin against the DataLoader workers; cProfile in docs/benchmarks.md, GPU
@@ -112,10 +113,10 @@ def window_starts(item, window):
     first = np.cumsum(counts) - counts
     within = np.arange(int(counts.sum())) - first[block_of]
     starts = offsets[block_of] + within * window.stride
-    return torch.from_numpy(starts), torch.from_numpy(block_of), torch.from_numpy(within)
+    return starts, block_of, within
 
 
 def window_ids(item, window, block_of, within):
-    """(session index, first row) of each window, for batches that carry ids."""
-    table = item["blocks"]
+    """(session index, first row) of each window, for batches that carry ids: numpy (Nw,) each."""
+    table = item["blocks"].numpy()
     return table[block_of, SESSION], table[block_of, FIRST_ROW] + within * window.stride

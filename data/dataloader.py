@@ -166,41 +166,59 @@ class WindowLoader:
         self._rounds.epoch, self._rounds.start = epoch, first_round
         # The epoch's last batch (after len(self) - 1 full ones) takes every window left, so a
         # rank holding one window more than the smallest share still makes len(self) batches.
-        last_batch_from = (len(self) - 1) * self.batch_size
+        batch = self.batch_size
+        last_batch_from = (len(self) - 1) * batch
+        stop_at = len(self) * batch if self.drop_last else None   # drop_last: no full batch for every rank after
         handed = self._windows_before(epoch, first_round, skip)
-        carry = None            # (x, y, session, row, round, first window) not yet a full batch
+        carry = None            # (x, y, session, row, round, first window, size) not yet a full batch
         for round_index, item in enumerate(self.loader, start=first_round):
             x_rows, y_rows, starts, ids = self._prepare_round(item, epoch, round_index)
-            chunk = None        # (first window, x, y) gathered ahead for the next batches
+            n = int(starts.shape[0])
             k = skip if round_index == first_round else 0
-            n = len(starts)
+            # Python ints only in this loop: it runs once per batch, and on a GPU its overhead,
+            # not the gather, bounds windows/s (docs/benchmarks.md, GPU check).
             while k < n:
-                carried = 0 if carry is None else len(carry[0])
-                last = not self.drop_last and handed - carried >= last_batch_from
-                take = starts[k:] if last else starts[k:k + self.batch_size - carried]
-                part, chunk = self._serve(chunk, x_rows, y_rows, starts, ids, k, len(take))
-                if carry is not None:
-                    part = tuple(torch.cat([a, b]) if a is not None else None for a, b in zip(carry[:4], part))
-                    carry_round, carry_first = carry[4], carry[5]
+                carried = 0 if carry is None else carry[6]
+                last = stop_at is None and handed - carried >= last_batch_from
+                if carry is None and not last and n - k >= batch:
+                    # A run of full batches: gathered together (one set of kernel launches on a
+                    # GPU) and served as views. It ends before the epoch's last batch.
+                    limit = -(-(last_batch_from - handed) // batch) if stop_at is None else (stop_at - handed) // batch
+                    count = min((n - k) // batch, limit, self.gather_batches)
+                    parts = self._take(x_rows, y_rows, starts, ids, k, count * batch)
+                    views = [p.split(batch) if p is not None else (None,) * count for p in parts]
+                    for x, y, session, row in zip(*views):
+                        k += batch
+                        handed += batch
+                        self.position = LoaderPosition(epoch, round_index, k) if k < n else \
+                            LoaderPosition(epoch, round_index + 1, 0)
+                        yield Batch(x, y, session, row)
                 else:
-                    carry_round, carry_first = round_index, k
-                k += len(take)
-                handed += len(take)
-                if last or len(part[0]) < self.batch_size:
-                    # Round exhausted: remember where these windows started, for resume.
-                    carry = part + (carry_round, carry_first)
-                    self.position = LoaderPosition(epoch, carry_round, carry_first)
-                    continue
-                carry = None
-                self.position = LoaderPosition(epoch, round_index, k) if k < n else \
-                    LoaderPosition(epoch, round_index + 1, 0)
-                yield Batch(*part)
-                if self.drop_last and handed >= len(self) * self.batch_size:
-                    break       # drop_last: the rest of the epoch makes no full batch for every rank
+                    # The round's end, the epoch's last batch, or the windows completing a carry.
+                    size = n - k if last else min(batch - carried, n - k)
+                    part = self._take(x_rows, y_rows, starts, ids, k, size)
+                    if carry is not None:
+                        part = tuple(torch.cat([a, b]) if a is not None else None for a, b in zip(carry[:4], part))
+                        carry_round, carry_first = carry[4], carry[5]
+                    else:
+                        carry_round, carry_first = round_index, k
+                    k += size
+                    handed += size
+                    if last or carried + size < batch:
+                        # Round exhausted: remember where these windows started, for resume.
+                        carry = part + (carry_round, carry_first, carried + size)
+                        self.position = LoaderPosition(epoch, carry_round, carry_first)
+                        continue
+                    carry = None
+                    self.position = LoaderPosition(epoch, round_index, k) if k < n else \
+                        LoaderPosition(epoch, round_index + 1, 0)
+                    yield Batch(*part)
+                if stop_at is not None and handed >= stop_at:
+                    break
             else:
                 continue
             break
-        if carry is not None and not self.drop_last and len(carry[0]):
+        if carry is not None and stop_at is None and carry[6]:
             yield Batch(*carry[:4])
         self.position = LoaderPosition(epoch + 1, 0, 0)
 
@@ -224,34 +242,31 @@ class WindowLoader:
         y_rows = y_rows.contiguous()
         ids = window_ids(item, self.window, block_of, within) if self.return_ids else None
         if self.shuffle:
-            perm = torch.from_numpy(self.sampler.window_rng(epoch, round_index).permutation(len(starts)))
+            # numpy for the same reason as window_starts (torch's threads against the workers).
+            perm = self.sampler.window_rng(epoch, round_index).permutation(len(starts))
             starts = starts[perm]
             ids = None if ids is None else (ids[0][perm], ids[1][perm])
         if len(x_rows) < 2**31 - 1:
-            starts = starts.to(torch.int32)
+            starts = starts.astype(np.int32)        # int32 indices gather faster
+        if ids is not None:
+            ids = (torch.from_numpy(ids[0]), torch.from_numpy(ids[1]))
         # non_blocking: a blocking host-to-device copy waits for the GPU (a host sync per round).
-        return x_rows, y_rows, starts.to(self.device, non_blocking=True), ids
+        return x_rows, y_rows, torch.from_numpy(starts).to(self.device, non_blocking=True), ids
 
-    def _serve(self, chunk, x_rows, y_rows, starts, ids, k, n):
-        """((x, y, session, row) of the round's windows k .. k + n in serving order, chunk).
+    def _take(self, x_rows, y_rows, starts, ids, k, m):
+        """(x, y, session, row) of the round's windows k .. k + m in serving order.
 
-        Windows are gathered `gather_batches` batches at a time and a batch is a view of its
-        chunk: on a GPU each gather is a few kernel launches whose fixed cost (~10 us each)
-        outweighs the copy of one batch, so one launch set per chunk instead of per batch
-        (docs/benchmarks.md, GPU check). With gather_batches 1 (CPU) a chunk is one batch."""
-        if chunk is None or not chunk[0] <= k or k + n > chunk[0] + len(chunk[1]):
-            m = n if self.gather_batches == 1 else min(len(starts) - k, max(n, self.gather_batches * self.batch_size))
-            chunk = (k,) + self._gather(x_rows, y_rows, starts[k:k + m])
-        a = k - chunk[0]
-        x, y = chunk[1][a:a + n], chunk[2][a:a + n]
+        On a GPU the full batches of a round are taken `gather_batches` at a time and served as
+        views: each gather is a few kernel launches whose fixed cost (~10 us each) outweighs the
+        copy of one batch (docs/benchmarks.md, GPU check). On the CPU gather_batches is 1."""
+        x, y = self._gather(x_rows, y_rows, starts[k:k + m], m)
         if ids is None:
-            return (x, y, None, None), chunk
-        return (x, y, ids[0][k:k + n], ids[1][k:k + n]), chunk
+            return x, y, None, None
+        return x, y, ids[0][k:k + m], ids[1][k:k + m]
 
-    def _gather(self, x_rows, y_rows, starts):
-        """x (n, L, F), y (n, H, K) for windows starting at `starts` (row indices into the round)."""
+    def _gather(self, x_rows, y_rows, starts, n):
+        """x (n, L, F), y (n, H, K) for the n windows starting at `starts` (row indices into the round)."""
         w = self.window
-        n = len(starts)
         steps_x, steps_y, idx = self._index_buffers(starts.device, starts.dtype)
         # The epoch's last batch may hold one window more than a chunk (see __iter__).
         idx = idx[:n] if n <= len(idx) else torch.empty((n, w.lookback), device=idx.device, dtype=idx.dtype)

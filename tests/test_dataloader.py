@@ -243,19 +243,22 @@ def test_memory_plan_and_budget(ramp_file):
 
 
 
-@pytest.mark.parametrize("gather_batches", [2, 5])
-def test_chunked_gather_gives_the_same_batches(ramp_file, gather_batches):
+@pytest.mark.parametrize("gather_batches,drop_last,rank", [(2, False, 0), (5, False, 0), (5, True, 0), (3, False, 1),
+                                                             (3, True, 1)])
+def test_chunked_gather_gives_the_same_batches(ramp_file, gather_batches, drop_last, rank):
     # On a GPU windows are gathered several batches at a time (fewer kernel launches) and batches
-    # are views of the chunk; forced here on the CPU, with batches spanning rounds and a resume
-    # in the middle of a chunk.
+    # are views of the chunk; forced here on the CPU, with batches spanning rounds, the epoch's
+    # last batch, one of two ranks, and a resume in the middle of a chunk.
     prepared = prepared_ramp(ramp_file, normalize="global")
-    cfg = training(batch_size=13)
-    plain = build_loader(prepared, "train", cfg, seed=3, return_ids=True)
+    cfg = training(batch_size=13, drop_last=drop_last)
+    shard = {"rank": rank, "world_size": 2} if rank else {}
+    plain = build_loader(prepared, "train", cfg, seed=3, return_ids=True, **shard)
     assert plain.gather_batches == 1
     plain.set_epoch(1)
     want = [(b.x.clone(), b.y.clone(), b.session, b.row) for b in plain]
+    assert len(want) == len(plain)
 
-    chunked = build_loader(prepared, "train", cfg, seed=3, return_ids=True)
+    chunked = build_loader(prepared, "train", cfg, seed=3, return_ids=True, **shard)
     chunked.gather_batches = gather_batches
     chunked.set_epoch(1)
     got = []
@@ -264,7 +267,7 @@ def test_chunked_gather_gives_the_same_batches(ramp_file, gather_batches):
         if i == 6:
             state = chunked.state_dict()
             break
-    resumed = build_loader(prepared, "train", cfg, seed=3, return_ids=True)
+    resumed = build_loader(prepared, "train", cfg, seed=3, return_ids=True, **shard)
     resumed.gather_batches = gather_batches
     resumed.load_state_dict(state)
     resumed.set_epoch(1)
