@@ -244,14 +244,15 @@ def cmd_prepare(args):
 
 def prepare_run(config, run_dir=None):
     """Catalog, split and normalize; write the resolved config and statistics to the run dir."""
-    from data.dataloader import loader_options
     from data.dataset import prepare_data
-    from data.memory_plan import check_plan, format_plan, loader_plan
+    from data.memory_plan import check_plan, format_plan
     from trainers.run import new_run_dir, save_config
+    from trainers.trainer import Trainer
     ensure_demo(config)
     prepared = prepare_data(config.data, seed=config.seed)
-    options, _ = loader_options(config.training, "cpu")
-    plan = loader_plan(prepared, config.data, config.training, options)
+    # The same whole plan `train` prints and checks (model and activations included); nothing is
+    # written by a trainer made only to plan.
+    plan = Trainer(config, prepared, Path("unused"), monitor=False).memory_plan()
     print(format_plan(plan, config.memory_budget_mb))
     check_plan(plan, config.memory_budget_mb)
     run_dir = Path(run_dir) if run_dir else new_run_dir(config)     # created once data and plan check out

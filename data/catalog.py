@@ -169,7 +169,7 @@ def _attr_str(attrs, key):
 def write_index(path):
     """Check every session of a file and write its index (the file is modified in place)."""
     with open_file(path) as h5file:
-        found = _scan_file(h5file, str(path), allow_external_links=False)
+        found = _scan_file(layout.small_metadata_cache(h5file), str(path), allow_external_links=False)
     if not found:
         raise InputError(f"{path}: holds no session to index")
     probe = [SessionData(path=str(path), name=m["group"], **m) for m in found]
@@ -180,7 +180,8 @@ def write_index(path):
     table["group"] = [m["group"].encode() for m in found]
     table["rows"] = [m["n_rows"] for m in found]
     table["timestamps"] = [m["has_timestamps"] for m in found]
-    with h5py.File(path, "r+") as h5file:
+    with h5py.File(path, "r+", rdcc_nbytes=0) as h5file:
+        layout.small_metadata_cache(h5file)
         if layout.INDEX in h5file:
             del h5file[layout.INDEX]
         index = h5file.create_dataset(layout.INDEX, data=table)

@@ -19,6 +19,7 @@ import pandas as pd
 
 from atomic import atomic_path, check_output
 from data.catalog import write_index
+from data import layout
 from data.layout import COMPRESSIONS, SessionWriter
 from errors import InputError
 
@@ -30,7 +31,7 @@ HDF_SUFFIXES = (".h5", ".hdf5", ".hdf")
 TIME_NAMES = ("timestamp", "datetime", "date", "time")
 TARGET_TRANSFORMS = ("next_log_return", "next_return", "next_value")
 CHUNK_ROWS = 200_000        # rows per chunk read from an input
-FLUSH_ROWS = 1_000_000      # buffered rows (session-column mode) before writing out
+FLUSH_BYTES = 32 * 2**20    # rows buffered as arrays (session-column mode) before writing out
 
 
 def input_kind(path):
@@ -85,7 +86,8 @@ def _chunks(path, kind, hdf_key):
     elif kind == "parquet":
         import pyarrow.parquet as pq
         try:
-            parquet = pq.ParquetFile(path)
+            # pre_buffer off: on, pyarrow read ahead whole row groups (peak +100 MB on a 5M-row file).
+            parquet = pq.ParquetFile(path, pre_buffer=False)
         except Exception as exc:  # pyarrow raises several types for a bad file
             raise InputError(f"{path}: not a readable Parquet file ({str(exc).splitlines()[0]})") from None
         for batch in parquet.iter_batches(batch_size=CHUNK_ROWS):
@@ -150,7 +152,7 @@ class _Sink:
                 # close = 0 makes log(next / 0) = inf (issue 10, case 9): a wrong number, not a missing one.
                 i = int(infinite[0])
                 raise InputError(
-                    f"{path}: session {self.writer.group.name.strip('/')!r} row {self.writer.rows + i}: "
+                    f"{path}: session {self.writer.name!r} row {self.writer.rows + i}: "
                     f"{self.plan['target_from']} is {source[i]:g} then {source[i + 1]:g}, so its "
                     f"{self.plan['transform']} is infinite; fix those values (a price of 0 makes no return) "
                     "or drop the rows")
@@ -166,7 +168,7 @@ class _Sink:
         if len(back):
             row = self.rows_in + int(back[0]) + (0 if self.last_stamp is not None else 1)
             raise InputError(
-                f"{path}: session {self.writer.group.name.strip('/')!r} row {row} goes back in time "
+                f"{path}: session {self.writer.name!r} row {row} goes back in time "
                 f"({np.datetime64(int(after[back[0]]), 'ns')} after {np.datetime64(int(before[back[0]]), 'ns')}); "
                 "sort the rows by time (and session) first")
         self.last_stamp = stamps[-1]
@@ -291,6 +293,7 @@ def convert(inputs, out, *, features=(), targets=(), time_column=None, session_c
         # it, so memory grew with the number of sessions (issue 10, case 25); appends cover whole chunks
         # but at their edges, where HDF5 reads the one partial chunk back.
         with h5py.File(tmp, "w", rdcc_nbytes=0) as h5file:
+            layout.small_metadata_cache(h5file)
             sinks = {}
             for path in files:
                 kind = input_kind(path)
@@ -306,17 +309,22 @@ def convert(inputs, out, *, features=(), targets=(), time_column=None, session_c
                             raise InputError(f"{path}: column {missing[0]!r} is missing; every input "
                                              f"needs the columns {', '.join(_used(plan))}")
                     if plan["session"]:
-                        for key, part in frame.groupby(plan["session"], sort=False):
-                            buffers.setdefault(_clean_name(key), []).append(part)
-                        buffered += len(frame)
-                        if buffered >= FLUSH_ROWS:
+                        # Numbers, not DataFrame parts: a part kept its text columns (~60 bytes a
+                        # row for a ticker), and the buffer's memory is what bounds convert's.
+                        arrays = _arrays(frame, plan, path)
+                        for key, rows in _rows_by_session(frame[plan["session"]], path):
+                            buffers.setdefault(_clean_name(key), []).append(
+                                tuple(None if a is None else a[rows] for a in arrays))
+                        buffered += sum(a.nbytes for a in arrays if a is not None)
+                        if buffered >= FLUSH_BYTES:
                             _flush(buffers, sinks, h5file, plan, compression, path)
                             buffers, buffered = {}, 0
                     else:
                         if name in sinks and sinks[name][1] != path:
                             raise InputError(f"{path}: session name {name!r} is also made from "
                                              f"{sinks[name][1]}; rename one of the files")
-                        _append(sinks, h5file, _clean_name(name), frame, plan, compression, path)
+                        _append(sinks, h5file, _clean_name(name), _arrays(frame, plan, path), plan,
+                                compression, path)
                 _flush(buffers, sinks, h5file, plan, compression, path)
                 if not plan["session"]:
                     # One session per file: done with this file, done with its sessions. Closing them
@@ -352,17 +360,38 @@ def _clean_name(name):
     return str(name).replace("/", "_").strip() or "_"
 
 
-def _flush(buffers, sinks, h5file, plan, compression, path):
-    for name, parts in buffers.items():
-        _append(sinks, h5file, name, pd.concat(parts), plan, compression, path)
+def _rows_by_session(column, path):
+    """(session value, row positions) of a chunk, sessions in order of first appearance."""
+    codes, values = pd.factorize(column, sort=False)
+    if (codes < 0).any():
+        row = int(np.flatnonzero(codes < 0)[0])
+        label = column.index[row]
+        where = f"row {label + 1} (1 = first data row)" if isinstance(label, (int, np.integer)) else f"row {label!r}"
+        raise InputError(f"{path}: session column {column.name!r} is empty in {where}; fill it or drop "
+                         "the row (a row without a session cannot be placed)")
+    order = np.argsort(codes, kind="stable")
+    ends = np.cumsum(np.bincount(codes, minlength=len(values)))
+    return [(value, order[end - count:end]) for value, end, count in
+            zip(values, ends, np.bincount(codes, minlength=len(values)))]
 
 
-def _append(sinks, h5file, name, frame, plan, compression, path):
-    if name not in sinks:
-        sinks[name] = (_Sink(h5file, name, plan, compression), path)
-    sink = sinks[name][0]
+def _arrays(frame, plan, path):
+    """(features, targets, timestamps, target source) of a chunk as arrays; None where unused."""
     feats = _numbers(frame, plan["features"], path)
     targs = _numbers(frame, plan["targets"], path) if plan["targets"] else None
     stamps = _parse_time(frame[plan["time"]], path) if plan["time"] else None
     source = _numbers(frame, [plan["target_from"]], path, np.float64)[:, 0] if plan["transform"] else None
-    sink.add(feats, targs, stamps, source, path)
+    return feats, targs, stamps, source
+
+
+def _flush(buffers, sinks, h5file, plan, compression, path):
+    for name, parts in buffers.items():
+        arrays = tuple(None if part[0] is None else np.concatenate(part) for part in zip(*parts))
+        _append(sinks, h5file, name, arrays, plan, compression, path)
+        sinks[name][0].writer.release()     # open handles would grow with the number of sessions
+
+
+def _append(sinks, h5file, name, arrays, plan, compression, path):
+    if name not in sinks:
+        sinks[name] = (_Sink(h5file, name, plan, compression), path)
+    sinks[name][0].add(*arrays, path)

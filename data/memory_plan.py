@@ -40,13 +40,19 @@ def loader_plan(prepared, data_cfg, training_cfg, options, split="train"):
     in_flight = workers * ((options["prefetch_factor"] or 0) + 1) if workers else 1
     pinned = 2 if options["pin_memory"] else 1
     w = prepared.window
+    caches_mb = readers * open_sessions * datasets * data_cfg.chunk_cache_size / MB
+    # Validation and test build their own loader while the training one lives on: with persistent
+    # workers both sets of workers run side by side; without workers both readers keep their
+    # sessions' chunk caches open in the training process.
+    beside = options["persistent_workers"] or not workers
+    eval_mb = (workers * WORKER_PROCESS_MB + caches_mb + in_flight * pinned * round_bytes / MB) if beside else 0.0
     batch_bytes = training_cfg.batch_size * (w.lookback * len(columns.feature_index)
                                              + w.horizon * len(columns.target_index)) * 4
     return [
         PlanLine("training process (python, torch, h5py)", MAIN_PROCESS_MB, "-", "measured baseline"),
         PlanLine("DataLoader workers", workers * WORKER_PROCESS_MB, "training.num_workers",
                  f"{workers} x {WORKER_PROCESS_MB} MB"),
-        PlanLine("HDF5 chunk caches", readers * open_sessions * datasets * data_cfg.chunk_cache_size / MB,
+        PlanLine("HDF5 chunk caches", caches_mb,
                  "data.chunk_cache_size / data.max_open_sessions",
                  f"{readers} readers x {open_sessions} sessions x {datasets} datasets x "
                  f"{data_cfg.chunk_cache_size / MB:.2f} MB"),
@@ -55,6 +61,9 @@ def loader_plan(prepared, data_cfg, training_cfg, options, split="train"):
                  f"{in_flight} x {round_bytes / MB:.1f} MB" + (" x 2 (pinned copy)" if pinned == 2 else "")),
         PlanLine("consumer round (rows + normalized copy)", 2 * round_bytes / MB,
                  "training.round_blocks / data.block_rows", f"2 x {round_bytes / MB:.1f} MB"),
+        PlanLine("validation loader beside the training one", eval_mb,
+                 "training.num_workers / training.persistent_workers",
+                 f"{workers} workers + their chunk caches and rounds" if workers else "its reader's chunk caches and round"),
         PlanLine("batches (current + next)", 2 * batch_bytes / MB, "training.batch_size",
                  f"2 x {batch_bytes / MB:.1f} MB"),
     ]

@@ -39,7 +39,7 @@ def test_csv_one_session_per_file(tmp_path):
 def test_long_csv_with_session_column_streams_in_chunks(tmp_path, monkeypatch):
     # Interleaved sessions, read 7 rows at a time and flushed every 20 rows: bounded memory.
     monkeypatch.setattr(convert_module, "CHUNK_ROWS", 7)
-    monkeypatch.setattr(convert_module, "FLUSH_ROWS", 20)
+    monkeypatch.setattr(convert_module, "FLUSH_BYTES", 20 * 16)   # 20 rows of 2 float32 + a timestamp
     parts = []
     for i, sym in enumerate(("X", "Y", "Z")):
         f = frame(40, seed=i)
@@ -54,6 +54,37 @@ def test_long_csv_with_session_column_streams_in_chunks(tmp_path, monkeypatch):
     for i, sym in enumerate(("X", "Y", "Z")):
         np.testing.assert_allclose(catalog.session(sym).read_rows(0, 40)[:, 0],
                                    frame(40, seed=i)["open"].to_numpy(np.float32))
+        np.testing.assert_array_equal(catalog.session(sym).read_timestamps(0, 40),
+                                      frame(40, seed=i)["date"].to_numpy("datetime64[ns]").astype(np.int64))
+
+
+def test_session_column_with_a_derived_target_across_flushes(tmp_path, monkeypatch):
+    # The look-ahead target of each session's last buffered row waits for its next flush.
+    monkeypatch.setattr(convert_module, "CHUNK_ROWS", 5)
+    monkeypatch.setattr(convert_module, "FLUSH_BYTES", 64)
+    parts = []
+    for i, sym in enumerate(("A", "B")):
+        f = frame(30, seed=i)
+        f["sym"] = sym
+        parts.append(f)
+    pd.concat(parts).sort_values(["date", "sym"], kind="stable").to_csv(tmp_path / "long.csv", index=False)
+    out = tmp_path / "long.h5"
+    convert([tmp_path / "long.csv"], out, session_column="sym", features=["open", "close"],
+            target_from="close", target_transform="next_log_return")
+    catalog = open_catalog(out)
+    for i, sym in enumerate(("A", "B")):
+        close = frame(30, seed=i)["close"].to_numpy()
+        np.testing.assert_allclose(catalog.session(sym).read_targets(0, 29)[:, 0], np.log(close[1:] / close[:-1]),
+                                   rtol=1e-5)
+
+
+def test_session_column_with_an_empty_cell_is_refused(tmp_path):
+    f = frame(10)
+    f["sym"] = ["A"] * 4 + [None] + ["A"] * 5
+    f.to_csv(tmp_path / "long.csv", index=False)
+    with pytest.raises(InputError, match=r"long.csv: session column 'sym' is empty in row 5 \(1 = first data row\)"):
+        convert([tmp_path / "long.csv"], tmp_path / "long.h5", session_column="sym")
+    assert not (tmp_path / "long.h5").exists()
 
 
 def test_derived_next_log_return_target(tmp_path, monkeypatch):

@@ -21,12 +21,13 @@ import torch
 from data import quality
 from data.dataloader import build_loader, loader_options
 from data.dataset import fingerprint_changes
-from data.memory_plan import PlanLine, check_plan, format_plan, loader_plan
+from data.memory_plan import check_plan, format_plan
 from errors import InputError
 from models import Shapes, build_model
 from trainers.checkpoint import Checkpointer
 from trainers.cuda_plan import cuda_plan, format_cuda_plan
 from trainers.distributed import Group
+from trainers.host_plan import host_plan, probe_activations, process_mb
 from trainers.metrics import ClassificationMetrics, RegressionMetrics
 from trainers.monitor import Monitor
 
@@ -194,19 +195,20 @@ class Trainer:
         return cfg
 
     def memory_plan(self, loader_cfg=None):
-        """The loader's plan plus the model, optimizer and activations (a rough bound)."""
+        """The whole host plan (trainers/host_plan.py); the activation probe runs once."""
         loader_cfg = loader_cfg or self.loader_cfg
         options, _ = loader_options(loader_cfg, self.device)
-        lines = loader_plan(self.prepared, self.config.data, loader_cfg, options)
-        params = sum(p.numel() for p in self.model.parameters())
-        w, tc = self.prepared.window, self.config.training
-        lines.append(PlanLine("model + AdamW state + gradients", params * 4 * 4 / MB, "model.hidden_size / d_model",
-                              f"{params:,} parameters x 16 bytes"))
-        width = max(self.config.model.hidden_size, self.config.model.d_model * len(self.prepared.columns.feature_index))
-        activations = tc.batch_size * w.lookback * width * 4 * 2 * self.config.model.num_layers
-        lines.append(PlanLine("activations (estimate)", activations / MB, "training.batch_size",
-                              "batch x lookback x width x layers"))
-        return lines
+        if getattr(self, "_host_activations", None) is None:
+            # Measured once, with the process's PSS before the probe's step (its memory stays mapped).
+            self._host_process_mb = process_mb()
+            # On a GPU activations live on the device (the CUDA plan, trainers/cuda_plan.py).
+            self._host_activations = (0, "on the GPU: see the CUDA plan") if self.device.type == "cuda" else \
+                probe_activations(self.model, self.autocast, self.task, self.shapes, loader_cfg.batch_size)
+            size, how = self._host_activations
+            self._host_activations = (size, f"{how}: one forward/backward at batch {loader_cfg.batch_size}"
+                                      if self.device.type != "cuda" else how)
+        return host_plan(self.prepared, self.config, loader_cfg, options, self.model, self._host_activations,
+                         process=self._host_process_mb)
 
     # --- the run ----------------------------------------------------------------------
     def preflight(self):

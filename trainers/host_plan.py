@@ -1,0 +1,106 @@
+"""What a training run will hold in host memory (PSS), planned before its first step.
+
+One plan, printed by `train` and by `prepare`, checked against `memory_budget_mb`:
+
+    training process                  its PSS now: torch, the prepared data and the model loaded
+    loader lines                      data/memory_plan.py: workers, chunk caches, rounds, batches,
+                                      validation's loader beside the training one
+    model + AdamW state + gradients   parameters x 16 bytes (fp32 weight, grad, 2 moments)
+    activations (measured)            one training forward/backward at the real batch size
+
+Activations are measured, not estimated from a formula: the old `batch x lookback x
+max(hidden, d_model x features) x layers` planned 640 MB for a 171-parameter DLinear on 40
+features and refused it on low_memory, and planned PatchTST at 0.6x what it used. The probe
+runs one forward/backward on the CPU at the run's batch size and precision and reads how far
+the process's resident memory rose (Linux: the peak RSS, reset through /proc/self/clear_refs),
+times STEP_GROWTH: over the next steps the allocator's freed blocks fragment and the
+footprint grows (measured, 4 models on 40 features at batch 256: the run's activation memory
+was 0.93-1.34x the first step's peak). Where /proc is missing, what autograd saves for
+backward is added up instead (each storage once) times SAVED_TO_PEAK. Planned vs measured
+peak PSS per profile and model: docs/memory.md (`benchmarks/host_plan.py`).
+"""
+
+import psutil
+import torch
+
+from data.memory_plan import MAIN_PROCESS_MB, MB, PlanLine, loader_plan
+
+STEP_GROWTH = 1.4
+SAVED_TO_PEAK = 1.75        # measured peak / saved bytes: GRU 1.75, TCN 1.63, PatchTST 1.71 (fp32)
+
+
+def process_mb():
+    """PSS of this process now, or the measured baseline where it cannot be read."""
+    try:
+        return psutil.Process().memory_full_info().pss / MB
+    except (psutil.Error, AttributeError):
+        return MAIN_PROCESS_MB
+
+
+def _status_bytes(key):
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(key):
+                return int(line.split()[1]) * 1024
+    raise OSError(f"no {key} in /proc/self/status")
+
+
+def probe_activations(model, autocast, task, shapes, batch_size):
+    """(bytes, how) one training forward/backward needs at `batch_size` windows (module docstring).
+    The model, its buffers, its gradients and every RNG are left as they were."""
+    params = list(model.parameters())
+    param_storages = {p.untyped_storage().data_ptr() for p in params}
+    buffers = {name: b.clone() for name, b in model.named_buffers()}
+    grads = [p.grad for p in params]
+    was_training = model.training
+    model.train()
+    saved = {}
+
+    def keep(t):
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in param_storages:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    try:
+        try:
+            with open("/proc/self/clear_refs", "w") as clear:
+                clear.write("5")                    # the peak RSS starts again from the RSS now
+            before = _status_bytes("VmRSS:")
+        except OSError:
+            before = None
+        with torch.random.fork_rng():
+            x = torch.randn(batch_size, shapes.lookback, shapes.n_features)               # (B, L, F)
+            for p in params:
+                p.grad = None
+            with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t), autocast:
+                out = model(x)
+            if task == "classify":
+                loss = torch.nn.functional.cross_entropy(out.float(), torch.zeros(batch_size, dtype=torch.long))
+            else:
+                loss = torch.nn.functional.mse_loss(out.float(), torch.zeros_like(out, dtype=torch.float32))
+            loss.backward()
+            if before is not None:
+                return STEP_GROWTH * max(0, _status_bytes("VmHWM:") - before), "measured"
+            return SAVED_TO_PEAK * sum(saved.values()), "saved tensors"
+    finally:
+        for p, g in zip(params, grads):
+            p.grad = g
+        with torch.no_grad():
+            for name, b in model.named_buffers():
+                b.copy_(buffers[name])
+        model.train(was_training)
+
+
+def host_plan(prepared, config, loader_cfg, loader_options, model, activations, process=None):
+    """Plan lines of the whole run. activations: (bytes, how) from probe_activations, or (0, why)
+    on a GPU; process: the training process's MB (default: its PSS now)."""
+    lines = loader_plan(prepared, config.data, loader_cfg, loader_options)
+    lines[0] = PlanLine("training process (python, torch, data, model)", process or process_mb(), "-",
+                        "its PSS when planned")
+    n_params = sum(p.numel() for p in model.parameters())
+    lines.append(PlanLine("model + AdamW state + gradients", n_params * 16 / MB, "model.hidden_size / d_model",
+                          f"{n_params:,} parameters x 16 bytes"))
+    size, how = activations
+    lines.append(PlanLine("activations", size / MB, "training.batch_size", how))
+    return lines
