@@ -204,6 +204,12 @@ class TrainingConfig:
     """Blocks per round: one worker item, and the shuffle buffer windows are drawn from."""
     drop_last: bool = False
     """Drop the last, smaller batch of a training epoch."""
+    loss: str = "mse"
+    """Regression loss, trained on and reported as the validation loss: mse, mae, or huber
+    (quadratic within training.huber_delta normalized units, linear beyond). classify always
+    uses cross-entropy."""
+    huber_delta: float = 1.0
+    """huber: where the loss turns from quadratic to linear, in normalized target units."""
 
     def __post_init__(self):
         _check_at_least_one("training", self, ("epochs", "batch_size", "gradient_accumulation_steps",
@@ -223,7 +229,10 @@ class TrainingConfig:
         if self.grad_clip < 0:
             raise InputError(f"training.grad_clip must be >= 0 (0 = no clipping), got {self.grad_clip}")
         _check_choice("training", self, {"scheduler": ("cosine", "halving", "hold_decay", "plateau", "none"),
-                                         "amp": ("auto", "off", "bf16", "fp16")})
+                                         "amp": ("auto", "off", "bf16", "fp16"),
+                                         "loss": ("mse", "mae", "huber")})
+        if not self.huber_delta > 0:
+            raise InputError(f"training.huber_delta must be > 0, got {self.huber_delta}")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise InputError(f"training.device is {self.device!r}; choose auto, cpu, cuda or cuda:N")
 

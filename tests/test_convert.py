@@ -226,3 +226,20 @@ def test_a_zero_price_under_next_log_return_is_refused(tmp_path):
     with pytest.raises(InputError, match=r"s.csv: session 's' row 6: close is [\d.]+ then 0, so its next_log_return "
                                          r"is infinite"):
         convert([tmp_path / "s.csv"], tmp_path / "o.h5", target_from="close", target_transform="next_log_return")
+
+
+def test_a_released_session_writer_reopens_and_appends(tmp_path):
+    # convert lets go of each session's HDF5 objects between flushes (issue 10, case 25: open
+    # sessions held ~50 KB each); the next append must find and extend the same datasets.
+    from data.layout import SessionWriter
+    with h5py.File(tmp_path / "w.h5", "w") as h5file:
+        writer = SessionWriter(h5file, "s", ["a", "b"], ["y"], with_timestamps=True)
+        writer.release()                                  # before any row: empty datasets made now
+        assert h5file["s/features"].shape == (0, 2)
+        writer.append(np.ones((3, 2), np.float32), np.zeros((3, 1), np.float32), np.arange(3))
+        writer.release()
+        writer.append(np.full((2, 2), 2, np.float32), np.ones((2, 1), np.float32), np.arange(3, 5))
+        writer.close()
+        np.testing.assert_array_equal(h5file["s/features"][:, 0], [1, 1, 1, 2, 2])
+        np.testing.assert_array_equal(h5file["s/timestamps"][:], np.arange(5))
+        assert writer.rows == 5

@@ -397,3 +397,42 @@ def test_periodic_checkpoints_let_a_crash_mid_epoch_resume_exactly(demo_path, tm
     resumed = run_module.train(None, tmp_path / "crashed", resume=True)
     assert resumed["test"] == straight["test"]
     assert_same_weights(tmp_path / "straight", tmp_path / "crashed")
+
+
+@pytest.mark.parametrize("loss,metric", [("mse", "mse"), ("mae", "mae"), ("huber", None)])
+def test_the_training_loss_is_trained_on_and_reported(demo_path, tmp_path, loss, metric):
+    # data.normalize=none: normalized units are original units, so the reported loss must equal the
+    # metric of the same name over every window; huber is checked against torch on all predictions.
+    import numpy as np
+    from data.dataset import prepare_data
+    config = small_config(demo_path, tmp_path, f"training.loss={loss}", "training.huber_delta=0.5",
+                          "data.normalize=none", "training.compute_metrics_online=false")
+    prepared = prepare_data(config.data, progress=False)
+    trainer = Trainer(config, prepared, tmp_path / "run", monitor=False)
+    batch = next(iter(trainer.train_loader))
+    out = trainer.model(batch.x)
+    want = {"mse": torch.nn.functional.mse_loss, "mae": torch.nn.functional.l1_loss,
+            "huber": lambda a, b: torch.nn.functional.huber_loss(a, b, delta=0.5)}[loss](out.float(), batch.y)
+    assert float(trainer._loss(batch).detach()) == pytest.approx(float(want.detach()), rel=1e-5)
+    result = trainer.evaluate("val")
+    if metric:
+        assert result["loss"] == pytest.approx(result[metric], rel=1e-6)
+    else:
+        preds, truth = [], []
+        with torch.no_grad():
+            for b in trainer.train_loader.__class__(prepared, "val", batch_size=64, shuffle=False):
+                preds.append(trainer.model(b.x)), truth.append(b.y)
+        err = torch.nn.functional.huber_loss(torch.cat(preds), torch.cat(truth), delta=0.5, reduction="none")
+        assert result["loss"] == pytest.approx(float(err.double().mean()), rel=1e-5)
+        assert not np.isclose(result["loss"], result["mse"])
+
+
+def test_a_regression_loss_for_classification_is_refused(tmp_path):
+    with pytest.raises(InputError, match="training.loss is 'mae', but model.task is classify"):
+        from trainers.losses import training_loss
+        training_loss(load_config("default", overrides=["model.task=classify", "model.n_classes=2",
+                                                        "training.loss=mae"]))
+    with pytest.raises(InputError, match=r"training.loss is 'pinball'; choose one of mse, mae, huber"):
+        load_config("default", overrides=["training.loss=pinball"])
+    with pytest.raises(InputError, match=r"training.huber_delta must be > 0, got 0.0"):
+        load_config("default", overrides=["training.huber_delta=0"])

@@ -28,6 +28,7 @@ from trainers.checkpoint import Checkpointer
 from trainers.cuda_plan import cuda_plan, format_cuda_plan
 from trainers.distributed import Group
 from trainers.host_plan import host_plan, probe_activations, process_mb
+from trainers.losses import training_loss
 from trainers.metrics import ClassificationMetrics, RegressionMetrics
 from trainers.monitor import Monitor
 
@@ -116,6 +117,7 @@ class Trainer:
         if self.task == "classify" and prepared.columns.target_source == "features":
             raise InputError("model.task is classify but the targets are feature columns; classify needs "
                              "integer labels in the sessions' `targets` dataset")
+        self.loss_fn = training_loss(config)              # None for classify (cross-entropy)
         self.shapes = model_shapes(prepared, config.model)
         self.model = build_model(config.model, self.shapes).to(self.device)
         # Training steps go through DDP (gradients averaged over ranks); evaluation and
@@ -392,7 +394,7 @@ class Trainer:
             out = self.train_model(x)
         if self.task == "classify":
             return torch.nn.functional.cross_entropy(out.float(), y.reshape(-1).long())
-        return torch.nn.functional.mse_loss(out.float(), y)
+        return self.loss_fn(out.float(), y)
 
     def _optimizer_step(self, loss, batch):
         """Step on the gradients of `loss` (the sum of this step's micro-batch losses); False when
@@ -491,7 +493,7 @@ class Trainer:
                 loss_sum += torch.nn.functional.cross_entropy(out, y.reshape(-1).long(), reduction="sum").double()
                 metrics[""].update(out, y)
             else:
-                loss_sum += torch.nn.functional.mse_loss(out, y, reduction="sum").double() / y[0].numel()
+                loss_sum += self.loss_fn(out, y, reduction="sum").double() / y[0].numel()
                 ids = batch.session.to(self.device)
                 metrics[""].update(norm.denormalize_targets(out, ids), norm.denormalize_targets(y, ids))
                 if "norm_" in metrics:
