@@ -232,13 +232,20 @@ def test_memory_plan_and_budget(ramp_file):
     lines = {line.name: line for line in loader_plan(prepared, data_cfg, cfg, options)}
     # 4 blocks x 40 rows x 3 columns x 4 bytes = 1,920 bytes a round; 2 workers x (2 + 1) in flight.
     assert lines["rounds in flight"].mb == pytest.approx(6 * 1920 / 2**20)
-    assert lines["HDF5 chunk caches"].mb == pytest.approx(2 * 3 * 1 * data_cfg.chunk_cache_size / 2**20)
+    # Sessions of 500, 700 and 300 rows x 3 float32 features, each smaller than its 1 MiB cache:
+    # a cache holds at most its dataset.
+    assert lines["HDF5 chunk caches"].mb == pytest.approx(2 * (500 + 700 + 300) * 3 * 4 / 2**20)
+    small = DataConfig(paths=[ramp_file], lookback=5, horizon=2, block_rows=40, chunk_cache_size=4096,
+                       max_open_sessions=2)
+    lines_small = {line.name: line for line in loader_plan(prepared, small, cfg, options)}
+    assert lines_small["HDF5 chunk caches"].mb == pytest.approx(2 * 2 * 4096 / 2**20)
     assert lines["batches (current + next)"].mb == pytest.approx(2 * 16 * (5 * 3 + 2 * 3) * 4 / 2**20)
     plan = list(lines.values())
     total = check_plan(plan, 10_000)
     assert "memory plan (budget 10,000 MB)" in format_plan(plan, 10_000) and total > 400
     with pytest.raises(InputError, match=r"memory plan needs [\d,]+ MB but memory_budget_mb is 500; "
-                                         r"the largest part is DataLoader workers .*lower training.num_workers"):
+                                         r"the largest part is validation loader beside the training one \(300 MB: 2 workers"
+                                         r".*lower training.num_workers"):
         check_plan(plan, 500)
 
 
