@@ -14,9 +14,14 @@ from errors import InputError
 
 MB = 1024 * 1024
 # Measured on the reference machine (docs/memory.md): PSS of the training process after
-# importing torch, h5py, numpy and scikit-learn, and of one forked DataLoader worker.
+# importing torch, h5py, numpy and scikit-learn (used where PSS cannot be read), and what one
+# forked DataLoader worker adds to the process tree's PSS: its own pages (USS), 13-29 MB in a
+# `default` run with 2 persistent workers (benchmarks/host_plan.py), plus 10 MB for pages copied on
+# write as a run goes on (30 MB planned 2 MB under one peak); the pages it shares with the
+# training process are counted once. (150 MB, a worker's PSS alone, counted shared pages again:
+# plans 80-110% over the measured peak with 2 workers.)
 MAIN_PROCESS_MB = 400
-WORKER_PROCESS_MB = 150
+WORKER_PROCESS_MB = 40
 
 
 @dataclasses.dataclass
@@ -35,8 +40,11 @@ def loader_plan(prepared, data_cfg, training_cfg, options, split="train"):
     n_cols = len(set(columns.feature_index) | (set(columns.target_index) if columns.target_source == "features" else set()))
     n_targets = len(columns.target_index) if columns.target_source == "targets" else 0
     blocks = prepared.blocks[split]
-    max_block_rows = max((prepared.window.block_rows(int(n)) for n in blocks[:, 2]), default=0)
-    round_bytes = training_cfg.round_blocks * max_block_rows * (n_cols + n_targets) * 4
+    # A round is at most its largest blocks, and no more rounds are in flight than an epoch has
+    # (rounds of 8 x 16,384 rows x 6 in flight planned 105 MB for a 15 MB split: +35% over the peak).
+    block_rows = sorted((prepared.window.block_rows(int(n)) for n in blocks[:, 2]), reverse=True)
+    round_bytes = sum(block_rows[:training_cfg.round_blocks]) * (n_cols + n_targets) * 4
+    rounds_per_epoch = max(1, -(-len(block_rows) // training_cfg.round_blocks))
     open_sessions = min(data_cfg.max_open_sessions, len(prepared.catalog.sessions))
     datasets = 1 + (n_targets > 0)
     cache = data_cfg.chunk_cache_size
@@ -48,7 +56,7 @@ def loader_plan(prepared, data_cfg, training_cfg, options, split="train"):
                              if n_targets and s.target_dtype else 0)
                           for s in prepared.catalog.sessions), reverse=True)[:open_sessions]
     per_reader_cache = sum(per_session)
-    in_flight = workers * ((options["prefetch_factor"] or 0) + 1) if workers else 1
+    in_flight = min(rounds_per_epoch, workers * ((options["prefetch_factor"] or 0) + 1)) if workers else 1
     pinned = 2 if options["pin_memory"] else 1
     w = prepared.window
     caches_mb = readers * per_reader_cache / MB
