@@ -19,8 +19,7 @@ import pandas as pd
 
 from atomic import atomic_path, check_output
 from data.catalog import write_index
-from data import layout
-from data.layout import COMPRESSIONS, SessionWriter
+from data.layout import COMPRESSIONS, SessionWriter, small_metadata_cache
 from errors import InputError
 
 log = logging.getLogger("h5series")
@@ -293,7 +292,7 @@ def convert(inputs, out, *, features=(), targets=(), time_column=None, session_c
         # it, so memory grew with the number of sessions (issue 10, case 25); appends cover whole chunks
         # but at their edges, where HDF5 reads the one partial chunk back.
         with h5py.File(tmp, "w", rdcc_nbytes=0) as h5file:
-            layout.small_metadata_cache(h5file)
+            small_metadata_cache(h5file)
             sinks = {}
             for path in files:
                 kind = input_kind(path)
@@ -371,8 +370,7 @@ def _rows_by_session(column, path):
                          "the row (a row without a session cannot be placed)")
     order = np.argsort(codes, kind="stable")
     ends = np.cumsum(np.bincount(codes, minlength=len(values)))
-    return [(value, order[end - count:end]) for value, end, count in
-            zip(values, ends, np.bincount(codes, minlength=len(values)))]
+    return [(value, order[start:end]) for value, start, end in zip(values, np.concatenate([[0], ends[:-1]]), ends)]
 
 
 def _arrays(frame, plan, path):

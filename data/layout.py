@@ -183,11 +183,7 @@ class SessionWriter:
 
     def close(self):
         """Create empty datasets for a session that received no rows, and let go of the session."""
-        if self.group is None:
-            return
-        if self.features is None:
-            self._create(MIN_CHUNK_ROWS)
-        self.group = self.features = self.targets = self.timestamps = None
+        self.release()
 
 
 def write_session(h5file, name, features, targets=None, timestamps=None, *,

@@ -32,8 +32,9 @@ class PlanLine:
     detail: str = ""
 
 
-def loader_plan(prepared, data_cfg, training_cfg, options, split="train"):
-    """Plan lines for one training loader (the val/test loaders reuse its rounds' size)."""
+def loader_plan(prepared, data_cfg, training_cfg, options, split="train", process_mb=None):
+    """Plan lines for one training loader (the val/test loaders reuse its rounds' size), after the
+    training process's own line: `process_mb` measured (trainers/host_plan.py), else the baseline."""
     workers = options["num_workers"]
     readers = max(1, workers)
     columns = prepared.columns
@@ -68,6 +69,8 @@ def loader_plan(prepared, data_cfg, training_cfg, options, split="train"):
     batch_bytes = training_cfg.batch_size * (w.lookback * len(columns.feature_index)
                                              + w.horizon * len(columns.target_index)) * 4
     return [
+        PlanLine("training process (python, torch, data, model)", process_mb, "-", "its PSS when planned")
+        if process_mb is not None else
         PlanLine("training process (python, torch, h5py)", MAIN_PROCESS_MB, "-", "measured baseline"),
         PlanLine("DataLoader workers", workers * WORKER_PROCESS_MB, "training.num_workers",
                  f"{workers} x {WORKER_PROCESS_MB} MB"),

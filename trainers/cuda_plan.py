@@ -33,6 +33,7 @@ import torch
 from data.dataloader import gather_batches
 from data.memory_plan import PlanLine
 from errors import InputError
+from trainers.host_plan import model_left_as_it_was, probe_loss
 
 MB = 1024 * 1024
 FLOAT = 4
@@ -41,50 +42,29 @@ FLOAT = 4
 def probe_forward_backward(model, autocast, task, shapes, batch_size, device):
     """(bytes per window, fixed bytes, resident bytes) of one training forward/backward pass.
 
-    Peaks are measured above what is allocated before each pass (inputs and targets already
-    made, gradients None, as after `zero_grad(set_to_none=True)`); `resident` is what the
+    Peaks are measured above what is allocated before each pass (inputs already made, gradients None, as after `zero_grad(set_to_none=True)`); `resident` is what the
     warm-up pass leaves allocated for good (cuBLAS/cuDNN workspaces)."""
     sizes = (max(1, batch_size // 2), max(2, batch_size))
-    buffers = {name: b.clone() for name, b in model.named_buffers()}
-    was_training = model.training
-    model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    grads_before = [p.grad for p in params]
-    for p in params:
-        p.grad = None
-    torch.cuda.synchronize(device)
-    before = torch.cuda.memory_allocated(device)
     peaks = []
-    with torch.random.fork_rng(devices=[device]), _out_of_memory_names_the_batch(batch_size, device):
+    with model_left_as_it_was(model, devices=[device]) as params, \
+            _out_of_memory_names_the_batch(batch_size, device):
+        torch.cuda.synchronize(device)
+        before = torch.cuda.memory_allocated(device)
         for b in (sizes[0],) + sizes:          # the first pass is the warm-up
             x = torch.randn(b, shapes.lookback, shapes.n_features, device=device)       # (b, L, F)
-            if task == "classify":
-                y = torch.randint(0, shapes.n_targets, (b, 1), device=device)
-            else:
-                y = torch.randn(b, shapes.horizon, shapes.n_targets, device=device)     # (b, H, K)
             torch.cuda.synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)
             start = torch.cuda.memory_allocated(device)
             with autocast:
                 out = model(x)
-            if task == "classify":
-                loss = torch.nn.functional.cross_entropy(out.float(), y.reshape(-1))
-            else:
-                loss = torch.nn.functional.mse_loss(out.float(), y)
-            loss.backward()
+            probe_loss(out, task).backward()
             torch.cuda.synchronize(device)
             peaks.append(torch.cuda.max_memory_allocated(device) - start)
-            del x, y, out, loss
+            del x, out
             for p in params:
                 p.grad = None
-    torch.cuda.synchronize(device)
-    resident = max(0, torch.cuda.memory_allocated(device) - before)
-    with torch.no_grad():
-        for name, b in model.named_buffers():
-            b.copy_(buffers[name])
-    for p, g in zip(params, grads_before):
-        p.grad = g
-    model.train(was_training)
+        torch.cuda.synchronize(device)
+        resident = max(0, torch.cuda.memory_allocated(device) - before)
     per_window = max(0.0, (peaks[2] - peaks[1]) / (sizes[1] - sizes[0]))
     fixed = max(0.0, peaks[1] - per_window * sizes[0])
     return per_window, fixed, resident

@@ -20,6 +20,8 @@ backward is added up instead (each storage once) times SAVED_TO_PEAK. Planned vs
 peak PSS per profile and model: docs/memory.md (`benchmarks/host_plan.py`).
 """
 
+import contextlib
+
 import psutil
 import torch
 
@@ -45,44 +47,20 @@ def _status_bytes(key):
     raise OSError(f"no {key} in /proc/self/status")
 
 
-def probe_activations(model, autocast, task, shapes, batch_size):
-    """(bytes, how) one training forward/backward needs at `batch_size` windows (module docstring).
-    The model, its buffers, its gradients and every RNG are left as they were."""
-    params = list(model.parameters())
-    param_storages = {p.untyped_storage().data_ptr() for p in params}
+@contextlib.contextmanager
+def model_left_as_it_was(model, devices=()):
+    """Run probe steps on `model` in training mode with no gradients, then give back its mode,
+    buffers (batch-norm statistics), gradients and every RNG state (both memory probes use it)."""
+    params = [p for p in model.parameters() if p.requires_grad]
     buffers = {name: b.clone() for name, b in model.named_buffers()}
     grads = [p.grad for p in params]
     was_training = model.training
     model.train()
-    saved = {}
-
-    def keep(t):
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in param_storages:
-            saved[storage.data_ptr()] = storage.nbytes()
-        return t
-
+    for p in params:
+        p.grad = None
     try:
-        try:
-            with open("/proc/self/clear_refs", "w") as clear:
-                clear.write("5")                    # the peak RSS starts again from the RSS now
-            before = _status_bytes("VmRSS:")
-        except OSError:
-            before = None
-        with torch.random.fork_rng():
-            x = torch.randn(batch_size, shapes.lookback, shapes.n_features)               # (B, L, F)
-            for p in params:
-                p.grad = None
-            with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t), autocast:
-                out = model(x)
-            if task == "classify":
-                loss = torch.nn.functional.cross_entropy(out.float(), torch.zeros(batch_size, dtype=torch.long))
-            else:
-                loss = torch.nn.functional.mse_loss(out.float(), torch.zeros_like(out, dtype=torch.float32))
-            loss.backward()
-            if before is not None:
-                return STEP_GROWTH * max(0, _status_bytes("VmHWM:") - before), "measured"
-            return SAVED_TO_PEAK * sum(saved.values()), "saved tensors"
+        with torch.random.fork_rng(devices=list(devices)):
+            yield params
     finally:
         for p, g in zip(params, grads):
             p.grad = g
@@ -92,12 +70,48 @@ def probe_activations(model, autocast, task, shapes, batch_size):
         model.train(was_training)
 
 
+def probe_loss(out, task):
+    """A training loss of the model's output against zero targets: only its backward matters."""
+    if task == "classify":
+        return torch.nn.functional.cross_entropy(out.float(), torch.zeros(len(out), dtype=torch.long,
+                                                                          device=out.device))
+    return torch.nn.functional.mse_loss(out.float(), torch.zeros_like(out, dtype=torch.float32))
+
+
+def probe_activations(model, autocast, task, shapes, batch_size):
+    """(bytes, how) one training forward/backward needs at `batch_size` windows (module docstring).
+    The model, its buffers, its gradients and every RNG are left as they were."""
+    try:
+        with open("/proc/self/clear_refs", "w") as clear:
+            clear.write("5")                        # the peak RSS starts again from the RSS now
+        before = _status_bytes("VmRSS:")
+    except OSError:
+        before = None
+    saved = {}
+    counting = contextlib.nullcontext()
+    if before is None:
+        param_storages = {p.untyped_storage().data_ptr() for p in model.parameters()}
+
+        def keep(t):
+            storage = t.untyped_storage()
+            if storage.data_ptr() not in param_storages:
+                saved[storage.data_ptr()] = storage.nbytes()
+            return t
+        counting = torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t)
+    with model_left_as_it_was(model):
+        x = torch.randn(batch_size, shapes.lookback, shapes.n_features)                   # (B, L, F)
+        with counting, autocast:
+            out = model(x)
+        probe_loss(out, task).backward()
+        if before is not None:
+            return STEP_GROWTH * max(0, _status_bytes("VmHWM:") - before), "measured"
+        return SAVED_TO_PEAK * sum(saved.values()), "saved tensors"
+
+
 def host_plan(prepared, config, loader_cfg, loader_options, model, activations, process=None):
     """Plan lines of the whole run. activations: (bytes, how) from probe_activations, or (0, why)
     on a GPU; process: the training process's MB (default: its PSS now)."""
-    lines = loader_plan(prepared, config.data, loader_cfg, loader_options)
-    lines[0] = PlanLine("training process (python, torch, data, model)", process or process_mb(), "-",
-                        "its PSS when planned")
+    lines = loader_plan(prepared, config.data, loader_cfg, loader_options, process_mb=process or process_mb())
     n_params = sum(p.numel() for p in model.parameters())
     lines.append(PlanLine("model + AdamW state + gradients", n_params * 16 / MB, "model.hidden_size / d_model",
                           f"{n_params:,} parameters x 16 bytes"))

@@ -131,6 +131,7 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=tc.learning_rate,
                                            weight_decay=tc.weight_decay)
         self.autocast, self.scaler, self.amp = amp_setup(tc.amp, self.device)
+        self._host_measured = None      # (process MB, activations) of the host plan, measured once
         self.loader_cfg = self._loader_training_config()
         self.train_loader = build_loader(prepared, "train", self.loader_cfg, seed=config.seed, rank=self.rank,
                                          world_size=self.world_size, device=self.device, return_ids=True)
@@ -200,17 +201,18 @@ class Trainer:
         """The whole host plan (trainers/host_plan.py); the activation probe runs once."""
         loader_cfg = loader_cfg or self.loader_cfg
         options, _ = loader_options(loader_cfg, self.device)
-        if getattr(self, "_host_activations", None) is None:
-            # Measured once, with the process's PSS before the probe's step (its memory stays mapped).
-            self._host_process_mb = process_mb()
-            # On a GPU activations live on the device (the CUDA plan, trainers/cuda_plan.py).
-            self._host_activations = (0, "on the GPU: see the CUDA plan") if self.device.type == "cuda" else \
-                probe_activations(self.model, self.autocast, self.task, self.shapes, loader_cfg.batch_size)
-            size, how = self._host_activations
-            self._host_activations = (size, f"{how}: one forward/backward at batch {loader_cfg.batch_size}"
-                                      if self.device.type != "cuda" else how)
-        return host_plan(self.prepared, self.config, loader_cfg, options, self.model, self._host_activations,
-                         process=self._host_process_mb)
+        if self._host_measured is None:
+            # Measured once: the process's PSS before the probe's step (whose memory stays mapped), and
+            # the activations; on a GPU they live on the device (the CUDA plan, trainers/cuda_plan.py).
+            process = process_mb()
+            if self.device.type == "cuda":
+                activations = (0, "on the GPU: see the CUDA plan")
+            else:
+                size, how = probe_activations(self.model, self.autocast, self.task, self.shapes, loader_cfg.batch_size)
+                activations = (size, f"{how}: one forward/backward at batch {loader_cfg.batch_size}")
+            self._host_measured = process, activations
+        process, activations = self._host_measured
+        return host_plan(self.prepared, self.config, loader_cfg, options, self.model, activations, process=process)
 
     # --- the run ----------------------------------------------------------------------
     def preflight(self):
