@@ -3,7 +3,7 @@
     python main.py                      train SELECTED_CONFIG end to end (demo data made if missing)
     python main.py train [--profile P] [--config FILE] [key=value ...] | train --resume RUN_DIR
     python main.py evaluate --run RUN_DIR [--split test] [--json]
-    python main.py predict --run RUN_DIR --out PRED.h5 [--split test]
+    python main.py predict --run RUN_DIR --out PRED.h5 [--split test | --latest] [--data NEW.h5 ...]
     python main.py prepare [--profile P] [--config FILE] [key=value ...]
     python main.py convert INPUT... --out OUT.h5
     python main.py make-demo --out PATH [--sessions N --rows N --features N | --preset NAME]
@@ -53,10 +53,19 @@ def build_parser():
                    help="which checkpoint to score (default: best, or last where there is no best yet)")
     p.add_argument("--json", action="store_true", help="print JSON")
 
-    p = sub.add_parser("predict", help="stream a run's predictions for a split to HDF5")
+    p = sub.add_parser("predict", help="stream a run's forecasts to HDF5: a split, new files (--data), or "
+                       "the next step after each session's last rows (--latest)")
     p.add_argument("--run", required=True, help="run directory")
-    p.add_argument("--out", required=True, help="output HDF5 file")
-    p.add_argument("--split", default="test", choices=("train", "val", "test"))
+    p.add_argument("--out", required=True, help="output HDF5 file (read it with data.predictions.read_predictions)")
+    p.add_argument("--split", default=None, choices=("train", "val", "test"),
+                   help="every window of this split of the run's data (default: test)")
+    p.add_argument("--data", nargs="+", metavar="PATH", default=None,
+                   help="predict on these HDF5 files (session format, the run's columns) instead of the run's data")
+    p.add_argument("--latest", action="store_true",
+                   help="one forecast per session from its last lookback rows (the step after the data)")
+    p.add_argument("--fit-new-sessions", type=int, metavar="ROWS", default=None,
+                   help="per_session runs: fit statistics of --data sessions the run does not know on their "
+                   "first ROWS rows (only later targets are predicted)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.add_argument("--checkpoint", choices=("best", "last"), default=None,
                    help="which checkpoint predicts (default: best, or last where there is no best yet)")
@@ -230,9 +239,11 @@ def cmd_evaluate(args):
 
 
 def cmd_predict(args):
-    from trainers.run import predict
-    result = predict(args.run, args.out, args.split, overwrite=args.overwrite, checkpoint=args.checkpoint)
-    print(f"wrote {result['windows']:,} predictions to {result['out']}")
+    from trainers.predict import predict
+    result = predict(args.run, args.out, args.split, data=args.data, latest=args.latest,
+                     fit_new_sessions=args.fit_new_sessions, overwrite=args.overwrite, checkpoint=args.checkpoint)
+    print(f"wrote {result['windows']:,} predictions of {result['sessions']:,} sessions to {result['out']} "
+          "(read with data.predictions.read_predictions)")
 
 
 def cmd_prepare(args):

@@ -19,7 +19,6 @@ and the previous day's return.
 """
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -32,7 +31,9 @@ from atomic import atomic_path
 from config import load_config
 from data.catalog import write_index
 from data.layout import write_session
+from data.predictions import read_predictions
 from trainers import run as run_module
+from trainers.predict import predict
 
 FEATURES = ["log_return", "range", "body", "log_volume_change", "return_5d"]
 SPLIT = {"val_start": "2016-07-01", "test_start": "2017-04-01"}
@@ -86,17 +87,15 @@ def rank_ic(frame, column):
 
 
 def evaluate_predictions(pred_path, h5_path):
-    with h5py.File(pred_path, "r") as f:
-        frame = pd.DataFrame({"session": f["session"][()], "row": f["row"][()], "timestamp": f["timestamp"][()],
-                              "model": f["prediction"][:, 0, 0], "target": f["target"][:, 0, 0]})
-        names = json.loads(f.attrs["session_names"])
-        lookback = int(f.attrs["lookback"])
+    # One row per window (H = K = 1); grouped by the day each forecast is made.
+    frame = read_predictions(pred_path).rename(columns={"input_end_time": "timestamp", "prediction": "model",
+                                                         "truth": "target"})
     # Previous-day-return baseline: the log return of the window's last day (a feature, known then).
     with h5py.File(h5_path, "r") as f:
         prev = np.empty(len(frame), np.float64)
-        for s, group in frame.groupby("session"):
-            feats = f[names[s]]["features"][:, FEATURES.index("log_return")]
-            prev[group.index] = feats[group["row"].to_numpy() + lookback - 1]
+        for s, group in frame.groupby("session", observed=True):
+            feats = f[s]["features"][:, FEATURES.index("log_return")]
+            prev[group.index] = feats[group["input_end_row"].to_numpy()]
     frame["previous_return"] = prev
     frame["zero"] = 0.0
     rows = []
@@ -136,7 +135,7 @@ def main():
     config = load_config("default", overrides=overrides)
     result = run_module.train(config)
     pred_path = Path(result["run_dir"]) / "test_predictions.h5"
-    run_module.predict(result["run_dir"], pred_path, "test")
+    predict(result["run_dir"], pred_path, "test")
     rows, frame = evaluate_predictions(pred_path, h5_path)
     print(table(rows, ["predictor", "rank_ic", "ic_t_stat", "days", "direction_acc", "windows"]))
     print(f"test period {pd.Timestamp(frame['timestamp'].min()).date()} .. "

@@ -155,10 +155,13 @@ def _read_index(h5file, path):
     feature_dtype = _attr_str(attrs, "feature_dtype")
     target_dtype = _attr_str(attrs, "target_dtype")
     table = index[()]
+    # Indexes written before labelled rows were kept have no column for them: every row has its target.
+    labelled = table["labelled"] if "labelled" in table.dtype.names else table["rows"]
+    lead = int(attrs.get(layout.ATTR_TARGET_LEAD, 0))
     return [{"group": g.decode(), "n_rows": int(n), "feature_names": feature_names,
              "target_names": target_names, "feature_dtype": feature_dtype, "target_dtype": target_dtype,
-             "has_timestamps": bool(t)}
-            for g, n, t in zip(table["group"], table["rows"], table["timestamps"])]
+             "has_timestamps": bool(t), "labelled_rows": int(m), "target_lead": lead}
+            for g, n, t, m in zip(table["group"], table["rows"], table["timestamps"], labelled)]
 
 
 def _attr_str(attrs, key):
@@ -176,10 +179,12 @@ def write_index(path):
     _check_same_schema(probe)
     first = found[0]
     width = max(len(m["group"].encode()) for m in found)
-    table = np.zeros(len(found), dtype=[("group", f"S{width}"), ("rows", "<i8"), ("timestamps", "?")])
+    table = np.zeros(len(found), dtype=[("group", f"S{width}"), ("rows", "<i8"), ("timestamps", "?"),
+                                        ("labelled", "<i8")])
     table["group"] = [m["group"].encode() for m in found]
     table["rows"] = [m["n_rows"] for m in found]
     table["timestamps"] = [m["has_timestamps"] for m in found]
+    table["labelled"] = [m["labelled_rows"] for m in found]
     with h5py.File(path, "r+", rdcc_nbytes=0) as h5file:
         layout.small_metadata_cache(h5file)
         if layout.INDEX in h5file:
@@ -191,6 +196,7 @@ def write_index(path):
         index.attrs["feature_dtype"] = first["feature_dtype"]
         if first["target_dtype"]:
             index.attrs["target_dtype"] = first["target_dtype"]
+        index.attrs[layout.ATTR_TARGET_LEAD] = first["target_lead"]
     return len(found)
 
 
@@ -304,10 +310,18 @@ def _describe_session(path, group_name, name, group, allow_external_links):
         _check_numeric(stamps, path, name, "timestamps", kinds="iu")
         _check_storage(stamps, path, name, allow_external_links)
 
+    labelled = int(group.attrs.get(layout.ATTR_LABELLED_ROWS, n_rows))
+    if not 0 <= labelled <= n_rows:
+        raise InputError(f"{path}: session {name!r} attribute {layout.ATTR_LABELLED_ROWS} is {labelled}, outside "
+                         f"[0, {n_rows}] rows; set it to the rows that have targets or delete it")
+    lead = int(group.attrs.get(layout.ATTR_TARGET_LEAD, 0))
+    if lead < 0:
+        raise InputError(f"{path}: session {name!r} attribute {layout.ATTR_TARGET_LEAD} is {lead}; it must be >= 0 "
+                         "(rows after its own row that a target describes)")
     return {"group": group_name, "n_rows": int(n_rows),
             "feature_names": layout.read_names(group, layout.ATTR_FEATURE_NAMES, n_features, "f"),
             "target_names": target_names, "feature_dtype": str(features.dtype), "target_dtype": target_dtype,
-            "has_timestamps": has_timestamps}
+            "has_timestamps": has_timestamps, "labelled_rows": labelled, "target_lead": lead}
 
 
 def _check_same_schema(sessions):
@@ -327,6 +341,11 @@ def _check_same_schema(sessions):
             raise InputError(
                 f"{s.path}: session {s.name!r} target columns {s.target_names} differ from session "
                 f"{first.name!r} {first.target_names}; every session must have the same targets")
+        if s.target_lead != first.target_lead:
+            raise InputError(
+                f"{s.path}: session {s.name!r} targets describe the row {s.target_lead} after their own "
+                f"({layout.ATTR_TARGET_LEAD}) but session {first.name!r} targets the row {first.target_lead} after; "
+                "convert all sessions with one target definition")
 
 
 def time_text(ns):

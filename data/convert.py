@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from atomic import atomic_path, check_output
+from data import layout
 from data.catalog import write_index
 from data.layout import COMPRESSIONS, SessionWriter, small_metadata_cache
 from errors import InputError
@@ -157,6 +158,18 @@ class _Sink:
                     "or drop the rows")
             feats, stamps = feats[:-1], None if stamps is None else stamps[:-1]
         self.writer.append(feats, targs, stamps)
+
+    def close(self):
+        """Write the held-back last row with a missing target (its future is not in the data yet:
+        `predict --latest` forecasts from it), mark how many rows have targets, let go."""
+        if self.plan["transform"]:
+            if self.pending is not None:
+                feats, _, stamps = self.pending
+                self.writer.append(feats, np.full((1, 1), np.nan, np.float32), stamps)
+            self.writer.set_attrs(**{layout.ATTR_LABELLED_ROWS: max(0, self.writer.rows - 1),
+                                     layout.ATTR_TARGET_LEAD: 1})
+        self.writer.close()
+        return self.writer.rows
 
 
     def _check_order(self, stamps, path):
@@ -330,13 +343,11 @@ def convert(inputs, out, *, features=(), targets=(), time_column=None, session_c
                     # keeps memory flat in the number of files (issue 10, case 25).
                     for name, (sink, source) in list(sinks.items()):
                         if source == path and sink is not None:
-                            sink.writer.close()
-                            summary["sessions"][name] = sink.writer.rows
+                            summary["sessions"][name] = sink.close()
                             sinks[name] = (None, source)
             for name, (sink, _) in sinks.items():
                 if sink is not None:
-                    sink.writer.close()
-                    summary["sessions"][name] = sink.writer.rows
+                    summary["sessions"][name] = sink.close()
             if not sinks:
                 raise InputError(f"{', '.join(files)}: no rows to convert")
             h5file.attrs["h5series_converted_from"] = [str(f) for f in files][:1000]

@@ -20,6 +20,7 @@ from data.normalize import fit_normalizer
 from data.session import ChunkCache, HandlePool
 from data.splits import SPLITS, split_ranges
 from data.windows import WindowIndex, WindowSpec, block_windows_for, plan_blocks, resolve_columns, valid_ranges
+from errors import InputError
 
 log = logging.getLogger("h5series")
 
@@ -68,15 +69,35 @@ def prepare_data(data_cfg, seed=0, progress=True, normalizer=None):
     pool = make_pool(data_cfg)
     catalog = open_catalog(data_cfg.paths, pool=pool, allow_external_links=data_cfg.allow_external_links)
     columns = resolve_columns(catalog, data_cfg.feature_columns, data_cfg.target_columns)
-    window = WindowSpec(data_cfg.lookback, data_cfg.horizon, data_cfg.stride,
-                        target_offset=1 if columns.target_source == "features" else 0)
+    window = window_spec(data_cfg, columns)
     if data_cfg.check_time_order or data_cfg.split.method == "timestamps":
         check_time_order(catalog)           # borders by time need rows in time order, whatever the key says
-    ranges = split_ranges(catalog, data_cfg.split, window)
+    ranges = split_ranges(catalog, data_cfg.split, window, labelled=columns.target_source == "targets")
+    clean_ranges, blocks = _plan_blocks(catalog, columns, window, ranges, data_cfg, progress)
+    if normalizer is not None:
+        normalizer = normalizer.for_catalog(catalog, columns)
+    normalizer = normalizer or fit_normalizer(
+        catalog, clean_ranges["train"], columns, mode=data_cfg.normalize,
+        max_samples=data_cfg.max_samples_for_normalize,
+        sample_rows=data_cfg.normalize_sample_rows, exact=data_cfg.normalize_exact, seed=seed,
+        nan_policy=data_cfg.nan_policy, normalize_targets=data_cfg.normalize_targets, progress=progress)
+    # The main process may fork workers next: no HDF5 handle may be open across fork.
+    pool.close()
+    return PreparedData(catalog, window, columns, ranges, blocks, normalizer, data_cfg.nan_policy)
+
+
+def window_spec(data_cfg, columns):
+    """The window of a config over its columns: the one place the target offset is decided (feature
+    targets forecast the next rows; a `targets` column belongs to its own row)."""
+    return WindowSpec(data_cfg.lookback, data_cfg.horizon, data_cfg.stride,
+                      target_offset=1 if columns.target_source == "features" else 0)
+
+
+def _plan_blocks(catalog, columns, window, ranges, data_cfg, progress):
+    """(ranges without the rows nan_policy keeps out, block plan) per split."""
     bad_rows = quality.bad_rows_by_session(catalog, columns, ranges, data_cfg.nan_policy, progress)
     per_block = block_windows_for(data_cfg.block_rows, window)
-    blocks = {}
-    clean_ranges = {}
+    blocks, clean_ranges = {}, {}
     for split in SPLITS:
         pieces = []
         for session, start, stop in ranges[split]:
@@ -86,14 +107,61 @@ def prepare_data(data_cfg, seed=0, progress=True, normalizer=None):
                 pieces.append((session, start, stop))
         clean_ranges[split] = pieces
         blocks[split] = plan_blocks(pieces, window, per_block)
-    if normalizer is not None:
-        normalizer = normalizer.for_catalog(catalog, columns)
-    normalizer = normalizer or fit_normalizer(
-        catalog, clean_ranges["train"], columns, mode=data_cfg.normalize,
-        max_samples=data_cfg.max_samples_for_normalize,
-        sample_rows=data_cfg.normalize_sample_rows, exact=data_cfg.normalize_exact, seed=seed,
-        nan_policy=data_cfg.nan_policy, normalize_targets=data_cfg.normalize_targets, progress=progress)
-    # The main process may fork workers next: no HDF5 handle may be open across fork.
+    return clean_ranges, blocks
+
+
+def prepare_new_data(data_cfg, paths, normalizer, *, fit_new_sessions=None, progress=True):
+    """Data a trained run has not seen (`predict --data`), read with the run's window, columns (by
+    name, from its normalizer) and statistics. Every window of every session is in the "test" split.
+
+    Sessions the run has no statistics for are fine under global normalization; under per_session
+    they are refused unless `fit_new_sessions` = R rows: their statistics are then fitted on their
+    own first R rows, and only windows whose targets come after those rows are scored."""
+    data_cfg = dataclasses.replace(data_cfg, paths=list(paths), feature_columns=list(normalizer.feature_names),
+                                   target_columns=list(normalizer.target_names))
+    pool = make_pool(data_cfg)
+    catalog = open_catalog(data_cfg.paths, pool=pool, allow_external_links=data_cfg.allow_external_links)
+    where = ", ".join(map(str, paths))
+    missing = [c for c in data_cfg.feature_columns if c not in catalog.feature_names]
+    missing_targets = [c for c in data_cfg.target_columns
+                       if c not in catalog.target_names and c not in catalog.feature_names]
+    if missing or missing_targets:
+        raise InputError(f"{where}: lacks the run's columns {missing + missing_targets} (features "
+                         f"{list(data_cfg.feature_columns)}, targets {list(data_cfg.target_columns)}); the file has "
+                         f"features {catalog.feature_names} and targets {catalog.target_names}; convert it with "
+                         "the columns the run was trained on")
+    columns = resolve_columns(catalog, data_cfg.feature_columns, data_cfg.target_columns)
+    window = window_spec(data_cfg, columns)
+    if data_cfg.check_time_order:
+        check_time_order(catalog)
+    known = set(normalizer.session_names) if normalizer.mode == "per_session" else None
+    new = [i for i, s in enumerate(catalog.sessions) if known is not None and s.name not in known]
+    if new and fit_new_sessions is None:
+        names = ", ".join(repr(catalog.sessions[i].name) for i in new[:3]) + (", ..." if len(new) > 3 else "")
+        raise InputError(f"{where}: {len(new)} session(s) the run has no statistics for ({names}) and the run "
+                         "normalizes per session; pass --fit-new-sessions ROWS to fit theirs on their own first "
+                         "ROWS rows (only later targets are then predicted)")
+    labelled = columns.target_source == "targets"
+    test, fit_ranges = [], []
+    for i, s in enumerate(catalog.sessions):
+        start, stop = 0, s.window_rows(labelled)
+        if i in new:
+            if not 0 < fit_new_sessions < stop:
+                raise InputError(f"{s.path}: session {s.name!r} has {stop} rows; --fit-new-sessions "
+                                 f"{fit_new_sessions} must leave rows to predict after the fitted ones")
+            fit_ranges.append((i, 0, fit_new_sessions))
+            start = max(0, fit_new_sessions - window.first_target)      # targets after the fitted rows
+        if window.n_windows(stop - start) > 0:
+            test.append((i, start, stop))
+    ranges = {"train": [], "val": [], "test": test}
+    _, blocks = _plan_blocks(catalog, columns, window, ranges, data_cfg, progress)
+    if new:
+        fitted = fit_normalizer(catalog, fit_ranges, columns, mode="per_session", exact=True,
+                                nan_policy=data_cfg.nan_policy, normalize_targets=normalizer.targets is not None,
+                                progress=progress)
+        normalizer = normalizer.with_sessions(fitted, [catalog.sessions[i].name for i in new])
+        log.info("statistics of %d new session(s) fitted on their rows [0, %d)", len(new), fit_new_sessions)
+    normalizer = normalizer.for_catalog(catalog, columns, source="the run's normalizer")
     pool.close()
     return PreparedData(catalog, window, columns, ranges, blocks, normalizer, data_cfg.nan_policy)
 

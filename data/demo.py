@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from atomic import atomic_path
 from data.catalog import write_index
-from data.layout import COMPRESSIONS, SessionWriter
+from data.layout import ATTR_TARGET_LEAD, COMPRESSIONS, SessionWriter
 from errors import InputError
 
 PRESETS = {
@@ -86,5 +86,7 @@ def generate(out, *, sessions=16, rows=20_000, features=8, seed=0, compression="
                     keep = n - 1
                     writer.append(feats[:keep], returns[1:n, None].astype(np.float32), stamps[:keep])
                     carry = (feats[keep:], stamps[keep:])
+                writer.set_attrs(**{ATTR_TARGET_LEAD: 1})     # row t's target is bar t + 1's return
+                writer.close()
         write_index(tmp)
     return {"out": str(out), "sessions": sessions, "rows": rows, "features": names}

@@ -25,6 +25,12 @@ ATTR_FORMAT = "h5series_format"
 ATTR_VERSION = "h5series_format_version"
 ATTR_FEATURE_NAMES = "feature_names"
 ATTR_TARGET_NAMES = "target_names"
+# Rows [0, labelled_rows) have targets; later rows wait for their future (the last row's
+# next-day return): kept for `predict --latest`, never trained or scored on. Absent = every row.
+ATTR_LABELLED_ROWS = "labelled_rows"
+# The target of row t describes row t + target_lead_rows (1 for convert's next_* targets): the
+# row whose time a prediction of it is dated with. Absent = 0.
+ATTR_TARGET_LEAD = "target_lead_rows"
 
 COMPRESSIONS = ("none", "lzf", "gzip", "blosc-lz4")
 CHUNK_TARGET_BYTES = 512 * 1024  # aim of the writer: 256 KiB - 1 MiB per chunk
@@ -180,6 +186,12 @@ class SessionWriter:
         self.features = self.group[FEATURES]
         self.targets = self.group[TARGETS] if self.target_names else None
         self.timestamps = self.group[TIMESTAMPS] if self.with_timestamps else None
+
+    def set_attrs(self, **attrs):
+        """Attributes on the session group (reopening it if released)."""
+        group = self.group if self.group is not None else (self.h5file[self.name] if self.name else self.h5file)
+        for key, value in attrs.items():
+            group.attrs[key] = value
 
     def close(self):
         """Create empty datasets for a session that received no rows, and let go of the session."""

@@ -159,6 +159,17 @@ class Normalizer:
         return Normalizer(self.mode, self.feature_names, self.target_names, self.features, self.targets, names,
                           [self.session_features[i] for i in order], targets, self.info)
 
+    def with_sessions(self, fitted, names):
+        """A per_session normalizer with the statistics of sessions `names` taken from `fitted` (another
+        per_session normalizer over the same columns, e.g. fitted on new sessions' own first rows)."""
+        index = {n: i for i, n in enumerate(fitted.session_names)}
+        features = list(self.session_features) + [fitted.session_features[index[n]] for n in names]
+        targets = None
+        if self.session_targets is not None:
+            targets = list(self.session_targets) + [fitted.session_targets[index[n]] for n in names]
+        return Normalizer(self.mode, self.feature_names, self.target_names, self.features, self.targets,
+                          self.session_names + list(names), features, targets, self.info)
+
     # --- persistence -------------------------------------------------------
     def to_json(self):
         obj = {"mode": self.mode, "feature_names": self.feature_names, "target_names": self.target_names,

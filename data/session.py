@@ -174,6 +174,10 @@ class SessionData:
     feature_dtype: str
     target_dtype: Optional[str]
     has_timestamps: bool
+    labelled_rows: Optional[int] = None
+    """Rows [0, labelled_rows) have targets; later ones wait for their future (None = every row)."""
+    target_lead: int = 0
+    """The target of row t describes row t + target_lead (1 for a next-row return)."""
     pool: HandlePool = dataclasses.field(default_factory=HandlePool, repr=False, compare=False)
     file_stamp: Optional[tuple] = dataclasses.field(default=None, repr=False, compare=False)
     """(size, mtime_ns, inode) of the file when it was catalogued; None = not checked."""
@@ -181,6 +185,13 @@ class SessionData:
     @property
     def n_features(self):
         return len(self.feature_names)
+
+    def window_rows(self, labelled):
+        """Rows windows may use: all of them, or, when targets come from the `targets` dataset
+        (`labelled`), those that have one (a missing target is never trained or scored on)."""
+        if labelled and self.labelled_rows is not None:
+            return self.labelled_rows
+        return self.n_rows
 
     def check_unchanged(self):
         """Stop with one line when the file was truncated, replaced or rewritten since it was catalogued:

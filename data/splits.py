@@ -82,9 +82,11 @@ def to_ns(value):
                          "or an integer of ns since the epoch") from None
 
 
-def split_ranges(catalog, spec, window):
+def split_ranges(catalog, spec, window, labelled=False):
     """Row ranges per split: {"train": [(session index, start, stop), ...], ...}.
 
+    `labelled`: targets come from the `targets` dataset, so a session's rows end where its
+    targets do (SessionData.window_rows); its last rows may wait for their future.
     Sessions too short for one window are skipped with one warning and a count.
     Raises InputError when no session is long enough or a requested split is empty.
     """
@@ -94,14 +96,15 @@ def split_ranges(catalog, spec, window):
     out = {name: [] for name in SPLITS}
     short = []
     for i, session in enumerate(catalog.sessions):
-        if window.n_windows(session.n_rows) == 0:
+        n = session.window_rows(labelled)
+        if window.n_windows(n) == 0:
             short.append(session.name)
             continue
         if i in held["val"] or i in held["test"]:
-            out["val" if i in held["val"] else "test"].append((i, 0, session.n_rows))
+            out["val" if i in held["val"] else "test"].append((i, 0, n))
             continue
-        for name, (start, stop) in _borders(session, spec, gap).items():
-            stop = min(stop, session.n_rows)
+        for name, (start, stop) in _borders(session, n, spec, gap).items():
+            stop = min(stop, n)
             if spec.inputs_before_border and name != "train" and spec.method != "rows":
                 # Targets stay inside the range (after the gap); inputs are the past, known then.
                 start = max(0, start - window.first_target)
@@ -111,14 +114,14 @@ def split_ranges(catalog, spec, window):
         log.warning("skipped %d of %d sessions shorter than one window (%d rows), e.g. %s",
                     len(short), len(catalog.sessions), window.span, ", ".join(short[:3]))
         if len(short) == len(catalog.sessions):
-            longest = max(s.n_rows for s in catalog.sessions)
+            longest = max(s.window_rows(labelled) for s in catalog.sessions)
             raise InputError(
                 f"every session is shorter than one window ({window.span} rows = lookback "
                 f"{window.lookback} + horizon {window.horizon}); the longest has {longest} rows; "
                 "lower data.lookback / data.horizon or use longer sessions")
     for name in SPLITS:
         if not out[name] and _requested(spec, name, held):
-            longest = max(s.n_rows for s in catalog.sessions)
+            longest = max(s.window_rows(labelled) for s in catalog.sessions)
             raise InputError(
                 f"split {name!r} has no complete window (a window spans {window.span} rows: lookback "
                 f"{window.lookback}, horizon {window.horizon}) after the embargo gap of {gap} rows (longest "
@@ -139,8 +142,7 @@ def _requested(spec, name, held):
     return True
 
 
-def _borders(session, spec, gap):
-    n = session.n_rows
+def _borders(session, n, spec, gap):
     if spec.method == "rows":
         return {name: tuple(int(v) for v in border) for name, border in spec.rows.items()}
     if spec.method == "fractions":
@@ -151,7 +153,7 @@ def _borders(session, spec, gap):
     else:
         a = session.timestamp_row(to_ns(spec.val_start))
         b = session.timestamp_row(to_ns(spec.test_start))
-        c = session.timestamp_row(to_ns(spec.end)) if spec.end is not None else n
+        c = min(session.timestamp_row(to_ns(spec.end)), n) if spec.end is not None else n
         if b < a:
             raise InputError(f"split.test_start {spec.test_start!r} is before split.val_start "
                              f"{spec.val_start!r}; put test after val")

@@ -43,6 +43,14 @@ class WindowSpec:
         """Row of a window's first target, counted from its first input row."""
         return self.lookback - 1 + self.target_offset
 
+    def last_input_row(self, first_rows):
+        """Last input row of windows starting at first_rows (B,) -> (B,)."""
+        return np.asarray(first_rows, np.int64) + (self.lookback - 1)
+
+    def target_rows(self, first_rows):
+        """Rows of the targets of windows starting at first_rows (B,) -> (B, H)."""
+        return np.asarray(first_rows, np.int64)[:, None] + self.first_target + np.arange(self.horizon)
+
     @property
     def span(self):
         """Rows one window touches, inputs and targets."""

@@ -94,11 +94,17 @@ def test_derived_next_log_return_target(tmp_path, monkeypatch):
     out = tmp_path / "a.h5"
     convert([tmp_path / "a.csv"], out, features=["open", "close"], target_from="close",
             target_transform="next_log_return")
-    s = open_catalog(out).sessions[0]
-    assert s.n_rows == 29 and s.target_names == ["next_log_return_close"]
+    for indexed in (True, False):           # the index and the session's own attributes agree
+        s = open_catalog(out, use_index=indexed).sessions[0]
+        # The last row stays, its target missing (tomorrow's return is not known): `predict --latest`
+        # forecasts from it; windows end where the targets do.
+        assert s.n_rows == 30 and s.labelled_rows == 29 and s.target_lead == 1
+        assert s.window_rows(labelled=True) == 29 and s.window_rows(labelled=False) == 30
+    assert s.target_names == ["next_log_return_close"]
     close = f["close"].to_numpy()
     np.testing.assert_allclose(s.read_targets(0, 29)[:, 0], np.log(close[1:] / close[:-1]), rtol=1e-5)
-    np.testing.assert_allclose(s.read_rows(0, 29)[:, 1], close[:-1].astype(np.float32))
+    assert np.isnan(s.read_targets(29, 30)[0, 0])
+    np.testing.assert_allclose(s.read_rows(0, 30)[:, 1], close.astype(np.float32))
 
 
 def test_parquet(tmp_path):
@@ -180,7 +186,8 @@ def test_the_505_stock_files_become_505_sessions(tmp_path):
     assert len(catalog.sessions) == 505
     assert catalog.feature_names == ["open", "high", "low", "close", "volume"]
     lengths = sorted(s.n_rows for s in catalog.sessions)
-    assert lengths[0] < 100 and lengths[-1] == 1258   # some short; the longest lose their last row to the target
+    assert lengths[0] < 100 and lengths[-1] == 1259   # some short; the last row kept, its target missing
+    assert {s.n_rows - s.labelled_rows for s in catalog.sessions} == {1}
     # The files with empty cells keep them as NaN (the loader's nan_policy decides).
     with_nan = [s.name for s in catalog.sessions if np.isnan(s.read_rows(0, s.n_rows)).any()]
     assert len(with_nan) == 9

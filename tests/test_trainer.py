@@ -13,6 +13,7 @@ from errors import InputError
 from tests.conftest import assert_same_weights, at_step, interrupting, small_config
 from trainers import run as run_module
 from trainers.checkpoint import Checkpointer
+from trainers.predict import predict
 from trainers.trainer import Trainer
 
 
@@ -88,23 +89,10 @@ def test_checkpoint_write_failure_keeps_the_previous_one(tmp_path, monkeypatch):
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["last.pt"]
 
 
-def test_evaluate_and_predict_commands(demo_path, tmp_path):
-    import h5py
+def test_evaluate_command(demo_path, tmp_path):
     run_module.train(small_config(demo_path, tmp_path, "training.epochs=1"), tmp_path / "run")
     result = run_module.evaluate(tmp_path / "run", "val")
     assert result["mse"] > 0 and (tmp_path / "run" / "metrics_val.json").exists()
-    out = run_module.predict(tmp_path / "run", tmp_path / "pred.h5", "test")
-    with h5py.File(tmp_path / "pred.h5", "r") as f:
-        n = len(f["prediction"])
-        assert n == out["windows"] > 0
-        assert f["prediction"].shape[1:] == (1, 1) and len(f["session"]) == len(f["row"]) == len(f["timestamp"]) == n
-        # timestamps are those of each window's target row
-        from data.catalog import open_catalog
-        s = open_catalog(demo_path).sessions[int(f["session"][0])]
-        row = int(f["row"][0]) + 15
-        assert f["timestamp"][0] == s.read_timestamps(row, row + 1)[0]
-        # Issue 10, case 21: the alignment as numbers, not only as a sentence to parse.
-        assert (f.attrs["lookback"], f.attrs["horizon"], f.attrs["first_target_offset"]) == (16, 1, 15)
 
 
 def test_gradient_accumulation_equals_one_big_batch(demo_path, tmp_path):
@@ -224,12 +212,12 @@ def test_predict_checks_its_output_before_the_work(tmp_path):
     existing = tmp_path / "pred.h5"
     existing.write_bytes(b"the user's file")
     with pytest.raises(InputError, match=r"pred.h5: already exists; pass --overwrite"):
-        run_module.predict(tmp_path / "no-such-run", existing)
+        predict(tmp_path / "no-such-run", existing)
     assert existing.read_bytes() == b"the user's file"
     with pytest.raises(InputError, match=r"is a directory; give a file name for the output"):
-        run_module.predict(tmp_path / "no-such-run", tmp_path)
+        predict(tmp_path / "no-such-run", tmp_path)
     with pytest.raises(InputError, match=r"no-such-run: not a run directory"):
-        run_module.predict(tmp_path / "no-such-run", existing, overwrite=True)
+        predict(tmp_path / "no-such-run", existing, overwrite=True)
 
 
 def test_a_cpu_run_logs_no_cuda_figures_and_one_hparams_entry(demo_path, tmp_path):

@@ -1,11 +1,10 @@
-"""A run from start to end: run directory, data, trainer, test evaluation, predictions.
+"""A run from start to end: run directory, data, trainer, test evaluation.
 
-The CLI (main.py) calls `train`, `evaluate` and `predict` here; each takes a Config
+The CLI (main.py) calls `train` and `evaluate` here (`predict` is trainers/predict.py); each takes a Config
 (or a run directory) and returns plain results.
 """
 
 import datetime
-import json
 import logging
 import os
 import shutil
@@ -13,14 +12,10 @@ import signal
 import sys
 from pathlib import Path
 
-import h5py
-import numpy as np
-import torch
 import yaml
 
-from atomic import atomic_path, check_output, write_json
+from atomic import atomic_path, write_json
 from config import Config, DataConfig, _from_dict, to_dict
-from data.dataloader import build_loader
 from data.dataset import prepare_data
 from data.normalize import Normalizer
 from errors import InputError
@@ -200,7 +195,7 @@ def hparams_monitor(config, run_dir, result):
     monitor.close()
 
 
-def _restore(run_dir, config=None, prepared=None, which=None):
+def restore(run_dir, config=None, prepared=None, which=None):
     """(config, checkpoint state, prepared data, the checkpoint's name). `which` None: `best`, or
     `last` where the run has no `best` yet, said so on stderr (issue 10, case 11); a named one
     that does not exist is an error (Checkpointer.load)."""
@@ -220,7 +215,7 @@ def _restore(run_dir, config=None, prepared=None, which=None):
 def evaluate(run_dir, split="test", *, prepared=None, config=None, trainer=None, checkpoint=None):
     """Metrics of the `checkpoint` (best by default) on `split`; written to <run>/metrics_<split>.json
     with the checkpoint's name and the epoch it was saved after (epochs numbered from 1)."""
-    config, state, prepared, checkpoint = _restore(run_dir, config, prepared, checkpoint)
+    config, state, prepared, checkpoint = restore(run_dir, config, prepared, checkpoint)
     if trainer is None:
         trainer = Trainer(config, prepared, Path(run_dir), monitor=False)
     trainer.model.load_state_dict(state["model"])
@@ -230,75 +225,3 @@ def evaluate(run_dir, split="test", *, prepared=None, config=None, trainer=None,
     if trainer.group.is_main:
         write_json(Path(run_dir) / f"metrics_{split}.json", result)
     return result
-
-
-@torch.no_grad()
-def predict(run_dir, out, split="test", overwrite=False, checkpoint=None):
-    """Predictions of the best checkpoint for every window of `split`, streamed to HDF5 in
-    original units, aligned by session, first row and (if present) the first target's timestamp."""
-    check_output(out, overwrite)            # before the work, not after it (issue 10, case 14)
-    config, state, prepared, checkpoint = _restore(run_dir, which=checkpoint)
-    trainer = Trainer(config, prepared, Path(run_dir), monitor=False)
-    trainer.model.load_state_dict(state["model"])
-    trainer.model.eval()
-    loader = build_loader(prepared, split, config.training, device=trainer.device, return_ids=True)
-    norm = prepared.normalizer
-    window = prepared.window
-    sessions = prepared.catalog.sessions
-    stamped = all(s.has_timestamps for s in sessions)
-    offset = window.first_target
-    n = 0
-    with atomic_path(out) as tmp:
-        with h5py.File(tmp, "w") as f:
-            preds = targets = None
-            session_ds = f.create_dataset("session", (0,), maxshape=(None,), dtype=np.int32, chunks=(65536,))
-            row_ds = f.create_dataset("row", (0,), maxshape=(None,), dtype=np.int64, chunks=(65536,))
-            time_ds = f.create_dataset("timestamp", (0,), maxshape=(None,), dtype=np.int64,
-                                       chunks=(65536,)) if stamped else None
-            for batch in loader:
-                with trainer.autocast:
-                    out_t = trainer.model(batch.x.to(trainer.device)).float()
-                ids = batch.session.to(trainer.device)
-                if trainer.task == "forecast":
-                    out_t = norm.denormalize_targets(out_t, ids)
-                    y = norm.denormalize_targets(batch.y, ids)
-                else:
-                    y = batch.y
-                p, y = out_t.cpu().numpy(), y.cpu().numpy()
-                if preds is None:
-                    preds = f.create_dataset("prediction", (0,) + p.shape[1:], maxshape=(None,) + p.shape[1:],
-                                             dtype=np.float32, chunks=(4096,) + p.shape[1:])
-                    targets = f.create_dataset("target", (0,) + y.shape[1:], maxshape=(None,) + y.shape[1:],
-                                               dtype=y.dtype, chunks=(4096,) + y.shape[1:])
-                m = len(p)
-                for ds, values in ((preds, p), (targets, y), (session_ds, batch.session.numpy()),
-                                   (row_ds, batch.row.numpy())):
-                    ds.resize(n + m, axis=0)
-                    ds[n:n + m] = values
-                if time_ds is not None:
-                    stamps = _target_times(sessions, batch.session.numpy(), batch.row.numpy() + offset)
-                    time_ds.resize(n + m, axis=0)
-                    time_ds[n:n + m] = stamps
-                n += m
-            f.attrs["session_names"] = json.dumps([s.name for s in sessions])
-            f.attrs["target_names"] = json.dumps(list(prepared.columns.target_names))
-            f.attrs["split"] = split
-            f.attrs["checkpoint"] = checkpoint
-            f.attrs["epoch_of_checkpoint"] = int(state["epoch"])
-            f.attrs["row_meaning"] = "first input row of the window; targets start at row + " + str(offset)
-            # The same facts as numbers (window.first_target owns the offset): read these, not the sentence.
-            f.attrs["lookback"] = window.lookback
-            f.attrs["horizon"] = window.horizon
-            f.attrs["first_target_offset"] = offset
-            f.attrs["timestamp_meaning"] = "time of the first target row (row + first_target_offset)"
-    return {"out": str(out), "windows": n}
-
-
-def _target_times(sessions, session_ids, rows):
-    """Timestamps of the given rows: one contiguous read per session in the batch."""
-    out = np.empty(len(rows), np.int64)
-    for s in np.unique(session_ids):
-        mask = session_ids == s
-        lo, hi = int(rows[mask].min()), int(rows[mask].max()) + 1
-        out[mask] = sessions[int(s)].read_timestamps(lo, hi)[rows[mask] - lo]
-    return out

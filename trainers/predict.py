@@ -1,0 +1,195 @@
+"""`predict`: a run's forecasts for a split, for new data, or from each session's latest rows.
+
+Three scopes, one file format (data/predictions.py):
+  split     every window of the run's own `split` (targets known: truth is filled in)
+  --data    every window of other files in the session format, read with the run's columns,
+            window and statistics (data.dataset.prepare_new_data)
+  --latest  one window per session: its last `lookback` rows, also rows whose target is not
+            known yet (convert keeps them), so the forecast is for the step after the data
+Windows stream through the block loader (split, --data) or are read per session (--latest);
+memory does not grow with the data.
+"""
+
+import h5py
+import numpy as np
+import torch
+
+from atomic import atomic_path, check_output
+from data import quality
+from data.dataloader import build_loader
+from data.dataset import prepare_new_data
+from data.predictions import NAT, PredictionWriter
+from errors import InputError
+from models import build_model
+from trainers.distributed import Group
+from trainers.run import restore
+from trainers.trainer import amp_setup, model_shapes, resolve_device
+
+
+@torch.no_grad()
+def predict(run_dir, out, split=None, *, data=None, latest=False, fit_new_sessions=None, overwrite=False,
+            checkpoint=None):
+    """Predictions of the run's checkpoint (best by default) streamed to `out` in original units.
+    Returns {"out", "windows", "sessions"}."""
+    if latest and split is not None:
+        raise InputError("--latest predicts from each session's last rows; it cannot be combined with --split")
+    if data is not None and split is not None:
+        raise InputError("--data scores every window of the given files; it cannot be combined with --split")
+    if fit_new_sessions is not None and data is None:
+        raise InputError("--fit-new-sessions fits statistics of sessions in --data files; give --data")
+    check_output(out, overwrite)            # before the work, not after it (issue 10, case 14)
+    split = split or "test"
+    config, state, prepared, checkpoint = restore(run_dir, which=checkpoint)
+    if data is not None:
+        prepared = prepare_new_data(config.data, data, prepared.normalizer, fit_new_sessions=fit_new_sessions,
+                                    progress=False)
+        split = "test"
+    scorer = _Scorer(config, state, prepared)
+    sessions = prepared.catalog.sessions
+    stamped = all(s.has_timestamps for s in sessions)
+    if latest:
+        chosen = _check_latest(sessions, prepared.window)
+    with atomic_path(out) as tmp:
+        with h5py.File(tmp, "w") as f:
+            writer = PredictionWriter(f, horizon=prepared.window.horizon, n_targets=len(prepared.columns.target_names),
+                                      stamped=stamped, n_classes=config.model.n_classes if scorer.classify else 0)
+            batches = _latest_batches(prepared, chosen, config.training.batch_size) if latest else \
+                _split_batches(prepared, split, config.training, scorer.device)
+            seen = set()
+            for ids, first_rows, x, y in batches:
+                seen.update(np.unique(ids).tolist())
+                columns = scorer.score(ids, x, y)
+                columns.update(_row_columns(prepared, ids, first_rows, stamped))
+                if latest:
+                    columns["truth"] = _known_truth(prepared, ids, first_rows)
+                writer.append(**columns)
+            if writer.n == 0:
+                raise InputError(f"{'the --data files' if data is not None else split + ' split'} has no window "
+                                 f"to predict (a window spans {prepared.window.span} rows); check the data")
+            writer.finish(session_names=[s.name for s in sessions], target_names=prepared.columns.target_names,
+                          window=prepared.window, target_lead=sessions[0].target_lead, task=config.model.task,
+                          scope="latest" if latest else ("data" if data is not None else split),
+                          checkpoint=checkpoint, epoch_of_checkpoint=int(state["epoch"]))
+    return {"out": str(out), "windows": writer.n, "sessions": len(seen)}
+
+
+class _Scorer:
+    """The run's model on its device, applied to normalized windows; outputs in original units."""
+
+    def __init__(self, config, state, prepared):
+        self.device = resolve_device(config.training.device, Group())
+        self.autocast, _, _ = amp_setup(config.training.amp, self.device)
+        self.classify = config.model.task == "classify"
+        self.norm = prepared.normalizer
+        self.model = build_model(config.model, model_shapes(prepared, config.model)).to(self.device)
+        self.model.load_state_dict(state["model"])
+        self.model.eval()
+
+    def score(self, ids, x, y):
+        """{"session", "prediction", "truth"[, "class_probability"]} of one batch as numpy arrays;
+        x (B, L, F) normalized, y (B, H, K) normalized (or None: filled in by the caller)."""
+        ids_t = torch.as_tensor(ids, device=self.device)
+        with self.autocast:
+            out = self.model(x.to(self.device)).float()
+        columns = {"session": np.asarray(ids, np.int32)}
+        if self.classify:
+            probability = torch.softmax(out, dim=-1)                         # (B, C)
+            columns["class_probability"] = probability.cpu().numpy()
+            columns["prediction"] = probability.argmax(-1).float().reshape(-1, 1, 1).cpu().numpy()
+            truth = None if y is None else y.reshape(-1, 1, 1).float()
+        else:
+            columns["prediction"] = self.norm.denormalize_targets(out, ids_t).cpu().numpy()     # (B, H, K)
+            truth = None if y is None else self.norm.denormalize_targets(y.to(self.device).float(), ids_t)
+        if truth is not None:
+            columns["truth"] = truth.cpu().numpy().astype(np.float32)
+        return columns
+
+
+def _split_batches(prepared, split, training_cfg, device):
+    """(session ids, first rows, x, y) of every window of `split`, streamed by the block loader."""
+    loader = build_loader(prepared, split, training_cfg, device=device, return_ids=True)
+    for batch in loader:
+        yield batch.session.numpy(), batch.row.numpy(), batch.x, batch.y
+
+
+def _check_latest(sessions, window):
+    """Every session must hold one whole input window; one line naming the first that does not."""
+    short = [s for s in sessions if s.n_rows < window.lookback]
+    if short:
+        s = short[0]
+        raise InputError(f"{s.path}: session {s.name!r} has {s.n_rows} rows, fewer than the run's lookback "
+                         f"({window.lookback}); --latest needs its last {window.lookback} rows"
+                         + (f" ({len(short)} sessions are this short)" if len(short) > 1 else ""))
+    return list(range(len(sessions)))
+
+
+def _latest_batches(prepared, chosen, batch_size):
+    """(session ids, first rows, x normalized, None) of each session's last `lookback` rows."""
+    window, columns = prepared.window, prepared.columns
+    read, x_cols, _ = quality.column_positions(columns)
+    for a in range(0, len(chosen), batch_size):
+        ids = np.asarray(chosen[a:a + batch_size], np.int64)
+        first_rows = np.asarray([prepared.catalog.sessions[i].n_rows - window.lookback for i in ids], np.int64)
+        x = np.empty((len(ids), window.lookback, len(x_cols)), np.float32)          # (B, L, F)
+        for j, (i, first) in enumerate(zip(ids, first_rows)):
+            session = prepared.catalog.sessions[i]
+            values = session.read_rows(int(first), int(first) + window.lookback)[:, read]
+            if prepared.nan_policy == "ffill":
+                quality.forward_fill(values, session, int(first), read)
+            x[j] = values[:, x_cols]
+            quality.check_finite(x[j], session, int(first), "features", columns.feature_names)
+        x_t = prepared.normalizer.normalize_features(torch.from_numpy(x), torch.as_tensor(ids))
+        yield ids, first_rows, x_t, None
+
+
+def _row_columns(prepared, ids, first_rows, stamped):
+    """input_end_row, and when stamped input_end_time and target_time (NaT past the data)."""
+    window = prepared.window
+    end = window.last_input_row(first_rows)                                 # (B,)
+    columns = {"input_end_row": end}
+    if stamped:
+        lead = prepared.catalog.sessions[0].target_lead
+        dated = window.target_rows(first_rows) + lead                        # (B, H) rows whose time dates a target
+        columns["input_end_time"] = _times(prepared.catalog.sessions, ids, end[:, None])[:, 0]
+        columns["target_time"] = _times(prepared.catalog.sessions, ids, dated)
+    return columns
+
+
+def _times(sessions, ids, rows):
+    """Timestamps (B, n) of rows (B, n) of the sessions `ids` (B,), NaT where a row is past the data:
+    one contiguous read per session in the batch."""
+    out = np.full(rows.shape, NAT, np.int64)
+    for s in np.unique(ids):
+        mask = ids == s
+        n = sessions[int(s)].n_rows
+        picked = rows[mask]
+        inside = picked < n
+        if inside.any():
+            lo, hi = int(picked[inside].min()), int(picked[inside].max()) + 1
+            stamps = sessions[int(s)].read_timestamps(lo, hi)
+            picked_times = np.full(picked.shape, NAT, np.int64)
+            picked_times[inside] = stamps[picked[inside] - lo]
+            out[mask] = picked_times
+    return out
+
+
+def _known_truth(prepared, ids, first_rows):
+    """Targets (B, H, K) in original units where their rows have them, NaN where they wait for
+    their future (past the data, or past the session's labelled rows)."""
+    columns, window = prepared.columns, prepared.window
+    labelled = columns.target_source == "targets"
+    rows = window.target_rows(first_rows)                                   # (B, H)
+    truth = np.full(rows.shape + (len(columns.target_index),), np.nan, np.float32)
+    for j, i in enumerate(ids):
+        session = prepared.catalog.sessions[int(i)]
+        known = rows[j][rows[j] < session.window_rows(labelled)]
+        if len(known) == 0:
+            continue
+        lo, hi = int(known[0]), int(known[-1]) + 1
+        if labelled:
+            values = session.read_targets(lo, hi)[:, list(columns.target_index)]
+        else:
+            values = session.read_rows(lo, hi)[:, list(columns.target_index)]
+        truth[j, :len(known)] = values
+    return truth
+
