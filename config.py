@@ -17,6 +17,7 @@ from pathlib import Path
 import yaml
 
 from data.splits import SplitSpec
+from models.configs import DLinearConfig, PatchTSTConfig, RecurrentConfig, TCNConfig
 from errors import InputError
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -97,52 +98,59 @@ class DataConfig:
 
 @dataclasses.dataclass
 class ModelConfig:
-    """Which network, and its size."""
+    """Which network, for which task; each built-in model's hyperparameters in its own section."""
 
     name: str = "dlinear"
-    """dlinear, lstm, gru, tcn, patchtst, or repeat_last (the no-training baseline)."""
+    """dlinear, lstm, gru, tcn, patchtst, repeat_last (the no-training baseline), or your own model as
+    package.module:ClassName (docs/models.md)."""
     task: str = "forecast"
     """forecast (regression of H steps of K targets) or classify (integer labels in `targets`)."""
     n_classes: int = 0
     """classify: number of classes (labels 0 .. n_classes - 1)."""
-    hidden_size: int = 64
-    """Recurrent / TCN channels; DLinear's width for classification."""
-    num_layers: int = 2
-    """Recurrent layers, TCN blocks, transformer layers."""
-    dropout: float = 0.1
-    """Dropout probability."""
-    kernel_size: int = 25
-    """DLinear: moving-average window of the trend."""
-    individual: bool = False
-    """DLinear: one linear map per channel instead of one shared."""
-    tcn_kernel_size: int = 3
-    """TCN: convolution width (receptive field grows as 2^num_layers)."""
-    patch_len: int = 16
-    """PatchTST: rows per patch."""
-    patch_stride: int = 8
-    """PatchTST: rows between patch starts."""
-    d_model: int = 64
-    """PatchTST: embedding width."""
-    n_heads: int = 4
-    """PatchTST: attention heads (must divide d_model)."""
-    revin: bool = True
-    """PatchTST: reversible instance normalization of each window."""
-    d_ff: int = 128
-    """PatchTST: width of each encoder layer's feed-forward block."""
-    norm: str = "batch"
-    """PatchTST: batch (the paper's BatchNorm over the embedding) or layer (LayerNorm)."""
+    dlinear: DLinearConfig = dataclasses.field(default_factory=DLinearConfig)
+    """DLinear's settings (used when model.name is dlinear)."""
+    lstm: RecurrentConfig = dataclasses.field(default_factory=RecurrentConfig)
+    """LSTM's settings."""
+    gru: RecurrentConfig = dataclasses.field(default_factory=RecurrentConfig)
+    """GRU's settings."""
+    tcn: TCNConfig = dataclasses.field(default_factory=TCNConfig)
+    """TCN's settings."""
+    patchtst: PatchTSTConfig = dataclasses.field(default_factory=PatchTSTConfig)
+    """PatchTST's settings."""
+    custom: dict = dataclasses.field(default_factory=dict)
+    """Settings of a model given as package.module:ClassName, checked against its `Config` dataclass."""
+
+    # Keys of the one flat section before each model had its own (issue 11): where they went.
+    MOVED = {"hidden_size": ("dlinear", "lstm", "gru", "tcn"), "num_layers": ("lstm", "gru", "tcn", "patchtst"),
+             "dropout": ("lstm", "gru", "tcn", "patchtst"), "kernel_size": ("dlinear",), "individual": ("dlinear",),
+             "tcn_kernel_size": ("tcn",), "patch_len": ("patchtst",), "patch_stride": ("patchtst",),
+             "d_model": ("patchtst",), "n_heads": ("patchtst",), "revin": ("patchtst",), "d_ff": ("patchtst",),
+             "norm": ("patchtst",)}
 
     def __post_init__(self):
-        _check_at_least_one("model", self, ("hidden_size", "num_layers", "kernel_size", "tcn_kernel_size",
-                                            "patch_len", "patch_stride", "d_model", "n_heads", "d_ff"))
-        _check_choice("model", self, {"norm": ("batch", "layer")})
-        if not 0.0 <= self.dropout < 1.0:
-            raise InputError(f"model.dropout must be within [0, 1), got {self.dropout}")
-        if self.d_model % self.n_heads:
-            raise InputError(f"model.n_heads ({self.n_heads}) must divide model.d_model ({self.d_model})")
         if self.task == "classify" and self.n_classes < 2:
             raise InputError(f"model.task is classify but model.n_classes is {self.n_classes}; give the "
                              "number of classes (at least 2)")
+
+
+def moved_model_key(key, model_name):
+    """The message for a flat model key of the old layout (model.hidden_size): where it lives now."""
+    sections = ModelConfig.MOVED[key]
+    section = model_name if model_name in sections else sections[0]
+    new_key = "kernel_size" if key == "tcn_kernel_size" else key
+    return (f"model.{key} moved to each model's own section: model.{section}.{new_key} "
+            f"(sections: {', '.join(sections)}); see docs/configuration.md")
+
+
+def migrate_flat_model_keys(values):
+    """A saved run's config of the old layout (every model's settings flat in `model`), in the new one:
+    each flat value goes to every section that had used it, so the run rebuilds the same model."""
+    model = dict(values.get("model") or {})
+    for key in [k for k in model if k in ModelConfig.MOVED]:
+        value = model.pop(key)
+        for section in ModelConfig.MOVED[key]:
+            model.setdefault(section, {})["kernel_size" if key == "tcn_kernel_size" else key] = value
+    return {**values, "model": model}
 
 
 @dataclasses.dataclass
@@ -288,6 +296,8 @@ def _from_dict(cls, values, prefix):
     kwargs = {}
     for key, value in values.items():
         if key not in names:
+            if cls is ModelConfig and key in ModelConfig.MOVED:
+                raise InputError(moved_model_key(key, values.get("name", "")))
             close = difflib.get_close_matches(str(key), names, n=1)
             hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
             raise InputError(f"unknown config key {prefix}{key}{hint}; valid keys: {', '.join(prefix + n for n in names)}")

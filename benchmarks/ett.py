@@ -29,10 +29,12 @@ PUBLISHED = {  # (L=336) test MSE / MAE: DLinear (Zeng et al., 2023), PatchTST/6
 }
 BORDERS = "{train: [0, 8640], val: [8304, 11520], test: [11184, 14400]}"
 MODEL_ARGS = {
-    "dlinear": ["model.kernel_size=25", "model.individual=false", "training.learning_rate=0.005",
+    "dlinear": ["model.dlinear.kernel_size=25", "model.dlinear.individual=false", "training.learning_rate=0.005",
                 "training.batch_size=32", "training.scheduler=halving", "training.early_stopping_patience=3"],
-    "patchtst": ["model.d_model=16", "model.n_heads=4", "model.num_layers=3", "model.patch_len=16",
-                 "model.patch_stride=8", "model.dropout=0.3", "model.revin=true", "model.d_ff=128", "model.norm=batch",
+    "patchtst": ["model.patchtst.d_model=16", "model.patchtst.n_heads=4", "model.patchtst.num_layers=3",
+                 "model.patchtst.patch_len=16",
+                 "model.patchtst.patch_stride=8", "model.patchtst.dropout=0.3", "model.patchtst.revin=true",
+                 "model.patchtst.d_ff=128", "model.patchtst.norm=batch",
                  "training.learning_rate=0.0001", "training.batch_size=128", "training.scheduler=hold_decay",
                  "training.early_stopping_patience=10"],
     "repeat_last": [],

@@ -38,7 +38,7 @@ FULL = ["training.epochs=4", "training.max_steps_per_epoch=40"]
 def train_args(data, run_dir, quick, every_steps=0):
     # A GRU of 64 units: checkpoints of ~0.5 MB, so writes take long enough to be hit.
     return ["train", "--profile", "quick_demo", f"data.paths=[{data}]", "data.lookback=32", "data.block_rows=2048",
-            "model.name=gru", "model.hidden_size=64", "model.num_layers=2", "model.dropout=0.1",
+            "model.name=gru", "model.gru.hidden_size=64", "model.gru.num_layers=2", "model.gru.dropout=0.1",
             "training.batch_size=64", "training.num_workers=0", "training.log_every_steps=10",
             f"output.runs_dir={run_dir.parent}", *(QUICK if quick else FULL),
             f"training.checkpoint_every_steps={every_steps}", "--run-dir", str(run_dir)]

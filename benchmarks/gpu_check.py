@@ -230,7 +230,7 @@ def section_train(args):
     tmp = Path(tempfile.mkdtemp(prefix="gpu_check_train_"))
     base = ["default", "data.lookback=128", "data.horizon=1", f"training.device={args.device}",
             f"training.batch_size={args.train_batch}", "training.epochs=2", "training.num_workers=-1",
-            f"output.runs_dir={tmp}", "output.tensorboard=false", "model.hidden_size=64", "model.num_layers=2"]
+            f"output.runs_dir={tmp}", "output.tensorboard=false"]  # each model at its defaults
     prepared = None
     for model in args.models:
         for amp in (("off", "fp16") if cuda else ("off",)):

@@ -48,7 +48,7 @@ def main():
     for seed in args.seeds:
         for mode in ("block", "full"):
             overrides = [f"data.paths=[{data}]", "data.lookback=32", "data.block_rows=2048", f"seed={seed}",
-                         "model.name=gru", "model.hidden_size=32", "model.num_layers=1",
+                         "model.name=gru", "model.gru.hidden_size=32", "model.gru.num_layers=1",
                          f"training.epochs={args.epochs}", f"training.max_steps_per_epoch={args.steps}",
                          "training.early_stopping_patience=0", "training.num_workers=0",
                          f"output.runs_dir={Path(args.dir) / 'runs'}", "output.tensorboard=false"]

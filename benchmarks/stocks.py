@@ -128,7 +128,8 @@ def main():
                  f"data.split.test_start={SPLIT['test_start']}", "data.split.inputs_before_border=true",
                  "data.normalize=per_session",
                  "data.block_rows=512", f"model.name={args.model}",
-                 "model.hidden_size=32", "model.num_layers=1", "model.dropout=0.1", f"seed={args.seed}",
+                 f"model.{args.model}.hidden_size=32", f"model.{args.model}.num_layers=1",
+                 f"model.{args.model}.dropout=0.1", f"seed={args.seed}",
                  f"training.epochs={args.epochs}", "training.batch_size=256", "training.learning_rate=0.001",
                  "training.early_stopping_patience=3", "training.num_workers=0", "training.amp=off",
                  f"output.runs_dir={work / 'runs'}", "output.tensorboard=false"]

@@ -5,15 +5,17 @@ from torch import nn
 
 from errors import InputError
 from models.heads import ChannelMap
+from models.registry import register
 
 
+@register("repeat_last")
 class RepeatLast(nn.Module):
     """Forecast every future step as the last observed value (the "repeat" baseline of the
     long-horizon literature). Forecast only; its one parameter is unused (optimizers need one)."""
 
     def __init__(self, cfg, shapes):
         super().__init__()
-        if cfg.task != "forecast":
+        if shapes.task != "forecast":
             raise InputError("model.name=repeat_last is a forecasting baseline; use model.task=forecast")
         self.horizon = shapes.horizon
         self.channels = ChannelMap(shapes)

@@ -7,7 +7,9 @@ over time per part (shared across channels, or one per channel) forecasts each.
 import torch
 from torch import nn
 
+from models.configs import DLinearConfig
 from models.heads import ChannelMap, VectorHead
+from models.registry import register
 
 
 class MovingAverage(nn.Module):
@@ -25,24 +27,25 @@ class MovingAverage(nn.Module):
         return self.pool(padded.transpose(1, 2)).transpose(1, 2)   # (B, L, F)
 
 
+@register("dlinear", DLinearConfig)
 class DLinear(nn.Module):
     def __init__(self, cfg, shapes):
         super().__init__()
-        self.task = cfg.task
+        self.task = shapes.task
         self.individual = cfg.individual
         self.decompose = MovingAverage(cfg.kernel_size)
         L, H, F = shapes.lookback, shapes.horizon, shapes.n_features
-        out = H if cfg.task == "forecast" else cfg.hidden_size
+        out = H if self.task == "forecast" else cfg.hidden_size
         if cfg.individual:
             self.seasonal = nn.ModuleList(nn.Linear(L, out) for _ in range(F))
             self.trend = nn.ModuleList(nn.Linear(L, out) for _ in range(F))
         else:
             self.seasonal = nn.Linear(L, out)
             self.trend = nn.Linear(L, out)
-        if cfg.task == "forecast":
+        if self.task == "forecast":
             self.head = ChannelMap(shapes)
         else:
-            self.head = VectorHead(out * F, cfg, shapes)
+            self.head = VectorHead(out * F, shapes)
 
     def _time_linear(self, layers, x):                          # x (B, F, L)
         if self.individual:

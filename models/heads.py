@@ -26,9 +26,9 @@ class ChannelMap(nn.Module):
 class VectorHead(nn.Module):
     """A summary vector (B, D) -> forecast (B, H, K) or class logits (B, C)."""
 
-    def __init__(self, dim, model_cfg, shapes):
+    def __init__(self, dim, shapes):
         super().__init__()
-        self.task = model_cfg.task
+        self.task = shapes.task
         self.horizon = shapes.horizon
         self.n_out = shapes.n_targets
         out = shapes.n_targets if self.task == "classify" else shapes.horizon * shapes.n_targets

@@ -11,7 +11,9 @@ layer's attention scores are added to the next layer's, as in RealFormer).
 import torch
 from torch import nn
 
+from models.configs import PatchTSTConfig
 from models.heads import ChannelMap, RevIN, VectorHead
+from models.registry import register
 
 
 class EmbeddingNorm(nn.Module):
@@ -62,10 +64,11 @@ class EncoderLayer(nn.Module):
         return z, scores
 
 
+@register("patchtst", PatchTSTConfig)
 class PatchTST(nn.Module):
     def __init__(self, cfg, shapes):
         super().__init__()
-        self.task = cfg.task
+        self.task = shapes.task
         self.patch_len, self.patch_stride = cfg.patch_len, cfg.patch_stride
         L, F = shapes.lookback, shapes.n_features
         # Pad the end by one stride (as the paper does) so the last rows form a patch.
@@ -76,11 +79,11 @@ class PatchTST(nn.Module):
         self.layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.num_layers))
         self.dropout = nn.Dropout(cfg.dropout)
         flat = self.n_patches * cfg.d_model
-        if cfg.task == "forecast":
+        if shapes.task == "forecast":
             self.flatten_head = nn.Linear(flat, shapes.horizon)
             self.channels = ChannelMap(shapes)
         else:
-            self.head = VectorHead(F * cfg.d_model, cfg, shapes)
+            self.head = VectorHead(F * cfg.d_model, shapes)
 
     def forward(self, x):                                            # (B, L, F)
         B, L, F = x.shape

@@ -12,19 +12,23 @@ import re
 
 from torch import nn
 
+from models.configs import RecurrentConfig
 from models.heads import VectorHead
+from models.registry import register
 
 _OLD_KEY = re.compile(r"^rnn\.(\w+?)_l(\d+)$")
 
 
 class RecurrentNet(nn.Module):
+    cell = None                                 # nn.LSTM or nn.GRU, by subclass
+
     def __init__(self, cfg, shapes):
         super().__init__()
-        cell = nn.LSTM if cfg.name == "lstm" else nn.GRU
+        cell = self.cell
         sizes = [shapes.n_features] + [cfg.hidden_size] * cfg.num_layers
         self.layers = nn.ModuleList(cell(a, b, batch_first=True) for a, b in zip(sizes[:-1], sizes[1:]))
         self.dropout = nn.Dropout(cfg.dropout if cfg.num_layers > 1 else 0.0)
-        self.head = VectorHead(cfg.hidden_size, cfg, shapes)
+        self.head = VectorHead(cfg.hidden_size, shapes)
         self._register_load_state_dict_pre_hook(_from_multi_layer_keys)
 
     def forward(self, x):                       # (B, L, F)
@@ -34,6 +38,16 @@ class RecurrentNet(nn.Module):
                 out = self.dropout(out)         # between layers, as nn.GRU(dropout=p) does
             out, _ = layer(out)                 # (B, L, D)
         return self.head(out[:, -1])            # (B, H, K) or (B, C)
+
+
+@register("lstm", RecurrentConfig)
+class LSTMNet(RecurrentNet):
+    cell = nn.LSTM
+
+
+@register("gru", RecurrentConfig)
+class GRUNet(RecurrentNet):
+    cell = nn.GRU
 
 
 def _from_multi_layer_keys(state_dict, prefix, *args):

@@ -4,7 +4,9 @@ with residual connections; the last time step feeds the head."""
 import torch.nn.functional as F
 from torch import nn
 
+from models.configs import TCNConfig
 from models.heads import VectorHead
+from models.registry import register
 
 
 class CausalBlock(nn.Module):
@@ -22,15 +24,16 @@ class CausalBlock(nn.Module):
         return F.relu(h + self.skip(x))             # (B, C, L)
 
 
+@register("tcn", TCNConfig)
 class TCN(nn.Module):
     def __init__(self, cfg, shapes):
         super().__init__()
         layers, channels_in = [], shapes.n_features
         for i in range(cfg.num_layers):
-            layers.append(CausalBlock(channels_in, cfg.hidden_size, cfg.tcn_kernel_size, 2 ** i, cfg.dropout))
+            layers.append(CausalBlock(channels_in, cfg.hidden_size, cfg.kernel_size, 2 ** i, cfg.dropout))
             channels_in = cfg.hidden_size
         self.net = nn.Sequential(*layers)
-        self.head = VectorHead(cfg.hidden_size, cfg, shapes)
+        self.head = VectorHead(cfg.hidden_size, shapes)
 
     def forward(self, x):                           # (B, L, F)
         h = self.net(x.transpose(1, 2))             # (B, D, L)

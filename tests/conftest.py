@@ -70,7 +70,7 @@ def small_config(demo_path, tmp_path, *extra):
     """A GRU of 8 units, 2 epochs of 12 steps on the demo file: seconds on a CPU."""
     from config import load_config
     overrides = [f"data.paths=[{demo_path}]", "data.lookback=16", "data.block_rows=512",
-                 "model.name=gru", "model.hidden_size=8", "model.num_layers=1",
+                 "model.name=gru", "model.gru.hidden_size=8", "model.gru.num_layers=1",
                  "training.epochs=2", "training.max_steps_per_epoch=12", "training.batch_size=64",
                  "training.warmup_steps=2", "training.log_every_steps=4", "training.num_workers=0",
                  f"output.runs_dir={tmp_path}", *extra]

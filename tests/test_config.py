@@ -96,7 +96,7 @@ def test_dates_stay_strings():
     ("training.learning_rate=.inf", r"training.learning_rate must be a finite number, got inf"),
     ("training.weight_decay=.nan", r"training.weight_decay must be a finite number, got nan"),
     ("training.grad_clip=.nan", r"training.grad_clip must be a finite number, got nan"),
-    ("model.dropout=-.inf", r"model.dropout must be a finite number, got -inf"),
+    ("model.gru.dropout=-.inf", r"model.gru.dropout must be a finite number, got -inf"),
     ("training.weight_decay=-0.1", r"training.weight_decay must be >= 0, got -0.1"),
     ("training.grad_clip=-1", r"training.grad_clip must be >= 0 \(0 = no clipping\), got -1.0"),
     ("data.split.fractions=[.nan, 0.5, 0.5]", r"split.fractions is \[nan, 0.5, 0.5\]; give three finite shares"),

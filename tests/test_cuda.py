@@ -56,18 +56,23 @@ def relative(a, b):
     return float((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-12))
 
 
+def no_dropout(model):
+    """Dropout off in the model's own section (DLinear has none)."""
+    return [] if model == "dlinear" else [f"model.{model}.dropout=0"]
+
+
 @pytest.mark.parametrize("model", ["dlinear", "gru", "tcn", "patchtst"])
 def test_one_fp16_step_with_gradscaler_is_finite_and_matches_fp32(demo_path, tmp_path, model):
     # Dropout off: fp16 and fp32 dropout kernels step the Philox offset differently, so the two
     # runs would draw other masks (seen on an H100: losses 2% apart); this compares arithmetic.
-    fp32 = one_step(gpu_config(demo_path, tmp_path, f"model.name={model}", "model.dropout=0",
+    fp32 = one_step(gpu_config(demo_path, tmp_path, f"model.name={model}", *no_dropout(model),
                                "training.amp=off"), tmp_path)
     # GradScaler starts at 2**16 and, when the scaled gradients overflow fp16, skips the step and
     # halves the scale (on an H100 GRU's first step overflows at 2**16). The same here: from the
     # same weights, the scale is halved until a step lands; it must land within 12 halvings.
     scale = 2.0 ** 16
     for _ in range(12):
-        fp16 = one_step(gpu_config(demo_path, tmp_path, f"model.name={model}", "model.dropout=0",
+        fp16 = one_step(gpu_config(demo_path, tmp_path, f"model.name={model}", *no_dropout(model),
                                    "training.amp=fp16"), tmp_path, init_scale=scale)
         if not fp16[3]:
             break
@@ -164,7 +169,7 @@ def test_a_checkpoint_saved_on_the_gpu_loads_on_the_cpu_and_back(demo_path, tmp_
 @pytest.mark.parametrize("model", ["patchtst", "gru"])
 def test_an_interrupted_gpu_run_resumes_to_the_same_metrics(demo_path, tmp_path, monkeypatch, model):
     # fp16 (amp auto), dropout on; GRU's dropout between layers is cuDNN's own, PatchTST's is torch's.
-    config = gpu_config(demo_path, tmp_path, f"model.name={model}", "model.num_layers=2", "model.dropout=0.3")
+    config = gpu_config(demo_path, tmp_path, f"model.name={model}", f"model.{model}.num_layers=2", f"model.{model}.dropout=0.3")
     straight = run_module.train(config, tmp_path / "straight")
     original = Trainer._optimizer_step
     monkeypatch.setattr(Trainer, "_optimizer_step", interrupting(17))

@@ -28,7 +28,7 @@ def demo_path(tmp_path_factory):
 def train_args(demo_path, run_dir):
     # 3 sessions x 2000 rows, batch 64: an odd window count, so the two shares differ by one.
     return ["train", f"data.paths=[{demo_path}]", "data.lookback=16", "data.block_rows=300",
-            "model.name=gru", "model.hidden_size=8", "model.num_layers=2", "model.dropout=0.2",
+            "model.name=gru", "model.gru.hidden_size=8", "model.gru.num_layers=2", "model.gru.dropout=0.2",
             "training.epochs=2", "training.batch_size=64", "training.num_workers=0",
             "training.log_every_steps=10", f"output.runs_dir={run_dir.parent}", "--run-dir", str(run_dir)]
 
@@ -131,4 +131,16 @@ def test_gradient_accumulation_under_ddp(demo_path, tmp_path):
     batches = -(-share // config.training.batch_size)
     state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
     assert state["step"] == batches // 2 and state["epoch"] == 1
+    assert json.loads((run_dir / "metrics_test.json").read_text())["loss"] > 0
+
+
+def test_a_user_model_trains_under_torchrun(demo_path, tmp_path):
+    """Every rank imports the model the run's config names (package.module:ClassName)."""
+    run_dir = tmp_path / "run"
+    args = [a for a in train_args(demo_path, run_dir) if not a.startswith("model.")]
+    args[args.index("--run-dir"):args.index("--run-dir")] = [
+        "model.name=examples.mlp_forecaster:MLPForecaster", "model.custom.hidden_size=8", "training.epochs=1"]
+    proc = torchrun(tmp_path, 0, args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert run_module.load_run_config(run_dir).model.custom == {"hidden_size": 8}
     assert json.loads((run_dir / "metrics_test.json").read_text())["loss"] > 0

@@ -59,7 +59,7 @@ def test_validation_workers_beside_persistent_training_workers_are_counted(demo_
 
 
 def test_the_activation_probe_leaves_the_model_as_it_was(demo_path, tmp_path):
-    config = small_config(demo_path, tmp_path, "model.name=patchtst", "model.dropout=0.3")
+    config = small_config(demo_path, tmp_path, "model.name=patchtst", "model.patchtst.dropout=0.3")
     prepared = prepare_data(config.data, progress=False)
     trainer = Trainer(config, prepared, tmp_path / "run", monitor=False)
     model = trainer.model

@@ -3,15 +3,25 @@ import torch
 
 from config import ModelConfig
 from errors import InputError
-from models import MODELS, Shapes, build_model
+from models import Shapes, build_model, registered
+from models.configs import SECTIONS
 
 SHAPES = Shapes(lookback=32, horizon=4, n_features=5, n_targets=2)
+MODELS = registered()
+SMALL = {"dlinear": {"kernel_size": 5, "hidden_size": 16}, "gru": {"hidden_size": 16}, "lstm": {"hidden_size": 16},
+         "tcn": {"hidden_size": 16}, "patchtst": {"d_model": 16, "n_heads": 2}}
+
+
+def model_config(name, task="forecast", n_classes=0, **params):
+    """A ModelConfig of `name` whose own section holds `params` (small sizes by default)."""
+    section = {name: SECTIONS[name](**{**SMALL.get(name, {}), **params})} if name in SECTIONS else {}
+    return ModelConfig(name=name, task=task, n_classes=n_classes, **section)
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_forecast_forward_backward(name):
     torch.manual_seed(0)
-    model = build_model(ModelConfig(name=name, hidden_size=16, d_model=16, n_heads=2, kernel_size=5), SHAPES)
+    model = build_model(model_config(name), SHAPES)
     x = torch.randn(3, 32, 5, requires_grad=True)              # (B, L, F)
     out = model(x)
     assert out.shape == (3, 4, 2)                              # (B, H, K)
@@ -25,8 +35,8 @@ TRAINABLE = sorted(set(MODELS) - {"repeat_last"})
 
 @pytest.mark.parametrize("name", TRAINABLE)
 def test_classification_head(name):
-    cfg = ModelConfig(name=name, task="classify", n_classes=3, hidden_size=16, d_model=16, n_heads=2, kernel_size=5)
-    model = build_model(cfg, Shapes(32, 1, 5, 3))
+    cfg = model_config(name, task="classify", n_classes=3)
+    model = build_model(cfg, Shapes(32, 1, 5, 3, task="classify"))
     logits = model(torch.randn(4, 32, 5))
     assert logits.shape == (4, 3)
     torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1, 2, 1])).backward()
@@ -34,13 +44,12 @@ def test_classification_head(name):
 
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_targets_taken_from_feature_channels(name):
-    cfg = ModelConfig(name=name, hidden_size=8, d_model=8, n_heads=2, kernel_size=5)
-    model = build_model(cfg, Shapes(16, 3, 4, 2, target_channels=(3, 1)))
+    model = build_model(model_config(name), Shapes(16, 3, 4, 2, target_channels=(3, 1)))
     assert model(torch.randn(2, 16, 4)).shape == (2, 3, 2)
 
 
 def test_tcn_is_causal():
-    model = build_model(ModelConfig(name="tcn", hidden_size=8, dropout=0.0), Shapes(16, 1, 2, 1)).eval()
+    model = build_model(model_config("tcn", hidden_size=8, dropout=0.0), Shapes(16, 1, 2, 1)).eval()
     x = torch.randn(1, 16, 2)
     h1 = model.net(x.transpose(1, 2))
     x2 = x.clone()
@@ -50,7 +59,7 @@ def test_tcn_is_causal():
 
 
 def test_bf16_autocast_on_cpu():
-    model = build_model(ModelConfig(name="patchtst", d_model=16, n_heads=2), SHAPES)
+    model = build_model(model_config("patchtst"), SHAPES)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(torch.randn(2, 32, 5))
     assert out.shape == (2, 4, 2)
@@ -60,8 +69,8 @@ def test_bf16_autocast_on_cpu():
 def test_bad_model_config():
     with pytest.raises(InputError, match="model.name is 'xgboost'"):
         build_model(ModelConfig(name="xgboost"), SHAPES)
-    with pytest.raises(InputError, match=r"model.n_heads \(3\) must divide model.d_model \(64\)"):
-        ModelConfig(n_heads=3)
+    with pytest.raises(InputError, match=r"model.patchtst.n_heads \(3\) must divide model.patchtst.d_model \(64\)"):
+        model_config("patchtst", n_heads=3, d_model=64)
     with pytest.raises(InputError, match="model.n_classes is 0"):
         ModelConfig(task="classify")
 
@@ -72,14 +81,14 @@ def test_repeat_last_repeats_the_last_row():
     out = model(x)
     assert torch.equal(out, x[:, -1:, [2, 0]].expand(-1, 3, -1))
     with pytest.raises(InputError, match="forecasting baseline"):
-        build_model(ModelConfig(name="repeat_last", task="classify", n_classes=2), Shapes(8, 1, 4, 2))
+        build_model(ModelConfig(name="repeat_last", task="classify", n_classes=2), Shapes(8, 1, 4, 2, task="classify"))
 
 
 @pytest.mark.parametrize("name", ["gru", "lstm"])
 def test_recurrent_layers_stack_with_torch_dropout_and_load_the_old_layout(name):
     # Stacked one module per layer, with nn.Dropout between (its masks come from torch's RNG,
     # which checkpoints hold; cuDNN's multi-layer dropout state is not restored on resume).
-    cfg = ModelConfig(name=name, hidden_size=8, num_layers=3, dropout=0.5)
+    cfg = model_config(name, hidden_size=8, num_layers=3, dropout=0.5)
     model = build_model(cfg, SHAPES)
     assert len(model.layers) == 3 and model.dropout.p == 0.5
     cell = torch.nn.LSTM if name == "lstm" else torch.nn.GRU
@@ -92,4 +101,4 @@ def test_recurrent_layers_stack_with_torch_dropout_and_load_the_old_layout(name)
     x = torch.randn(2, 32, 5)
     expected = model.head(old(x)[0][:, -1])
     torch.testing.assert_close(model(x), expected)
-    assert build_model(ModelConfig(name=name, hidden_size=8, num_layers=1, dropout=0.5), SHAPES).dropout.p == 0.0
+    assert build_model(model_config(name, hidden_size=8, num_layers=1, dropout=0.5), SHAPES).dropout.p == 0.0

@@ -38,7 +38,7 @@ def test_a_run_trains_evaluates_and_logs(demo_path, tmp_path):
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_resume_after_a_signal_matches_an_uninterrupted_run(demo_path, tmp_path, monkeypatch, signum):
     # Dropout on: the resumed run must draw the same masks (the RNG state is in the checkpoint).
-    config = small_config(demo_path, tmp_path, "model.num_layers=2", "model.dropout=0.3")
+    config = small_config(demo_path, tmp_path, "model.gru.num_layers=2", "model.gru.dropout=0.3")
     straight = run_module.train(config, tmp_path / "straight")
 
     original = Trainer._optimizer_step
@@ -96,7 +96,7 @@ def test_evaluate_command(demo_path, tmp_path):
 
 
 def test_gradient_accumulation_equals_one_big_batch(demo_path, tmp_path):
-    common = ["model.dropout=0.0", "training.epochs=1", "training.max_steps_per_epoch=6", "training.grad_clip=0",
+    common = ["model.gru.dropout=0.0", "training.epochs=1", "training.max_steps_per_epoch=6", "training.grad_clip=0",
               "training.amp=off"]   # bf16 rounding would differ between the two batch splits
     run_module.train(small_config(demo_path, tmp_path, *common, "training.batch_size=64"), tmp_path / "big")
     run_module.train(small_config(demo_path, tmp_path, *common, "training.batch_size=32",
@@ -129,7 +129,7 @@ def test_classification_run(tmp_path):
             write_session(f, f"s{s}", x, labels, feature_names=["a", "b", "c"], target_names=["up"])
     config = load_config("quick_demo", overrides=[
         f"data.paths=[{path}]", "data.lookback=8", "data.block_rows=256", "model.name=gru", "model.task=classify",
-        "model.n_classes=2", "model.hidden_size=16", "training.epochs=2", "training.max_steps_per_epoch=40",
+        "model.n_classes=2", "model.gru.hidden_size=16", "training.epochs=2", "training.max_steps_per_epoch=40",
         "training.batch_size=64", "training.learning_rate=0.01", "training.num_workers=0",
         f"output.runs_dir={tmp_path}"])
     result = run_module.train(config, tmp_path / "cls")
@@ -260,7 +260,7 @@ def test_resume_takes_the_overrides_it_can_honour_and_refuses_the_others(demo_pa
     assert state["epoch"] == 2 and state["config"]["training"]["epochs"] == 2
     assert "epochs: 2" in (tmp_path / "run" / "config.yaml").read_text()
     assert "in epoch 2" in capsys.readouterr().out
-    for argv, message in (([run, "model.hidden_size=16"], "model.hidden_size cannot change on --resume"),
+    for argv, message in (([run, "model.gru.hidden_size=16"], "model.gru.hidden_size cannot change on --resume"),
                           ([run, "data.lookback=8"], "data.lookback cannot change on --resume"),
                           ([run, "--profile", "default"], "--profile cannot be combined with --resume"),
                           ([run, "--run-dir", run], "--run-dir cannot be combined with --resume")):
@@ -278,7 +278,7 @@ def test_a_run_directory_is_locked_and_never_overwritten_silently(demo_path, tmp
     import main
     run = tmp_path / "run"
     args = ["train", "--profile", "quick_demo", f"data.paths=[{demo_path}]", "data.lookback=16",
-            "data.block_rows=512", "model.hidden_size=8", "training.epochs=1", "training.max_steps_per_epoch=4",
+            "data.block_rows=512", "model.gru.hidden_size=8", "training.epochs=1", "training.max_steps_per_epoch=4",
             "training.num_workers=0", "--run-dir", str(run)]
     assert main.main(args) == 0
     best = (run / "checkpoints" / "best.pt").read_bytes()
@@ -359,7 +359,7 @@ def test_classification_on_converted_labels(tmp_path):
     def config(*extra):
         return load_config("quick_demo", overrides=[
             f"data.paths=[{tmp_path / 'labels.h5'}]", "data.lookback=8", "data.block_rows=256", "model.name=gru",
-            "model.task=classify", "model.hidden_size=16", "training.epochs=2", "training.max_steps_per_epoch=40",
+            "model.task=classify", "model.gru.hidden_size=16", "training.epochs=2", "training.max_steps_per_epoch=40",
             "training.batch_size=64", "training.learning_rate=0.01", "training.num_workers=0",
             f"output.runs_dir={tmp_path}", *extra])
     assert config("model.n_classes=3").data.normalize_targets is False

@@ -113,7 +113,7 @@ def host_plan(prepared, config, loader_cfg, loader_options, model, activations, 
     on a GPU; process: the training process's MB (default: its PSS now)."""
     lines = loader_plan(prepared, config.data, loader_cfg, loader_options, process_mb=process or process_mb())
     n_params = sum(p.numel() for p in model.parameters())
-    lines.append(PlanLine("model + AdamW state + gradients", n_params * 16 / MB, "model.hidden_size / d_model",
+    lines.append(PlanLine("model + AdamW state + gradients", n_params * 16 / MB, "the model's own section, model.<name>",
                           f"{n_params:,} parameters x 16 bytes"))
     size, how = activations
     lines.append(PlanLine("activations", size / MB, "training.batch_size", how))

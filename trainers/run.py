@@ -19,6 +19,7 @@ from config import Config, DataConfig, _from_dict, to_dict
 from data.dataset import prepare_data
 from data.normalize import Normalizer
 from errors import InputError
+from models import check_model_config
 from trainers.checkpoint import Checkpointer
 from trainers.distributed import Group
 from trainers.trainer import Trainer
@@ -47,8 +48,8 @@ def load_run_config(run_dir):
     if not path.exists():
         raise InputError(f"{run_dir}: not a run directory (no config.yaml); give the directory a "
                          "training run printed")
-    from config import read_yaml
-    return _from_dict(Config, read_yaml(path), "")
+    from config import migrate_flat_model_keys, read_yaml
+    return _from_dict(Config, migrate_flat_model_keys(read_yaml(path)), "")
 
 
 class RunLock:
@@ -133,6 +134,7 @@ def _train(config, run_dir, resume, group, overwrite):
     state, normalizer = None, None
     if resume:
         config = config or load_run_config(run_dir)
+    check_model_config(config.model)          # an unimportable model stops before the data is read
     if group.is_main:
         print(describe_run(config))
     if resume:

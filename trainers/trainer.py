@@ -96,7 +96,7 @@ def model_shapes(prepared, model_cfg):
         if same and set(cols.target_index) <= set(cols.feature_index) else None
     n_targets = model_cfg.n_classes if model_cfg.task == "classify" else len(cols.target_index)
     return Shapes(prepared.window.lookback, prepared.window.horizon, len(cols.feature_index), n_targets,
-                  target_channels)
+                  target_channels, task=model_cfg.task)
 
 
 class Trainer:
