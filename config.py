@@ -107,6 +107,9 @@ class ModelConfig:
     """forecast (regression of H steps of K targets) or classify (integer labels in `targets`)."""
     n_classes: int = 0
     """classify: number of classes (labels 0 .. n_classes - 1)."""
+    quantiles: list = dataclasses.field(default_factory=list)
+    """Quantile forecasts, e.g. [0.1, 0.5, 0.9] (with training.loss=quantile): each in (0, 1), increasing.
+    The point forecast that mse/mae score and predict writes is the quantile nearest 0.5."""
     dlinear: DLinearConfig = dataclasses.field(default_factory=DLinearConfig)
     """DLinear's settings (used when model.name is dlinear)."""
     lstm: RecurrentConfig = dataclasses.field(default_factory=RecurrentConfig)
@@ -131,6 +134,12 @@ class ModelConfig:
         if self.task == "classify" and self.n_classes < 2:
             raise InputError(f"model.task is classify but model.n_classes is {self.n_classes}; give the "
                              "number of classes (at least 2)")
+        q = self.quantiles
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1 for v in q):
+            raise InputError(f"model.quantiles is {q}; give levels strictly between 0 and 1, e.g. [0.1, 0.5, 0.9]")
+        if any(b <= a for a, b in zip(q, q[1:])):
+            raise InputError(f"model.quantiles is {q}; list them increasing, each once, e.g. {sorted(set(q))}")
+        self.quantiles = [float(v) for v in q]
 
 
 def moved_model_key(key, model_name):
@@ -213,9 +222,9 @@ class TrainingConfig:
     drop_last: bool = False
     """Drop the last, smaller batch of a training epoch."""
     loss: str = "mse"
-    """Regression loss, trained on and reported as the validation loss: mse, mae, or huber
-    (quadratic within training.huber_delta normalized units, linear beyond). classify always
-    uses cross-entropy."""
+    """Regression loss, trained on and reported as the validation loss: mse, mae, huber
+    (quadratic within training.huber_delta normalized units, linear beyond), or quantile (pinball
+    loss of the levels in model.quantiles). classify always uses cross-entropy."""
     huber_delta: float = 1.0
     """huber: where the loss turns from quadratic to linear, in normalized target units."""
 
@@ -238,7 +247,7 @@ class TrainingConfig:
             raise InputError(f"training.grad_clip must be >= 0 (0 = no clipping), got {self.grad_clip}")
         _check_choice("training", self, {"scheduler": ("cosine", "halving", "hold_decay", "plateau", "none"),
                                          "amp": ("auto", "off", "bf16", "fp16"),
-                                         "loss": ("mse", "mae", "huber")})
+                                         "loss": ("mse", "mae", "huber", "quantile")})
         if not self.huber_delta > 0:
             raise InputError(f"training.huber_delta must be > 0, got {self.huber_delta}")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
@@ -255,6 +264,13 @@ class OutputConfig:
     """Write TensorBoard event files under <run>/tensorboard."""
     metrics_in_normalized_units: bool = False
     """Also report metrics on normalized values (they are always reported in original units)."""
+    plot_sessions: int = 4
+    """Sessions in the forecasts-vs-truth figure TensorBoard gets at each validation (forecast runs
+    with output.tensorboard); 0 = no figure."""
+
+    def __post_init__(self):
+        if self.plot_sessions < 0:
+            raise InputError(f"output.plot_sessions must be >= 0 (0 = no figure), got {self.plot_sessions}")
 
 
 @dataclasses.dataclass
@@ -275,6 +291,14 @@ class Config:
     def __post_init__(self):
         if self.memory_budget_mb < 64:
             raise InputError(f"memory_budget_mb must be at least 64, got {self.memory_budget_mb}")
+        if (self.training.loss == "quantile") != bool(self.model.quantiles):
+            raise InputError("training.loss=quantile and model.quantiles go together: "
+                             + (f"training.loss is {self.training.loss!r} but model.quantiles is {self.model.quantiles}; set "
+                                "training.loss=quantile" if self.model.quantiles else
+                                "give the levels, e.g. model.quantiles=[0.1,0.5,0.9]"))
+        if self.model.task == "classify" and self.model.quantiles:
+            raise InputError("model.quantiles are forecast quantiles; a classifier (model.task=classify) gives "
+                             "class probabilities instead: remove model.quantiles")
         if self.model.task == "classify":
             # Class labels are never standardized: 1, 2, 0 became 0, 1, -1 after .long() (issue 10, case 4).
             self.data.normalize_targets = False
@@ -478,7 +502,7 @@ RESUME_KEYS = {"training.epochs", "training.early_stopping_patience", "training.
                "training.log_every_steps", "training.num_workers", "training.num_threads",
                "training.prefetch_factor", "training.persistent_workers", "training.pin_memory",
                "training.gc_every_epoch", "training.compute_metrics_online", "output.tensorboard",
-               "output.metrics_in_normalized_units", "memory_budget_mb", "training.checkpoint_every_steps",
+               "output.metrics_in_normalized_units", "output.plot_sessions", "memory_budget_mb", "training.checkpoint_every_steps",
                "training.checkpoint_every_minutes"}
 
 

@@ -63,6 +63,8 @@ def build_parser():
                    help="predict on these HDF5 files (session format, the run's columns) instead of the run's data")
     p.add_argument("--latest", action="store_true",
                    help="one forecast per session from its last lookback rows (the step after the data)")
+    p.add_argument("--plot", type=int, metavar="N", default=0,
+                   help="also draw N sessions' forecasts vs truth to a PNG beside --out (quantile bands when present)")
     p.add_argument("--fit-new-sessions", type=int, metavar="ROWS", default=None,
                    help="per_session runs: fit statistics of --data sessions the run does not know on their "
                    "first ROWS rows (only later targets are predicted)")
@@ -241,9 +243,12 @@ def cmd_evaluate(args):
 def cmd_predict(args):
     from trainers.predict import predict
     result = predict(args.run, args.out, args.split, data=args.data, latest=args.latest,
-                     fit_new_sessions=args.fit_new_sessions, overwrite=args.overwrite, checkpoint=args.checkpoint)
+                     fit_new_sessions=args.fit_new_sessions, overwrite=args.overwrite, checkpoint=args.checkpoint,
+                     plot=args.plot)
     print(f"wrote {result['windows']:,} predictions of {result['sessions']:,} sessions to {result['out']} "
           "(read with data.predictions.read_predictions)")
+    if "plot" in result:
+        print(f"drew {min(args.plot, result['sessions'])} sessions' forecasts vs truth to {result['plot']}")
 
 
 def cmd_prepare(args):

@@ -1,7 +1,11 @@
 """ETTh1 long-horizon forecasting through the framework's own pipeline.
 
     python benchmarks/ett.py --csv ../shared/datasets/ett/ETTh1.csv [--model dlinear|patchtst|repeat_last]
-                             [--horizon 96 [192 ...]] [--seeds 0 ...] --json OUT
+                             [--horizon 96 [192 ...]] [--seeds 0 ...] [--loss mse|mae|quantile ...]
+                             [--quantiles 0.1 0.5 0.9] --json OUT
+
+--loss runs each loss in turn (quantile with --quantiles): the point forecast's MSE / MAE (the
+level nearest 0.5 for quantiles) and, for quantiles, the coverage of the outer band.
 
 The standard protocol (Zeng et al. 2023; Nie et al. 2023): all 7 columns as features
 and targets ("M"), lookback 336, borders train [0, 8640), val [8640-336, 11520), test
@@ -41,7 +45,7 @@ MODEL_ARGS = {
 }
 
 
-def ett_config(h5_path, model, horizon, seed, epochs, runs_dir):
+def ett_config(h5_path, model, horizon, seed, epochs, runs_dir, loss="mse", quantiles=()):
     overrides = [
         f"data.paths=[{h5_path}]", "data.lookback=336", f"data.horizon={horizon}", "data.split.method=rows",
         f"data.split.rows={BORDERS}", "data.normalize=global", "data.normalize_exact=true", "data.block_rows=4096",
@@ -49,12 +53,14 @@ def ett_config(h5_path, model, horizon, seed, epochs, runs_dir):
         "training.warmup_steps=0", "training.weight_decay=0", "training.grad_clip=0", "training.amp=off",
         "training.num_workers=0", "training.log_every_steps=100",
         "output.metrics_in_normalized_units=true", f"output.runs_dir={runs_dir}", "output.tensorboard=false",
-        *MODEL_ARGS[model]]
+        *MODEL_ARGS[model], f"training.loss={loss}"]
+    if loss == "quantile":
+        overrides.append(f"model.quantiles=[{','.join(map(str, quantiles))}]")
     return load_config("default", overrides=overrides)
 
 
-def run_one(h5_path, model, horizon, seed, epochs, runs_dir):
-    config = ett_config(h5_path, model, horizon, seed, epochs, runs_dir)
+def run_one(h5_path, model, horizon, seed, epochs, runs_dir, loss="mse", quantiles=()):
+    config = ett_config(h5_path, model, horizon, seed, epochs, runs_dir, loss, quantiles)
     t0 = time.perf_counter()
     if model == "repeat_last":
         prepared = prepare_data(config.data, seed=seed, progress=False)
@@ -66,8 +72,10 @@ def run_one(h5_path, model, horizon, seed, epochs, runs_dir):
         test = result["test"]
         windows = prepare_data(config.data, seed=seed, progress=False).n_windows("test")
     published = PUBLISHED.get((model, horizon), (None, None))
-    return {"model": model, "horizon": horizon, "seed": seed, "test_windows": windows,
-            "mse": test["norm_mse"], "mae": test["norm_mae"], "published_mse": published[0],
+    band = next((k for k in test if k.startswith("quantile_coverage_")), None)
+    return {"model": model, "horizon": horizon, "seed": seed, "loss": loss, "test_windows": windows,
+            "mse": test["norm_mse"], "mae": test["norm_mae"], "band": band[len("quantile_coverage_"):] if band else "",
+            "coverage": test[band] if band else None, "published_mse": published[0],
             "published_mae": published[1], "seconds": time.perf_counter() - t0}
 
 
@@ -78,6 +86,8 @@ def main():
     parser.add_argument("--horizon", type=int, nargs="*", default=[96])
     parser.add_argument("--seeds", type=int, nargs="*", default=[0])
     parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--loss", nargs="*", default=["mse"], choices=("mse", "mae", "huber", "quantile"))
+    parser.add_argument("--quantiles", type=float, nargs="*", default=[0.1, 0.5, 0.9])
     parser.add_argument("--dir", default=str(ROOT / "bench_data" / "ett"))
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
@@ -88,11 +98,13 @@ def main():
         convert([args.csv], h5_path)
     rows = []
     for horizon in args.horizon:
-        for seed in args.seeds:
-            rows.append(run_one(h5_path, args.model, horizon, seed, args.epochs, directory / "runs"))
-            print(rows[-1], flush=True)
-    print(table(rows, ["model", "horizon", "seed", "test_windows", "mse", "mae", "published_mse",
-                       "published_mae", "seconds"]))
+        for loss in args.loss:
+            for seed in args.seeds:
+                rows.append(run_one(h5_path, args.model, horizon, seed, args.epochs, directory / "runs", loss,
+                                    args.quantiles))
+                print(rows[-1], flush=True)
+    print(table(rows, ["model", "horizon", "loss", "seed", "test_windows", "mse", "mae", "band", "coverage",
+                       "published_mse", "published_mae", "seconds"]))
     save_json(args.json, {"rows": rows, "config": vars(args), "machine": machine()})
 
 

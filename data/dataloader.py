@@ -35,6 +35,20 @@ class Batch:
     row: torch.Tensor = None        # (B,) first row of each window
 
 
+@dataclasses.dataclass
+class LoaderConfig:
+    """What a loader uses, and only that: the same names and defaults as the training section's
+    (which a loader also takes), for building one from your own code (docs/api.md)."""
+
+    batch_size: int = 256
+    num_workers: int = 0
+    pin_memory: bool = True
+    persistent_workers: bool = True
+    prefetch_factor: int = 2
+    round_blocks: int = 8
+    drop_last: bool = False
+
+
 def loader_options(training_cfg, device, cpu_count=None):
     """DataLoader settings after adjusting what cannot apply here; returns (options, notes)."""
     cpu_count = cpu_count or os.cpu_count() or 1
@@ -311,9 +325,11 @@ def _as_index(cols, width):
     return slice(None) if list(cols) == list(range(width)) else list(cols)
 
 
-def build_loader(prepared, split, training_cfg, *, seed=0, rank=0, world_size=1, device="cpu",
+def build_loader(prepared, split, training_cfg=None, *, seed=0, rank=0, world_size=1, device="cpu",
                  shuffle=None, return_ids=False):
-    """A WindowLoader for `split`: shuffled for train, in order for val/test."""
+    """A WindowLoader for `split`: shuffled for train, in order for val/test. `training_cfg`: a
+    LoaderConfig (the default one when None) or a config's training section."""
+    training_cfg = training_cfg or LoaderConfig()
     options, notes = loader_options(training_cfg, device)
     _note_once(notes)
     train = split == "train"

@@ -6,7 +6,9 @@ One entry per predicted window, N in all (docs/data_format.md, "Prediction files
   input_end_time   (N,)        int64 ns, that row's time (only when the sessions have timestamps)
   target_time      (N, H)      int64 ns, the time each horizon step's target describes; NaT
                                (int64 min, as pandas stores it) where that row is not in the data yet
-  prediction       (N, H, K)   float32, original units (classify: the predicted class, H = K = 1)
+  prediction       (N, H, K)   float32, original units (classify: the predicted class, H = K = 1; with
+                               quantiles, the one nearest 0.5)
+  quantiles        (N, H, K, Q) float32, original units, the levels in the `quantiles` attribute
   truth            (N, H, K)   float32, original units, NaN where not known yet
   class_probability (N, C)     float32, classify only
 Attributes are numbers and JSON lists, never sentences: lookback, horizon, first_target_offset
@@ -31,7 +33,7 @@ CHUNK_WINDOWS = 4096
 class PredictionWriter:
     """Appends batches of predictions to an open, writable h5py.File."""
 
-    def __init__(self, h5file, *, horizon, n_targets, stamped, n_classes=0):
+    def __init__(self, h5file, *, horizon, n_targets, stamped, n_classes=0, quantiles=()):
         self.h5file = h5file
         self.n = 0
         h, k = horizon, n_targets
@@ -48,6 +50,9 @@ class PredictionWriter:
             self.datasets["target_time"] = make("target_time", (h,), np.int64)
         if n_classes:
             self.datasets["class_probability"] = make("class_probability", (n_classes,), np.float32)
+        self.quantiles = list(quantiles)
+        if quantiles:
+            self.datasets["quantiles"] = make("quantiles", (h, k, len(quantiles)), np.float32)
 
     def append(self, **columns):
         """One batch: every dataset of the file by name, each with the batch's m windows first."""
@@ -73,6 +78,7 @@ class PredictionWriter:
         attrs["target_lead_rows"] = int(target_lead)
         attrs["task"] = task
         attrs["units"] = "original"
+        attrs["quantiles"] = json.dumps(self.quantiles)
         for key, value in extra.items():
             attrs[key] = value
 
@@ -95,7 +101,7 @@ def read_attrs(path):
     with _open(path) as f:
         out = {}
         for key, value in f.attrs.items():
-            if key in ("session_names", "target_names"):
+            if key in ("session_names", "target_names", "quantiles"):
                 value = json.loads(value)
             elif isinstance(value, np.generic):
                 value = value.item()
@@ -108,12 +114,14 @@ def read_predictions(path, sessions=None, windows=None):
 
         session, input_end_row, input_end_time, horizon_step (1 = the first step), target_time,
         target, prediction, truth   (times as datetime64[ns], NaT where not known yet)
+        and with quantile forecasts one column per level, named q0.1, q0.5, ...
 
     `sessions`: names to keep (others are not read into the frame); `windows`: a slice of
     window numbers, to read a file larger than memory in parts."""
     with _open(path) as f:
         names = json.loads(f.attrs["session_names"])
         targets = json.loads(f.attrs["target_names"])
+        levels = json.loads(f.attrs.get("quantiles", "[]"))
         sel = windows if windows is not None else slice(None)
         session = f["session"][sel]
         keep = np.ones(len(session), bool)
@@ -138,4 +146,6 @@ def read_predictions(path, sessions=None, windows=None):
     frame["target"] = pd.Categorical.from_codes(np.tile(np.arange(k), n * h), categories=targets)
     frame["prediction"] = cols["prediction"].reshape(-1)
     frame["truth"] = cols["truth"].reshape(-1)
+    for j, level in enumerate(levels):
+        frame[f"q{level:g}"] = cols["quantiles"][..., j].reshape(-1)
     return pd.DataFrame(frame)

@@ -28,6 +28,12 @@ class Shapes:
     n_targets: int           # K (forecast) or number of classes (classify)
     target_channels: tuple = None   # indices of the targets among the features, when they are features
     task: str = "forecast"   # forecast or classify
+    n_quantiles: int = 1     # Q: forecasts of Q quantile levels per target (model.quantiles), else 1
+
+    @property
+    def n_outputs(self):
+        """Values per horizon step: K, or K x Q (target-major: the Q levels of target 0 first)."""
+        return self.n_targets * self.n_quantiles
 
 
 def model_params(model_cfg, cls):
@@ -74,7 +80,7 @@ def build_model(model_cfg, shapes):
 
 
 def expected_output(shapes, batch):
-    return (batch, shapes.n_targets) if shapes.task == "classify" else (batch, shapes.horizon, shapes.n_targets)
+    return (batch, shapes.n_targets) if shapes.task == "classify" else (batch, shapes.horizon, shapes.n_outputs)
 
 
 def check_output_shape(model, name, shapes, batch=2):
@@ -93,6 +99,7 @@ def check_output_shape(model, name, shapes, batch=2):
         model.train(was_training)
     got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
     if got != expected:
-        what = "(batch, classes)" if shapes.task == "classify" else "(batch, horizon, targets)"
+        what = "(batch, classes)" if shapes.task == "classify" else \
+            ("(batch, horizon, targets x quantiles)" if shapes.n_quantiles > 1 else "(batch, horizon, targets)")
         raise InputError(f"model.name {name!r}: output shape {got}, expected {expected} {what} for input "
                          f"({batch}, {shapes.lookback}, {shapes.n_features}) (batch, lookback, features)")

@@ -17,6 +17,8 @@ class RepeatLast(nn.Module):
         super().__init__()
         if shapes.task != "forecast":
             raise InputError("model.name=repeat_last is a forecasting baseline; use model.task=forecast")
+        if shapes.n_quantiles > 1:
+            raise InputError("model.name=repeat_last forecasts one value, not quantiles; remove model.quantiles")
         self.horizon = shapes.horizon
         self.channels = ChannelMap(shapes)
         self.unused = nn.Parameter(torch.zeros(()))

@@ -35,7 +35,9 @@ class DLinear(nn.Module):
         self.individual = cfg.individual
         self.decompose = MovingAverage(cfg.kernel_size)
         L, H, F = shapes.lookback, shapes.horizon, shapes.n_features
-        out = H if self.task == "forecast" else cfg.hidden_size
+        self.horizon, self.n_quantiles = H, shapes.n_quantiles
+        # Quantiles: each channel's own linear maps give Q values a step (channels stay independent).
+        out = H * shapes.n_quantiles if self.task == "forecast" else cfg.hidden_size
         if cfg.individual:
             self.seasonal = nn.ModuleList(nn.Linear(L, out) for _ in range(F))
             self.trend = nn.ModuleList(nn.Linear(L, out) for _ in range(F))
@@ -58,5 +60,7 @@ class DLinear(nn.Module):
         y = self._time_linear(self.seasonal, seasonal.transpose(1, 2)) + \
             self._time_linear(self.trend, trend.transpose(1, 2))   # (B, F, out)
         if self.task == "forecast":
-            return self.head(y.transpose(1, 2))                 # (B, H, K)
+            if self.n_quantiles > 1:
+                y = y.view(y.shape[0], y.shape[1], self.horizon, self.n_quantiles)   # (B, F, H, Q)
+            return self.head(y.transpose(1, 2))                 # (B, H, K [x Q])
         return self.head(y.flatten(1))                          # (B, C)

@@ -6,7 +6,8 @@ from torch import nn
 
 class ChannelMap(nn.Module):
     """(B, H, F) per-channel forecasts -> (B, H, K) targets: pick the target channels when
-    they are features (no parameters), else learn a projection F -> K."""
+    they are features (no parameters), else learn a projection F -> K. Quantile forecasts
+    (B, H, F, Q) -> (B, H, K x Q), each level mapped the same way."""
 
     def __init__(self, shapes):
         super().__init__()
@@ -17,10 +18,14 @@ class ChannelMap(nn.Module):
         else:
             self.proj = nn.Linear(shapes.n_features, shapes.n_targets)
 
-    def forward(self, y):                       # (B, H, F)
-        if self.proj is not None:
-            return self.proj(y)                 # (B, H, K)
-        return y.index_select(-1, self.index)   # (B, H, K)
+    def forward(self, y):                       # (B, H, F) or (B, H, F, Q)
+        levels = y.dim() == 4
+        if levels:
+            y = y.movedim(-1, 2)                # (B, H, Q, F)
+        picked = self.proj(y) if self.proj is not None else y.index_select(-1, self.index)   # (B, H, [Q,] K)
+        if levels:
+            return picked.transpose(2, 3).flatten(2)     # (B, H, K x Q), target-major
+        return picked
 
 
 class VectorHead(nn.Module):
@@ -30,15 +35,15 @@ class VectorHead(nn.Module):
         super().__init__()
         self.task = shapes.task
         self.horizon = shapes.horizon
-        self.n_out = shapes.n_targets
-        out = shapes.n_targets if self.task == "classify" else shapes.horizon * shapes.n_targets
+        self.n_out = shapes.n_outputs
+        out = shapes.n_targets if self.task == "classify" else shapes.horizon * shapes.n_outputs
         self.linear = nn.Linear(dim, out)
 
     def forward(self, h):                       # (B, D)
         out = self.linear(h)
         if self.task == "classify":
             return out                          # (B, C)
-        return out.view(-1, self.horizon, self.n_out)   # (B, H, K)
+        return out.view(-1, self.horizon, self.n_out)   # (B, H, K) or (B, H, K x Q)
 
 
 class RevIN(nn.Module):
@@ -57,5 +62,8 @@ class RevIN(nn.Module):
         self._std = torch.sqrt(x.var(dim=1, keepdim=True, unbiased=False) + self.eps).detach()
         return (x - self._mean) / self._std * self.weight + self.bias
 
-    def denormalize(self, y):                   # (B, H, F)
+    def denormalize(self, y):                   # (B, H, F) or (B, H, F, Q)
+        if y.dim() == 4:                        # the window's statistics for every level
+            scale = (self.weight + self.eps * self.eps)[:, None]
+            return (y - self.bias[:, None]) / scale * self._std[..., None] + self._mean[..., None]
         return (y - self.bias) / (self.weight + self.eps * self.eps) * self._std + self._mean

@@ -80,7 +80,8 @@ class PatchTST(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
         flat = self.n_patches * cfg.d_model
         if shapes.task == "forecast":
-            self.flatten_head = nn.Linear(flat, shapes.horizon)
+            self.horizon, self.n_quantiles = shapes.horizon, shapes.n_quantiles
+            self.flatten_head = nn.Linear(flat, shapes.horizon * shapes.n_quantiles)   # per channel
             self.channels = ChannelMap(shapes)
         else:
             self.head = VectorHead(F * cfg.d_model, shapes)
@@ -98,7 +99,10 @@ class PatchTST(nn.Module):
             z, scores = layer(z, scores)                             # (B*F, N, D)
         if self.task == "classify":
             return self.head(z.mean(1).reshape(B, -1))               # (B, C)
-        y = self.flatten_head(z.reshape(B, F, -1)).transpose(1, 2)   # (B, H, F)
+        y = self.flatten_head(z.reshape(B, F, -1))                   # (B, F, H [x Q])
+        if self.n_quantiles > 1:
+            y = y.view(B, F, self.horizon, self.n_quantiles)         # (B, F, H, Q)
+        y = y.transpose(1, 2)                                        # (B, H, F [, Q])
         if self.revin is not None:
             y = self.revin.denormalize(y)
-        return self.channels(y)                                      # (B, H, K)
+        return self.channels(y)                                      # (B, H, K [x Q])

@@ -77,6 +77,18 @@ def small_config(demo_path, tmp_path, *extra):
     return load_config("quick_demo", overrides=overrides)
 
 
+def flat_metrics(metrics, prefix=""):
+    """{"per_target/close/mse": ...}: a metrics dict with its nested parts as paths (pytest.approx
+    compares flat mappings only)."""
+    out = {}
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            out.update(flat_metrics(value, f"{prefix}{key}/"))
+        else:
+            out[prefix + key] = value
+    return out
+
+
 def at_step(step, action):
     """A Trainer._optimizer_step that calls `action()` right after the run reaches `step`."""
     from trainers.trainer import Trainer

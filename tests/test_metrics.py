@@ -56,3 +56,45 @@ def test_online_metrics_hold_no_history():
         m.update(p, y)
     held = [v for v in vars(m).values() if isinstance(v, torch.Tensor)]
     assert m._kept == [] and all(t.numel() <= 1 for t in held)
+
+
+@pytest.mark.parametrize("collect", [False, True])
+def test_per_target_and_per_step_match_sklearn_on_their_slices(collect):
+    p, y = batches(4000, 3, 2, seed=3, offset=50.0)        # (N, H=3, K=2)
+    m = RegressionMetrics(collect=collect, target_names=["close", "volume"])
+    for i in range(0, 4000, 611):
+        m.update(p[i:i + 611], y[i:i + 611])
+    got = m.compute()
+    P, Y = p.numpy(), y.numpy()
+
+    def want(pp, yy):
+        return {"mse": sk.mean_squared_error(yy, pp), "mae": sk.mean_absolute_error(yy, pp), "r2": sk.r2_score(yy, pp),
+                "direction_acc": float((np.sign(pp) == np.sign(yy)).mean())}
+    for k, name in enumerate(["close", "volume"]):
+        assert got["per_target"][name] == pytest.approx(want(P[:, :, k], Y[:, :, k]), rel=1e-6)
+    for h in range(3):
+        assert got["per_step"][str(h + 1)] == pytest.approx(want(P[:, h], Y[:, h]), rel=1e-6)
+
+
+def test_quantile_metrics_and_loss_match_numpy():
+    from trainers.quantiles import QuantileMetrics, pinball_loss
+    rng = np.random.default_rng(5)
+    levels = [0.1, 0.5, 0.9]
+    y = rng.normal(3.0, 2.0, (3000, 2, 2))                                          # (N, H, K)
+    center = y + rng.normal(0, 1.0, y.shape)
+    q = np.stack([center - 1.28, center, center + 1.28], axis=-1)                    # (N, H, K, Q)
+    halves = [QuantileMetrics(levels), QuantileMetrics(levels)]                     # two ranks' shares
+    for i in range(0, 3000, 400):
+        halves[(i // 400) % 2].update(torch.tensor(q[i:i + 400]), torch.tensor(y[i:i + 400]))
+    halves[0].merge(halves[1])
+    got = halves[0].compute()
+    diff = y[..., None] - q
+    pinball = np.maximum(np.array(levels) * diff, (np.array(levels) - 1) * diff)
+    assert got["pinball"] == pytest.approx(pinball.mean(), rel=1e-6)
+    assert got["coverage_0.1_0.9"] == pytest.approx(((y >= q[..., 0]) & (y <= q[..., 2])).mean(), rel=1e-6)
+    for j, level in enumerate(levels):
+        assert got["fraction_below"][f"{level:g}"] == pytest.approx((y <= q[..., j]).mean(), rel=1e-6)
+    # The training loss is the same pinball, on (B, H, K * Q) outputs; `sum` / values = `mean`.
+    out = torch.tensor(q.reshape(3000, 2, 6))
+    assert float(pinball_loss(out, torch.tensor(y), levels)) == pytest.approx(pinball.mean(), rel=1e-9)
+    assert float(pinball_loss(out, torch.tensor(y), levels, reduction="sum")) / y.size == pytest.approx(pinball.mean())

@@ -102,3 +102,19 @@ def test_recurrent_layers_stack_with_torch_dropout_and_load_the_old_layout(name)
     expected = model.head(old(x)[0][:, -1])
     torch.testing.assert_close(model(x), expected)
     assert build_model(model_config(name, hidden_size=8, num_layers=1, dropout=0.5), SHAPES).dropout.p == 0.0
+
+
+@pytest.mark.parametrize("name", TRAINABLE)
+@pytest.mark.parametrize("target_channels", [None, (3, 1)])
+def test_quantile_outputs_are_per_target_and_level(name, target_channels):
+    # (B, H, K x Q), target-major. Channel models (DLinear, PatchTST) give each channel its own Q values,
+    # so a picked target channel's levels are that channel's, not a mix of every channel.
+    shapes = Shapes(16, 3, 4, 2, target_channels=target_channels, n_quantiles=3)
+    model = build_model(model_config(name), shapes)
+    assert model(torch.randn(2, 16, 4)).shape == (2, 3, 6)
+    if name in ("dlinear", "patchtst") and target_channels is not None:
+        x = torch.randn(2, 16, 4)
+        changed = x.clone()
+        changed[:, :, 0] += 3.0                          # a channel that is not a target
+        model.eval()
+        torch.testing.assert_close(model(x), model(changed))

@@ -205,3 +205,18 @@ def test_505_stocks_latest_gives_one_forecast_per_stock_after_its_last_close(tmp
 
 def test_nat_is_pandas_missing_time():
     assert pd.isna(pd.Series(np.array([NAT], np.int64).view("datetime64[ns]")))[0]
+
+
+def test_plot_draws_forecasts_beside_the_predictions(demo_run, tmp_path):
+    result = predict(demo_run, tmp_path / "pred.h5", "test", plot=2)
+    picture = tmp_path / "pred.png"
+    assert result["plot"] == str(picture) and picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    latest = predict(demo_run, tmp_path / "next.h5", latest=True, plot=3)
+    assert (tmp_path / "next.png").stat().st_size > 1000 and latest["sessions"] == 4
+    # An existing picture is the user's: refused before the work, like --out.
+    (tmp_path / "pred.h5").unlink()
+    with pytest.raises(InputError, match=r"pred.png: already exists; pass --overwrite"):
+        predict(demo_run, tmp_path / "pred.h5", "test", plot=2)
+    assert not (tmp_path / "pred.h5").exists()
+    with pytest.raises(InputError, match=r"--plot -1"):
+        predict(demo_run, tmp_path / "other.h5", "test", plot=-1)

@@ -24,13 +24,20 @@ def test_a_run_trains_evaluates_and_logs(demo_path, tmp_path):
     assert (run / "checkpoints" / "last.pt").exists() and (run / "checkpoints" / "best.pt").exists()
     test = json.loads((run / "metrics_test.json").read_text())
     assert set(test) >= {"loss", "mse", "rmse", "mae", "r2", "pearson", "direction_acc"}
-    assert test == pytest.approx(result["test"])
+    floats = lambda d: {k: v for k, v in d.items() if isinstance(v, float)}  # noqa: E731
+    assert floats(test) == pytest.approx(floats(result["test"]))
+    # One target, one step: the per-target and per-step metrics are the pooled ones.
+    assert test["per_target"]["next_log_return"] == pytest.approx({k: test[k] for k in ("mse", "mae", "r2", "direction_acc")})
+    assert test["per_step"]["1"] == test["per_target"]["next_log_return"]
     events = EventAccumulator(str(run / "tensorboard"))
     events.Reload()
     tags = events.Tags()["scalars"]
-    assert {"train/loss", "train/lr", "perf/windows_per_s", "perf/data_wait", "memory/pss_mb", "val/mse"} <= set(tags)
+    assert {"train/loss", "train/lr", "perf/windows_per_s", "perf/data_wait", "memory/pss_mb", "val/mse",
+            "val/per_target/next_log_return/mae", "val/per_step/1/mse"} <= set(tags)
     assert len(events.Scalars("train/loss")) == 2 * 12 // 4
     assert events.Scalars("val/loss")[-1].value > 0
+    # The forecasts-vs-truth figure, once per validation.
+    assert len(events.Images("val/forecasts")) == 2 and events.Images("val/forecasts")[-1].width > 0
     state = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
     assert {"model", "optimizer", "scheduler", "scaler", "loader", "rng_cpu", "normalizer", "config"} <= set(state)
 

@@ -2,7 +2,8 @@
 
 Regression: MSE, RMSE, MAE, R2 (sklearn's uniform average over the H x K outputs),
 Pearson correlation (over all values), direction accuracy (sign of prediction ==
-sign of target). Moments are merged batch by batch with Chan et al.'s parallel
+sign of target); and MSE, MAE, R2 and direction accuracy per target (over its H steps)
+and per horizon step (over the K targets), from per-output sums. Moments are merged batch by batch with Chan et al.'s parallel
 update, which stays accurate where naive sums of squares lose digits.
 Classification: accuracy, macro F1 (from a streaming confusion matrix), cross-entropy.
 
@@ -57,9 +58,12 @@ class _Moments:
 class RegressionMetrics:
     names = ("mse", "rmse", "mae", "r2", "pearson", "direction_acc")
 
-    def __init__(self, device="cpu", collect=False):
+    def __init__(self, device="cpu", collect=False, target_names=None):
+        """target_names: the K names of the (B, H, K) targets, for the per-target and per-step metrics
+        (None: pooled metrics only)."""
         self.device = torch.device(device)
         self.collect = collect
+        self.target_names = list(target_names) if target_names is not None else None
         self.reset()
 
     def reset(self):
@@ -76,14 +80,12 @@ class RegressionMetrics:
         p = pred.detach().to(torch.float64).reshape(pred.shape[0], -1)   # (B, M)
         y = target.detach().to(torch.float64).reshape(target.shape[0], -1)
         if self._cols is None:
-            self._cols = _Moments(y.shape[1], p.device)
-            self._flat = _Moments(1, p.device)
-            zero = lambda: torch.zeros((), dtype=torch.float64, device=p.device)  # noqa: E731
-            self._sse, self._sae, self._hits = zero(), zero(), zero()
+            self._start(y.shape[1], p.device)
         err = p - y
-        self._sse += (err * err).sum()
-        self._sae += err.abs().sum()
-        self._hits += (torch.sign(p) == torch.sign(y)).sum()
+        # Per output (B, M) -> (M,): the pooled sums are their totals.
+        self._sse += (err * err).sum(0)
+        self._sae += err.abs().sum(0)
+        self._hits += (torch.sign(p) == torch.sign(y)).sum(0)
         self._cols.update(y, p)
         self._flat.update(y.reshape(-1, 1), p.reshape(-1, 1))
 
@@ -95,30 +97,37 @@ class RegressionMetrics:
         if other._cols is None:
             return
         if self._cols is None:
-            self._cols, self._flat = _Moments(len(other._cols.mean_y), self.device), _Moments(1, self.device)
-            zero = lambda: torch.zeros((), dtype=torch.float64, device=self.device)  # noqa: E731
-            self._sse, self._sae, self._hits = zero(), zero(), zero()
+            self._start(len(other._cols.mean_y), self.device)
         self._cols.merge(other._cols)
         self._flat.merge(other._flat)
         self._sse += other._sse.to(self._sse.device)
         self._sae += other._sae.to(self._sae.device)
         self._hits += other._hits.to(self._hits.device)
 
+    def _start(self, width, device):
+        self._cols = _Moments(width, device)
+        self._flat = _Moments(1, device)
+        zeros = lambda: torch.zeros(width, dtype=torch.float64, device=device)  # noqa: E731
+        self._sse, self._sae, self._hits = zeros(), zeros(), zeros()
+
     def compute(self):
         if self.collect:
-            return _regression_from_arrays(*self._gathered())
+            return _regression_from_arrays(*self._gathered(), self.target_names)
         if self._cols is None:
             return {name: float("nan") for name in self.names}
         count = float(self._flat.n) * 1.0
-        mse = float(self._sse) / count
+        mse = float(self._sse.sum()) / count
         c = self._cols
         # Per-column squared error from the moments: centered parts plus the mean offset.
         sse_cols = c.m2_y - 2 * c.c_py + c.m2_p + c.n * (c.mean_p - c.mean_y) ** 2
         r2_cols = 1.0 - sse_cols / c.m2_y
         pearson = self._flat.c_py / torch.sqrt(self._flat.m2_y * self._flat.m2_p)
-        return {"mse": mse, "rmse": mse ** 0.5, "mae": float(self._sae) / count,
-                "r2": float(r2_cols.mean()), "pearson": float(pearson[0]),
-                "direction_acc": float(self._hits) / count}
+        out = {"mse": mse, "rmse": mse ** 0.5, "mae": float(self._sae.sum()) / count,
+               "r2": float(r2_cols.mean()), "pearson": float(pearson[0]),
+               "direction_acc": float(self._hits.sum()) / count}
+        out.update(_by_target_and_step(float(c.n), self._sse.cpu().numpy(), self._sae.cpu().numpy(),
+                                       self._hits.cpu().numpy(), r2_cols.cpu().numpy(), self.target_names))
+        return out
 
     def _gathered(self):
         p = torch.cat([k[0] for k in self._kept]).reshape(-1, int(np.prod(self._kept[0][0].shape[1:])))
@@ -126,15 +135,37 @@ class RegressionMetrics:
         return p.numpy(), y.numpy()
 
 
-def _regression_from_arrays(p, y):
+def _regression_from_arrays(p, y, target_names=None):
     """The same metrics from full arrays (the collect path): p, y (N, M) float64."""
     err = p - y
     sst = ((y - y.mean(0)) ** 2).sum(0)
     mse = float((err ** 2).mean())
-    return {"mse": mse, "rmse": mse ** 0.5, "mae": float(np.abs(err).mean()),
-            "r2": float(np.mean(1 - (err ** 2).sum(0) / sst)),
-            "pearson": float(np.corrcoef(p.ravel(), y.ravel())[0, 1]),
-            "direction_acc": float((np.sign(p) == np.sign(y)).mean())}
+    r2_cols = 1 - (err ** 2).sum(0) / sst
+    out = {"mse": mse, "rmse": mse ** 0.5, "mae": float(np.abs(err).mean()),
+           "r2": float(np.mean(r2_cols)),
+           "pearson": float(np.corrcoef(p.ravel(), y.ravel())[0, 1]),
+           "direction_acc": float((np.sign(p) == np.sign(y)).mean())}
+    out.update(_by_target_and_step(len(p), (err ** 2).sum(0), np.abs(err).sum(0),
+                                   (np.sign(p) == np.sign(y)).sum(0), r2_cols, target_names))
+    return out
+
+
+def _by_target_and_step(n, sse, sae, hits, r2, target_names):
+    """{"per_target": {name: metrics}, "per_step": {"1": metrics, ...}} from per-output sums (M = H x K,
+    outputs in (H, K) order) over n windows; R2 the uniform average of the group's outputs."""
+    if target_names is None:
+        return {}
+    k = len(target_names)
+    shape = (len(sse) // k, k)                                   # (H, K)
+    sse, sae, hits, r2 = (np.asarray(a, np.float64).reshape(shape) for a in (sse, sae, hits, r2))
+
+    def group(axis, i):
+        pick = (slice(None), i) if axis == 1 else (i, slice(None))
+        count = n * (shape[0] if axis == 1 else shape[1])
+        return {"mse": float(sse[pick].sum()) / count, "mae": float(sae[pick].sum()) / count,
+                "r2": float(r2[pick].mean()), "direction_acc": float(hits[pick].sum()) / count}
+    return {"per_target": {name: group(1, j) for j, name in enumerate(target_names)},
+            "per_step": {str(h + 1): group(0, h) for h in range(shape[0])}}
 
 
 class ClassificationMetrics:

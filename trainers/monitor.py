@@ -57,9 +57,21 @@ class Monitor:
             self.bar = None
 
     def scalars(self, step, values, prefix):
+        """values: floats, or nested mappings of them (per_target/close/mse) written under their path."""
         if self.writer is not None:
             for key, value in values.items():
-                self.writer.add_scalar(f"{prefix}/{key}", value, step)
+                if isinstance(value, dict):
+                    self.scalars(step, value, f"{prefix}/{key}")
+                elif isinstance(value, (int, float)):
+                    self.writer.add_scalar(f"{prefix}/{key}", value, step)
+
+    def figure(self, tag, fig, step):
+        """A matplotlib figure as an image (closed after)."""
+        if self.writer is not None:
+            self.writer.add_figure(tag, fig, step, close=True)
+        else:
+            from matplotlib import pyplot as plt
+            plt.close(fig)
 
     def hparams(self, hparams, metrics):
         """One hparams entry per run: the event file an earlier call wrote (a resumed run that finished

@@ -10,6 +10,8 @@ Windows stream through the block loader (split, --data) or are read per session 
 memory does not grow with the data.
 """
 
+from pathlib import Path
+
 import h5py
 import numpy as np
 import torch
@@ -20,31 +22,38 @@ from data.dataloader import build_loader
 from data.dataset import prepare_new_data
 from data.predictions import NAT, PredictionWriter
 from errors import InputError
-from models import build_model
-from trainers.distributed import Group
-from trainers.run import restore
-from trainers.trainer import amp_setup, model_shapes, resolve_device
+from trainers.plots import panels_from_file, save_png
+from trainers.quantiles import denormalize_quantiles, point_forecast
+from trainers.run import load_run
+from trainers.trainer import amp_setup
 
 
 @torch.no_grad()
 def predict(run_dir, out, split=None, *, data=None, latest=False, fit_new_sessions=None, overwrite=False,
-            checkpoint=None):
-    """Predictions of the run's checkpoint (best by default) streamed to `out` in original units.
-    Returns {"out", "windows", "sessions"}."""
+            checkpoint=None, plot=0):
+    """Predictions of the run's checkpoint (best by default) streamed to `out` in original units;
+    with `plot` N, also a PNG beside it (out with .png) of N sessions' forecasts vs truth.
+    Returns {"out", "windows", "sessions"[, "plot"]}."""
     if latest and split is not None:
         raise InputError("--latest predicts from each session's last rows; it cannot be combined with --split")
     if data is not None and split is not None:
         raise InputError("--data scores every window of the given files; it cannot be combined with --split")
     if fit_new_sessions is not None and data is None:
         raise InputError("--fit-new-sessions fits statistics of sessions in --data files; give --data")
+    if plot < 0:
+        raise InputError(f"--plot {plot}: give the number of sessions to draw (1 or more)")
     check_output(out, overwrite)            # before the work, not after it (issue 10, case 14)
+    picture = Path(out).with_suffix(".png") if plot else None
+    if picture is not None:
+        check_output(picture, overwrite)
     split = split or "test"
-    config, state, prepared, checkpoint = restore(run_dir, which=checkpoint)
+    run = load_run(run_dir, checkpoint)
+    config, prepared = run.config, run.prepared
     if data is not None:
         prepared = prepare_new_data(config.data, data, prepared.normalizer, fit_new_sessions=fit_new_sessions,
                                     progress=False)
         split = "test"
-    scorer = _Scorer(config, state, prepared)
+    scorer = _Scorer(run, prepared.normalizer)
     sessions = prepared.catalog.sessions
     stamped = all(s.has_timestamps for s in sessions)
     if latest:
@@ -52,7 +61,8 @@ def predict(run_dir, out, split=None, *, data=None, latest=False, fit_new_sessio
     with atomic_path(out) as tmp:
         with h5py.File(tmp, "w") as f:
             writer = PredictionWriter(f, horizon=prepared.window.horizon, n_targets=len(prepared.columns.target_names),
-                                      stamped=stamped, n_classes=config.model.n_classes if scorer.classify else 0)
+                                      stamped=stamped, n_classes=config.model.n_classes if scorer.classify else 0,
+                                      quantiles=scorer.quantiles)
             batches = _latest_batches(prepared, chosen, config.training.batch_size) if latest else \
                 _split_batches(prepared, split, config.training, scorer.device)
             seen = set()
@@ -69,21 +79,25 @@ def predict(run_dir, out, split=None, *, data=None, latest=False, fit_new_sessio
             writer.finish(session_names=[s.name for s in sessions], target_names=prepared.columns.target_names,
                           window=prepared.window, target_lead=sessions[0].target_lead, task=config.model.task,
                           scope="latest" if latest else ("data" if data is not None else split),
-                          checkpoint=checkpoint, epoch_of_checkpoint=int(state["epoch"]))
-    return {"out": str(out), "windows": writer.n, "sessions": len(seen)}
+                          checkpoint=run.checkpoint, epoch_of_checkpoint=run.epoch)
+    result = {"out": str(out), "windows": writer.n, "sessions": len(seen)}
+    if picture is not None:
+        with atomic_path(picture) as tmp:
+            save_png(panels_from_file(out, plot), tmp, title=f"{Path(out).name}: forecasts vs truth", format="png")
+        result["plot"] = str(picture)
+    return result
 
 
 class _Scorer:
     """The run's model on its device, applied to normalized windows; outputs in original units."""
 
-    def __init__(self, config, state, prepared):
-        self.device = resolve_device(config.training.device, Group())
-        self.autocast, _, _ = amp_setup(config.training.amp, self.device)
-        self.classify = config.model.task == "classify"
-        self.norm = prepared.normalizer
-        self.model = build_model(config.model, model_shapes(prepared, config.model)).to(self.device)
-        self.model.load_state_dict(state["model"])
-        self.model.eval()
+    def __init__(self, run, normalizer):
+        self.model = run.model
+        self.device = next(run.model.parameters()).device
+        self.autocast, _, _ = amp_setup(run.config.training.amp, self.device)
+        self.classify = run.config.model.task == "classify"
+        self.quantiles = list(run.config.model.quantiles)
+        self.norm = normalizer
 
     def score(self, ids, x, y):
         """{"session", "prediction", "truth"[, "class_probability"]} of one batch as numpy arrays;
@@ -98,7 +112,10 @@ class _Scorer:
             columns["prediction"] = probability.argmax(-1).float().reshape(-1, 1, 1).cpu().numpy()
             truth = None if y is None else y.reshape(-1, 1, 1).float()
         else:
-            columns["prediction"] = self.norm.denormalize_targets(out, ids_t).cpu().numpy()     # (B, H, K)
+            point = point_forecast(out, self.quantiles)
+            columns["prediction"] = self.norm.denormalize_targets(point, ids_t).cpu().numpy()   # (B, H, K)
+            if self.quantiles:
+                columns["quantiles"] = denormalize_quantiles(out, self.quantiles, self.norm, ids_t).cpu().numpy()
             truth = None if y is None else self.norm.denormalize_targets(y.to(self.device).float(), ids_t)
         if truth is not None:
             columns["truth"] = truth.cpu().numpy().astype(np.float32)

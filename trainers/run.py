@@ -4,6 +4,7 @@ The CLI (main.py) calls `train` and `evaluate` here (`predict` is trainers/predi
 (or a run directory) and returns plain results.
 """
 
+import dataclasses
 import datetime
 import logging
 import os
@@ -12,6 +13,7 @@ import signal
 import sys
 from pathlib import Path
 
+import torch
 import yaml
 
 from atomic import atomic_path, write_json
@@ -189,7 +191,11 @@ def hparams_monitor(config, run_dir, result):
         return
     from trainers.monitor import Monitor
     monitor = Monitor(Path(run_dir), True)
-    flat = {f"model.{k}": v for k, v in to_dict(config)["model"].items()}
+    model = to_dict(config)["model"]
+    # The chosen model's own section, not every model's defaults.
+    section = ("custom", model["custom"]) if ":" in config.model.name else (config.model.name, model.get(config.model.name) or {})
+    flat = {f"model.{k}": model[k] for k in ("name", "task", "quantiles")}
+    flat.update({f"model.{section[0]}.{k}": v for k, v in section[1].items()})
     flat.update({f"training.{k}": v for k, v in to_dict(config)["training"].items()
                  if k in ("batch_size", "learning_rate", "epochs", "amp", "scheduler")})
     flat.update({"data.lookback": config.data.lookback, "data.horizon": config.data.horizon})
@@ -212,6 +218,29 @@ def restore(run_dir, config=None, prepared=None, which=None):
         prepared = prepare_data(config.data, seed=config.seed, progress=False,
                                 normalizer=Normalizer.from_json(state["normalizer"]))
     return config, state, prepared, which
+
+
+@dataclasses.dataclass
+class LoadedRun:
+    """A trained run, ready to forecast: its config, its data read with its own statistics, and its
+    model (the checkpoint's weights, eval mode, on the config's device)."""
+
+    config: Config
+    prepared: object          # data.dataset.PreparedData
+    model: torch.nn.Module
+    checkpoint: str           # best or last
+    epoch: int                # epochs completed when the checkpoint was saved
+
+
+def load_run(run_dir, checkpoint=None):
+    """The run in `run_dir` with its `checkpoint` (best by default, else last) loaded."""
+    from models import build_model
+    from trainers.trainer import model_shapes, resolve_device
+    config, state, prepared, which = restore(run_dir, which=checkpoint)
+    model = build_model(config.model, model_shapes(prepared, config.model))
+    model.load_state_dict(state["model"])
+    model.to(resolve_device(config.training.device, Group())).eval()
+    return LoadedRun(config, prepared, model, which, int(state["epoch"]))
 
 
 def evaluate(run_dir, split="test", *, prepared=None, config=None, trainer=None, checkpoint=None):

@@ -29,6 +29,8 @@ from trainers.cuda_plan import cuda_plan, format_cuda_plan
 from trainers.distributed import Group
 from trainers.host_plan import host_plan, probe_activations, process_mb
 from trainers.losses import training_loss
+from trainers.plots import ForecastSample, figure
+from trainers.quantiles import QuantileMetrics, denormalize_quantiles, point_forecast
 from trainers.metrics import ClassificationMetrics, RegressionMetrics
 from trainers.monitor import Monitor
 
@@ -90,13 +92,14 @@ def thread_count(setting, cores=None, busy_cores=None):
 
 
 def model_shapes(prepared, model_cfg):
+    """What the model is built for (quantile forecasts: Q values per target and step)."""
     cols = prepared.columns
     same = cols.target_source == "features"
     target_channels = tuple(list(cols.feature_index).index(c) for c in cols.target_index) \
         if same and set(cols.target_index) <= set(cols.feature_index) else None
     n_targets = model_cfg.n_classes if model_cfg.task == "classify" else len(cols.target_index)
     return Shapes(prepared.window.lookback, prepared.window.horizon, len(cols.feature_index), n_targets,
-                  target_channels, task=model_cfg.task)
+                  target_channels, task=model_cfg.task, n_quantiles=max(1, len(model_cfg.quantiles)))
 
 
 class Trainer:
@@ -118,6 +121,7 @@ class Trainer:
             raise InputError("model.task is classify but the targets are feature columns; classify needs "
                              "integer labels in the sessions' `targets` dataset")
         self.loss_fn = training_loss(config)              # None for classify (cross-entropy)
+        self.quantiles = list(config.model.quantiles)     # [] for point forecasts
         self.shapes = model_shapes(prepared, config.model)
         self.model = build_model(config.model, self.shapes).to(self.device)
         # Training steps go through DDP (gradients averaged over ranks); evaluation and
@@ -149,6 +153,9 @@ class Trainer:
         self._save_due = False          # a periodic checkpoint agreed at the last optimizer step
         self._last_save = time.monotonic()
         self.cuda_plan = None           # on a GPU, after preflight: {"planned_mb", "worst_phase", "lines"}
+        self.last_sample = None         # the last validation's ForecastSample (the TensorBoard figure)
+        if monitor and self._forecast_sample("val") is not None:
+            import matplotlib.pyplot    # noqa: F401  now, so the memory plan's process line counts it
 
     # --- setup ------------------------------------------------------------------------
     def _steps_per_epoch(self):
@@ -448,6 +455,9 @@ class Trainer:
         self.monitor.scalars(self.epoch + 1, {"loss": train_loss, "nonfinite_steps": self.nonfinite_total},
                              "epoch_train")
         self.monitor.scalars(self.epoch + 1, val, "val")
+        if self.last_sample is not None and self.last_sample.panels():
+            self.monitor.figure("val/forecasts", figure(self.last_sample.panels(),
+                                                        f"validation, epoch {self.epoch + 1}"), self.epoch + 1)
         improved = val_loss < self.best
         if improved:
             self.best, self.bad_epochs = val_loss, 0
@@ -455,7 +465,7 @@ class Trainer:
             self.bad_epochs += 1
         self.monitor.info(f"epoch {self.epoch + 1}/{tc.epochs}: train loss {train_loss:.5f}, val loss {val_loss:.5f}"
                           f"{' (best)' if improved else ''}; " +
-                          ", ".join(f"{k} {v:.4g}" for k, v in val.items() if k != "loss"))
+                          ", ".join(f"{k} {v:.4g}" for k, v in val.items() if k != "loss" and isinstance(v, float)))
         self.epoch += 1
         self.step = self.epoch * self.steps_per_epoch
         # best before last: a crash between the two leaves `last` one epoch behind, so the resumed
@@ -481,11 +491,14 @@ class Trainer:
         if self.task == "classify":
             metrics = {"": ClassificationMetrics(self.config.model.n_classes, self.device, collect)}
         else:
-            metrics = {"": RegressionMetrics(self.device, collect)}
+            metrics = {"": RegressionMetrics(self.device, collect, self.prepared.columns.target_names)}
             if self.config.output.metrics_in_normalized_units:
                 metrics["norm_"] = RegressionMetrics(self.device, collect)
+            if self.quantiles:
+                metrics["quantile_"] = QuantileMetrics(self.quantiles, self.device)
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         count = 0
+        sample = self._forecast_sample(split)
         for batch in loader:
             x, y = batch.x.to(self.device), batch.y.to(self.device)
             with self.autocast:
@@ -497,9 +510,18 @@ class Trainer:
             else:
                 loss_sum += self.loss_fn(out, y, reduction="sum").double() / y[0].numel()
                 ids = batch.session.to(self.device)
-                metrics[""].update(norm.denormalize_targets(out, ids), norm.denormalize_targets(y, ids))
+                point = point_forecast(out, self.quantiles)            # (B, H, K)
+                y_units = norm.denormalize_targets(y, ids)
+                metrics[""].update(norm.denormalize_targets(point, ids), y_units)
                 if "norm_" in metrics:
-                    metrics["norm_"].update(out, y)
+                    metrics["norm_"].update(point, y)
+                quantiles = denormalize_quantiles(out, self.quantiles, norm, ids) if self.quantiles else None
+                if "quantile_" in metrics:
+                    metrics["quantile_"].update(quantiles, y_units)
+                if sample is not None:
+                    first_target = batch.row.numpy() + self.prepared.window.first_target
+                    sample.add(batch.session.numpy(), first_target, norm.denormalize_targets(point, ids), y_units,
+                               quantiles)
             count += len(x)
         # Every rank evaluated its share; fold the others' sums and moments in (exact, not averaged).
         total, count = self._global_sum(loss_sum, count)
@@ -511,7 +533,16 @@ class Trainer:
                 if i != self.rank:
                     m.merge(other)
             result.update({prefix + k: v for k, v in m.compute().items()})
+        self.last_sample = sample
         return result
+
+    def _forecast_sample(self, split):
+        """A ForecastSample for the validation figure (rank 0 of a forecast run with TensorBoard), else None."""
+        out = self.config.output
+        if split != "val" or self.task != "forecast" or not (out.tensorboard and out.plot_sessions) \
+                or not self.group.is_main:
+            return None
+        return ForecastSample.for_split(self.prepared, split, out.plot_sessions, self.quantiles)
 
     # --- checkpoints --------------------------------------------------------------------
     def state(self):

@@ -1,0 +1,27 @@
+"""h5series from Python: what a script or notebook inside the repository uses (docs/api.md).
+
+    import h5series
+    catalog = h5series.open_catalog("data/")                  # sessions, names, rows; no data read
+    config = h5series.load_config("default", overrides=["data.paths=[data/]"])
+    prepared = h5series.prepare_data(config.data)              # splits, block plans, train statistics
+    loader = h5series.build_loader(prepared, "train", h5series.LoaderConfig(batch_size=64))
+    result = h5series.train(config)                            # the whole run, as `python main.py train`
+    run = h5series.load_run(result["run_dir"])                 # its config, data and model, to forecast
+    h5series.predict(result["run_dir"], "next.h5", latest=True)
+    frame = h5series.read_predictions("next.h5")
+
+Each name is the function the command line itself uses; this module only gathers them.
+"""
+
+from config import load_config
+from data.catalog import open_catalog
+from data.dataloader import LoaderConfig, build_loader
+from data.dataset import prepare_data
+from data.demo import generate as make_demo
+from data.predictions import read_predictions
+from trainers.predict import predict
+from trainers.run import evaluate, load_run, train
+from trainers.trainer import Trainer
+
+__all__ = ["load_config", "open_catalog", "prepare_data", "LoaderConfig", "build_loader", "make_demo", "Trainer",
+           "train", "evaluate", "load_run", "predict", "read_predictions"]
