@@ -17,7 +17,7 @@ import h5py
 import numpy as np
 
 from data import layout
-from data.session import HandlePool, SessionData, file_stamp, open_file
+from data.session import ChunkCache, HandlePool, SessionData, file_stamp, open_file, scratch_copy
 from errors import InputError
 
 log = logging.getLogger("h5series")
@@ -354,11 +354,21 @@ def time_text(ns):
 
 def check_time_order(catalog):
     """Refuse sessions whose timestamps go back or repeat (issue 10, case 7): splits by time, the
-    embargo and `predict`'s target times all assume rows in time order."""
+    embargo and `predict`'s target times all assume rows in time order. Read through a pool of its own
+    with one open session: through the run's pool (64 open sessions) every session's timestamp cache
+    stayed filled after the pass, 1 MiB each (predict on 105 sessions: +70 MB)."""
+    pool = HandlePool(ChunkCache(nbytes=2 ** 20), max_open=1)
+    try:
+        _check_order(catalog, pool)
+    finally:
+        pool.close()
+
+
+def _check_order(catalog, pool):
     for s in catalog.sessions:
         if not s.has_timestamps:
             continue
-        problem = s.time_order_problem()
+        problem = scratch_copy(s, pool).time_order_problem()
         if problem is not None:
             row, before, at = problem
             raise InputError(
