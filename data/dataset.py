@@ -134,6 +134,9 @@ def prepare_new_data(data_cfg, paths, normalizer, *, fit_new_sessions=None, prog
     window = window_spec(data_cfg, columns)
     if data_cfg.check_time_order:
         check_time_order(catalog)
+    if fit_new_sessions is not None and normalizer.mode != "per_session":
+        raise InputError(f"--fit-new-sessions fits per-session statistics, but the run normalizes "
+                         f"{normalizer.mode!r} (one set for every session, new ones included); leave it out")
     known = set(normalizer.session_names) if normalizer.mode == "per_session" else None
     new = [i for i, s in enumerate(catalog.sessions) if known is not None and s.name not in known]
     if new and fit_new_sessions is None:

@@ -112,6 +112,9 @@ def test_predict_on_new_files(demo_path, demo_run, tmp_path):
     assert result["windows"] == sum(s.n_rows - 16 + 1 for s in catalog.sessions)
     frame = read_predictions(tmp_path / "new_pred.h5")
     assert frame["truth"].notna().all() and read_attrs(tmp_path / "new_pred.h5")["scope"] == "data"
+    with pytest.raises(InputError, match=r"--fit-new-sessions fits per-session statistics, but the run normalizes "
+                                         r"'global'"):
+        predict(demo_run, tmp_path / "other.h5", data=[tmp_path / "new.h5"], fit_new_sessions=100)
     # The same windows through --latest: one each.
     assert predict(demo_run, tmp_path / "new_latest.h5", data=[tmp_path / "new.h5"], latest=True)["windows"] == 2
 
