@@ -110,6 +110,9 @@ class ModelConfig:
     quantiles: list = dataclasses.field(default_factory=list)
     """Quantile forecasts, e.g. [0.1, 0.5, 0.9] (with training.loss=quantile): each in (0, 1), increasing.
     The point forecast that mse/mae score and predict writes is the quantile nearest 0.5."""
+    session_embedding: int = 0
+    """A learned vector of this size per session (the ticker's identity; gru, lstm, tcn, dlinear); sessions
+    the run did not train on share one 'unknown' vector. 0 = none."""
     dlinear: DLinearConfig = dataclasses.field(default_factory=DLinearConfig)
     """DLinear's settings (used when model.name is dlinear)."""
     lstm: RecurrentConfig = dataclasses.field(default_factory=RecurrentConfig)
@@ -134,6 +137,8 @@ class ModelConfig:
         if self.task == "classify" and self.n_classes < 2:
             raise InputError(f"model.task is classify but model.n_classes is {self.n_classes}; give the "
                              "number of classes (at least 2)")
+        if self.session_embedding < 0:
+            raise InputError(f"model.session_embedding must be >= 0 (0 = none), got {self.session_embedding}")
         q = self.quantiles
         if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1 for v in q):
             raise InputError(f"model.quantiles is {q}; give levels strictly between 0 and 1, e.g. [0.1, 0.5, 0.9]")

@@ -29,6 +29,8 @@ class Shapes:
     target_channels: tuple = None   # indices of the targets among the features, when they are features
     task: str = "forecast"   # forecast or classify
     n_quantiles: int = 1     # Q: forecasts of Q quantile levels per target (model.quantiles), else 1
+    n_sessions: int = 0      # sessions the run trains on (their codes are 1 .. n; 0 = a session it did not)
+    session_embedding: int = 0   # E: a learned vector per session (model.session_embedding), else 0
 
     @property
     def n_outputs(self):

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from models.configs import DLinearConfig
-from models.heads import ChannelMap, VectorHead
+from models.heads import ChannelMap, SessionEmbedding, VectorHead
 from models.registry import register
 
 
@@ -46,6 +46,11 @@ class DLinear(nn.Module):
             self.trend = nn.Linear(L, out)
         if self.task == "forecast":
             self.head = ChannelMap(shapes)
+            # A session's own offset of every forecast, learned from its embedding.
+            self.session_offset = None
+            if shapes.session_embedding:
+                self.sessions = SessionEmbedding(shapes)
+                self.session_offset = nn.Linear(shapes.session_embedding, H * shapes.n_outputs)
         else:
             self.head = VectorHead(out * F, shapes)
 
@@ -54,7 +59,7 @@ class DLinear(nn.Module):
             return torch.stack([layer(x[:, i]) for i, layer in enumerate(layers)], dim=1)
         return layers(x)                                        # (B, F, out)
 
-    def forward(self, x):                                       # (B, L, F)
+    def forward(self, x, session=None):                         # (B, L, F), session codes (B,)
         trend = self.decompose(x)
         seasonal = x - trend
         y = self._time_linear(self.seasonal, seasonal.transpose(1, 2)) + \
@@ -62,5 +67,8 @@ class DLinear(nn.Module):
         if self.task == "forecast":
             if self.n_quantiles > 1:
                 y = y.view(y.shape[0], y.shape[1], self.horizon, self.n_quantiles)   # (B, F, H, Q)
-            return self.head(y.transpose(1, 2))                 # (B, H, K [x Q])
-        return self.head(y.flatten(1))                          # (B, C)
+            out = self.head(y.transpose(1, 2))                  # (B, H, K [x Q])
+            if self.session_offset is not None:
+                out = out + self.session_offset(self.sessions(session, len(x))).view(out.shape)
+            return out
+        return self.head(y.flatten(1), session)                 # (B, C)

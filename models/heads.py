@@ -28,8 +28,24 @@ class ChannelMap(nn.Module):
         return picked
 
 
+class SessionEmbedding(nn.Module):
+    """A learned vector per session (the ticker's identity, model.session_embedding): row c for the
+    session of code c (1 .. n, the run's sessions by name), row 0 for a session the run did not
+    train on, and for batches given without codes."""
+
+    def __init__(self, shapes):
+        super().__init__()
+        self.table = nn.Embedding(shapes.n_sessions + 1, shapes.session_embedding)
+
+    def forward(self, session, batch):          # (B,) codes or None
+        if session is None:
+            session = torch.zeros(batch, dtype=torch.long, device=self.table.weight.device)
+        return self.table(session)              # (B, E)
+
+
 class VectorHead(nn.Module):
-    """A summary vector (B, D) -> forecast (B, H, K) or class logits (B, C)."""
+    """A summary vector (B, D) -> forecast (B, H, K) or class logits (B, C); with a session
+    embedding, the session's vector is appended to the summary."""
 
     def __init__(self, dim, shapes):
         super().__init__()
@@ -37,9 +53,12 @@ class VectorHead(nn.Module):
         self.horizon = shapes.horizon
         self.n_out = shapes.n_outputs
         out = shapes.n_targets if self.task == "classify" else shapes.horizon * shapes.n_outputs
-        self.linear = nn.Linear(dim, out)
+        self.sessions = SessionEmbedding(shapes) if shapes.session_embedding else None
+        self.linear = nn.Linear(dim + shapes.session_embedding, out)
 
-    def forward(self, h):                       # (B, D)
+    def forward(self, h, session=None):         # (B, D), (B,)
+        if self.sessions is not None:
+            h = torch.cat([h, self.sessions(session, len(h))], dim=-1)   # (B, D + E)
         out = self.linear(h)
         if self.task == "classify":
             return out                          # (B, C)

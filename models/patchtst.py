@@ -11,6 +11,7 @@ layer's attention scores are added to the next layer's, as in RealFormer).
 import torch
 from torch import nn
 
+from errors import InputError
 from models.configs import PatchTSTConfig
 from models.heads import ChannelMap, RevIN, VectorHead
 from models.registry import register
@@ -69,6 +70,9 @@ class PatchTST(nn.Module):
     def __init__(self, cfg, shapes):
         super().__init__()
         self.task = shapes.task
+        if shapes.session_embedding:
+            raise InputError("model.session_embedding is not supported by patchtst (its channels are independent "
+                             "series); use gru, lstm, tcn or dlinear, or set model.session_embedding=0")
         self.patch_len, self.patch_stride = cfg.patch_len, cfg.patch_stride
         L, F = shapes.lookback, shapes.n_features
         # Pad the end by one stride (as the paper does) so the last rows form a patch.

@@ -35,6 +35,6 @@ class TCN(nn.Module):
         self.net = nn.Sequential(*layers)
         self.head = VectorHead(cfg.hidden_size, shapes)
 
-    def forward(self, x):                           # (B, L, F)
+    def forward(self, x, session=None):             # (B, L, F), session codes (B,)
         h = self.net(x.transpose(1, 2))             # (B, D, L)
-        return self.head(h[:, :, -1])               # (B, H, K) or (B, C)
+        return self.head(h[:, :, -1], session)      # (B, H, K) or (B, C)

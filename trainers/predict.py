@@ -53,7 +53,7 @@ def predict(run_dir, out, split=None, *, data=None, latest=False, fit_new_sessio
         prepared = prepare_new_data(config.data, data, prepared.normalizer, fit_new_sessions=fit_new_sessions,
                                     progress=False)
         split = "test"
-    scorer = _Scorer(run, prepared.normalizer)
+    scorer = _Scorer(run, prepared)
     sessions = prepared.catalog.sessions
     # Windows are read in order, session after session: a session is not read again once passed, so
     # the open sessions (each with its chunk caches) need not outnumber one round's. With the
@@ -96,8 +96,11 @@ def predict(run_dir, out, split=None, *, data=None, latest=False, fit_new_sessio
 class _Scorer:
     """The run's model on its device, applied to normalized windows; outputs in original units."""
 
-    def __init__(self, run, normalizer):
+    def __init__(self, run, prepared):
         self.model = run.model
+        normalizer = prepared.normalizer
+        # Sessions matched to the run's embedding rows by name; a new one gets the 'unknown' row.
+        self.codes = run.session_codes(prepared.catalog) if run.config.model.session_embedding else None
         self.device = next(run.model.parameters()).device
         self.autocast, _, _ = amp_setup(run.config.training.amp, self.device)
         self.classify = run.config.model.task == "classify"
@@ -108,8 +111,9 @@ class _Scorer:
         """{"session", "prediction", "truth"[, "class_probability"]} of one batch as numpy arrays;
         x (B, L, F) normalized, y (B, H, K) normalized (or None: filled in by the caller)."""
         ids_t = torch.as_tensor(ids, device=self.device)
+        inputs = {} if self.codes is None else {"session": self.codes[ids_t]}
         with self.autocast:
-            out = self.model(x.to(self.device)).float()
+            out = self.model(x.to(self.device), **inputs).float()
         columns = {"session": np.asarray(ids, np.int32)}
         if self.classify:
             probability = torch.softmax(out, dim=-1)                         # (B, C)

@@ -163,7 +163,9 @@ def _train(config, run_dir, resume, group, overwrite):
             save_config(config, run_dir)          # on resume: with the overrides it took (training.epochs)
         if state is None and group.is_main:
             prepared.normalizer.save(run_dir / "normalizer.json")
-        trainer = Trainer(config, prepared, run_dir, group=group)
+        # A resumed run keeps the session order its embedding rows were learned in.
+        trainer = Trainer(config, prepared, run_dir, group=group,
+                          vocabulary=state.get("session_vocabulary") if state is not None else None)
         if state is not None:
             trainer.load(state)
             if group.is_main:
@@ -230,6 +232,12 @@ class LoadedRun:
     model: torch.nn.Module
     checkpoint: str           # best or last
     epoch: int                # epochs completed when the checkpoint was saved
+    vocabulary: list          # names of the sessions the run trained on (its session embedding's rows)
+
+    def session_codes(self, catalog):
+        """(S,) embedding codes of a catalog's sessions for this run's model (0: a session it never saw)."""
+        from trainers.trainer import session_codes
+        return session_codes(self.vocabulary, catalog, next(self.model.parameters()).device)
 
 
 def load_run(run_dir, checkpoint=None):
@@ -237,10 +245,11 @@ def load_run(run_dir, checkpoint=None):
     from models import build_model
     from trainers.trainer import model_shapes, resolve_device
     config, state, prepared, which = restore(run_dir, which=checkpoint)
-    model = build_model(config.model, model_shapes(prepared, config.model))
+    vocabulary = list(state.get("session_vocabulary") or [s.name for s in prepared.catalog.sessions])
+    model = build_model(config.model, model_shapes(prepared, config.model, vocabulary))
     model.load_state_dict(state["model"])
     model.to(resolve_device(config.training.device, Group())).eval()
-    return LoadedRun(config, prepared, model, which, int(state["epoch"]))
+    return LoadedRun(config, prepared, model, which, int(state["epoch"]), vocabulary)
 
 
 def evaluate(run_dir, split="test", *, prepared=None, config=None, trainer=None, checkpoint=None):
@@ -248,7 +257,7 @@ def evaluate(run_dir, split="test", *, prepared=None, config=None, trainer=None,
     with the checkpoint's name and the epoch it was saved after (epochs numbered from 1)."""
     config, state, prepared, checkpoint = restore(run_dir, config, prepared, checkpoint)
     if trainer is None:
-        trainer = Trainer(config, prepared, Path(run_dir), monitor=False)
+        trainer = Trainer(config, prepared, Path(run_dir), monitor=False, vocabulary=state.get("session_vocabulary"))
     trainer.model.load_state_dict(state["model"])
     result = trainer.evaluate(split)
     result["epoch_of_checkpoint"] = int(state["epoch"])

@@ -91,21 +91,32 @@ def thread_count(setting, cores=None, busy_cores=None):
     return threads, f"auto: {threads} thread(s); other processes keep {busy_cores:.1f} of {cores} cores busy"
 
 
-def model_shapes(prepared, model_cfg):
-    """What the model is built for (quantile forecasts: Q values per target and step)."""
+def model_shapes(prepared, model_cfg, vocabulary=()):
+    """What the model is built for (quantile forecasts: Q values per target and step; `vocabulary`:
+    the names of the sessions the run trains on, for a session embedding)."""
     cols = prepared.columns
     same = cols.target_source == "features"
     target_channels = tuple(list(cols.feature_index).index(c) for c in cols.target_index) \
         if same and set(cols.target_index) <= set(cols.feature_index) else None
     n_targets = model_cfg.n_classes if model_cfg.task == "classify" else len(cols.target_index)
     return Shapes(prepared.window.lookback, prepared.window.horizon, len(cols.feature_index), n_targets,
-                  target_channels, task=model_cfg.task, n_quantiles=max(1, len(model_cfg.quantiles)))
+                  target_channels, task=model_cfg.task, n_quantiles=max(1, len(model_cfg.quantiles)),
+                  n_sessions=len(vocabulary), session_embedding=model_cfg.session_embedding)
+
+
+def session_codes(vocabulary, catalog, device="cpu"):
+    """(S,) the embedding code of each catalog session, matched by name: 1 + its place in the run's
+    vocabulary, 0 for a session the run did not train on."""
+    place = {name: i + 1 for i, name in enumerate(vocabulary)}
+    return torch.as_tensor([place.get(s.name, 0) for s in catalog.sessions], dtype=torch.long, device=device)
 
 
 class Trainer:
     """One process's trainer; under torchrun, one per rank, `group` tying them together."""
 
-    def __init__(self, config, prepared, run_dir, *, group=None, monitor=True):
+    def __init__(self, config, prepared, run_dir, *, group=None, monitor=True, vocabulary=None):
+        """`vocabulary`: the names of the sessions a session embedding was trained on (a saved run's);
+        None: the sessions of `prepared` (a new run)."""
         self.config = config
         self.prepared = prepared
         self.run_dir = run_dir
@@ -122,7 +133,11 @@ class Trainer:
                              "integer labels in the sessions' `targets` dataset")
         self.loss_fn = training_loss(config)              # None for classify (cross-entropy)
         self.quantiles = list(config.model.quantiles)     # [] for point forecasts
-        self.shapes = model_shapes(prepared, config.model)
+        # The sessions the run learns a vector for, by name (saved in checkpoints), and each catalog session's code.
+        self.vocabulary = list(vocabulary) if vocabulary is not None else [s.name for s in prepared.catalog.sessions]
+        self.session_codes = session_codes(self.vocabulary, prepared.catalog, self.device) \
+            if config.model.session_embedding else None
+        self.shapes = model_shapes(prepared, config.model, self.vocabulary)
         self.model = build_model(config.model, self.shapes).to(self.device)
         # Training steps go through DDP (gradients averaged over ranks); evaluation and
         # checkpoints use the bare model, so a checkpoint loads in a single process.
@@ -400,7 +415,7 @@ class Trainer:
         x = batch.x.to(self.device, non_blocking=True)                 # (B, L, F)
         y = batch.y.to(self.device, non_blocking=True)                 # (B, H, K)
         with self.autocast:
-            out = self.train_model(x)
+            out = self.train_model(x, **self.model_inputs(batch))
         if self.task == "classify":
             return torch.nn.functional.cross_entropy(out.float(), y.reshape(-1).long())
         return self.loss_fn(out.float(), y)
@@ -502,7 +517,7 @@ class Trainer:
         for batch in loader:
             x, y = batch.x.to(self.device), batch.y.to(self.device)
             with self.autocast:
-                out = model(x)
+                out = model(x, **self.model_inputs(batch))
             out = out.float()
             if self.task == "classify":
                 loss_sum += torch.nn.functional.cross_entropy(out, y.reshape(-1).long(), reduction="sum").double()
@@ -536,6 +551,12 @@ class Trainer:
         self.last_sample = sample
         return result
 
+    def model_inputs(self, batch):
+        """What the model takes besides x: the sessions' embedding codes when it has a session embedding."""
+        if self.session_codes is None:
+            return {}
+        return {"session": self.session_codes[batch.session.to(self.device, non_blocking=True)]}
+
     def _forecast_sample(self, split):
         """A ForecastSample for the validation figure (rank 0 of a forecast run with TensorBoard), else None."""
         out = self.config.output
@@ -557,7 +578,7 @@ class Trainer:
             "rng_cuda": self.group.gather_objects(torch.cuda.get_rng_state(self.device))
             if self.device.type == "cuda" else [],
             "normalizer": self.prepared.normalizer.to_json(), "config": self._config_dict(),
-            "data": self.prepared.fingerprint(),
+            "data": self.prepared.fingerprint(), "session_vocabulary": self.vocabulary,
         }
 
     def _config_dict(self):
