@@ -47,6 +47,9 @@ class DataConfig:
     """Model inputs by name; empty = every feature column."""
     target_columns: list = dataclasses.field(default_factory=list)
     """Predicted columns, from `targets` or from the features; empty = all targets, else all features."""
+    known_future_columns: list = dataclasses.field(default_factory=list)
+    """Input columns whose future values are known when forecasting (calendar, scheduled events): the
+    model also gets their values at the rows each target describes (gru, lstm, tcn, dlinear)."""
     lookback: int = 64
     """Input rows per window (L)."""
     horizon: int = 1

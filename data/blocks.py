@@ -89,14 +89,18 @@ class RoundReader(torch.utils.data.Dataset):
         w = self.window
         last_input = (n_windows - 1) * w.stride + w.lookback
         first_target = w.first_target
+        targets_end = len(block) - w.covariate_rows          # the rows past it hold known-future values only
         quality.check_finite(block[:last_input, self.x_cols], session, start, "features",
                              self.columns.feature_names)
+        if self.columns.future_names:
+            future = [self.x_cols[p] if isinstance(self.x_cols, list) else p for p in self.columns.future_positions]
+            quality.check_finite(block[first_target:, future], session, start + first_target, "features",
+                                 self.columns.future_names)
         if self.y_from_features:
-            quality.check_finite(block[first_target:, self.y_cols], session, start + first_target,
+            quality.check_finite(block[first_target:targets_end, self.y_cols], session, start + first_target,
                                  "features", self.columns.target_names)
         elif targets.is_floating_point():
-            size = len(block)
-            quality.check_finite(targets[offset + first_target:offset + size].numpy(), session,
+            quality.check_finite(targets[offset + first_target:offset + targets_end].numpy(), session,
                                  start + first_target, "targets", self.columns.target_names)
 
 

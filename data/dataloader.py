@@ -33,6 +33,7 @@ class Batch:
     y: torch.Tensor                 # (B, H, K) targets (normalized floats, or class labels)
     session: torch.Tensor = None    # (B,) session index, when ids are asked for
     row: torch.Tensor = None        # (B,) first row of each window
+    future: torch.Tensor = None     # (B, H, C) known-future inputs at the rows the targets describe
 
 
 @dataclasses.dataclass
@@ -149,6 +150,7 @@ class WindowLoader:
         reader = self.reader
         self._x_cols = reader.x_cols                     # a slice when every column is an input (no copy)
         self._y_cols = _as_index(reader.y_cols, len(reader.read_cols)) if reader.y_from_features else None
+        self._future_cols = list(prepared.columns.future_positions)       # among the normalized inputs
 
     # --- position -------------------------------------------------------------
     def set_epoch(self, epoch):
@@ -184,36 +186,36 @@ class WindowLoader:
         last_batch_from = (len(self) - 1) * batch
         stop_at = len(self) * batch if self.drop_last else None   # drop_last: no full batch for every rank after
         handed = self._windows_before(epoch, first_round, skip)
-        carry = None            # (x, y, session, row, round, first window, size) not yet a full batch
+        carry = None            # (x, y, session, row, future, round, first window, size) not yet a full batch
         for round_index, item in enumerate(self.loader, start=first_round):
-            x_rows, y_rows, starts, ids = self._prepare_round(item, epoch, round_index)
+            x_rows, y_rows, starts, ids, f_rows = self._prepare_round(item, epoch, round_index)
             n = int(starts.shape[0])
             k = skip if round_index == first_round else 0
             # Python ints only in this loop: it runs once per batch, and on a GPU its overhead,
             # not the gather, bounds windows/s (docs/benchmarks.md, GPU check).
             while k < n:
-                carried = 0 if carry is None else carry[6]
+                carried = 0 if carry is None else carry[7]
                 last = stop_at is None and handed - carried >= last_batch_from
                 if carry is None and not last and n - k >= batch:
                     # A run of full batches: gathered together (one set of kernel launches on a
                     # GPU) and served as views. It ends before the epoch's last batch.
                     limit = -(-(last_batch_from - handed) // batch) if stop_at is None else (stop_at - handed) // batch
                     count = min((n - k) // batch, limit, self.gather_batches)
-                    parts = self._take(x_rows, y_rows, starts, ids, k, count * batch)
+                    parts = self._take(x_rows, y_rows, starts, ids, f_rows, k, count * batch)
                     views = [p.split(batch) if p is not None else (None,) * count for p in parts]
-                    for x, y, session, row in zip(*views):
+                    for x, y, session, row, future in zip(*views):
                         k += batch
                         handed += batch
                         self.position = LoaderPosition(epoch, round_index, k) if k < n else \
                             LoaderPosition(epoch, round_index + 1, 0)
-                        yield Batch(x, y, session, row)
+                        yield Batch(x, y, session, row, future)
                 else:
                     # The round's end, the epoch's last batch, or the windows completing a carry.
                     size = n - k if last else min(batch - carried, n - k)
-                    part = self._take(x_rows, y_rows, starts, ids, k, size)
+                    part = self._take(x_rows, y_rows, starts, ids, f_rows, k, size)
                     if carry is not None:
-                        part = tuple(torch.cat([a, b]) if a is not None else None for a, b in zip(carry[:4], part))
-                        carry_round, carry_first = carry[4], carry[5]
+                        part = tuple(torch.cat([a, b]) if a is not None else None for a, b in zip(carry[:5], part))
+                        carry_round, carry_first = carry[5], carry[6]
                     else:
                         carry_round, carry_first = round_index, k
                     k += size
@@ -232,8 +234,8 @@ class WindowLoader:
             else:
                 continue
             break
-        if carry is not None and stop_at is None and carry[6]:
-            yield Batch(*carry[:4])
+        if carry is not None and stop_at is None and carry[7]:
+            yield Batch(*carry[:5])
         self.position = LoaderPosition(epoch + 1, 0, 0)
 
     def _prepare_round(self, item, epoch, round_index):
@@ -264,19 +266,29 @@ class WindowLoader:
             starts = starts.astype(np.int32)        # int32 indices gather faster
         if ids is not None:
             ids = (torch.from_numpy(ids[0]), torch.from_numpy(ids[1]))
+        f_rows = x_rows[:, self._future_cols].contiguous() if self._future_cols else None   # (R, C)
         # non_blocking: a blocking host-to-device copy waits for the GPU (a host sync per round).
-        return x_rows, y_rows, torch.from_numpy(starts).to(self.device, non_blocking=True), ids
+        return x_rows, y_rows, torch.from_numpy(starts).to(self.device, non_blocking=True), ids, f_rows
 
-    def _take(self, x_rows, y_rows, starts, ids, k, m):
-        """(x, y, session, row) of the round's windows k .. k + m in serving order.
+    def _take(self, x_rows, y_rows, starts, ids, f_rows, k, m):
+        """(x, y, session, row, future) of the round's windows k .. k + m in serving order.
 
         On a GPU the full batches of a round are taken `gather_batches` at a time and served as
         views: each gather is a few kernel launches whose fixed cost (~10 us each) outweighs the
         copy of one batch (docs/benchmarks.md, GPU check). On the CPU gather_batches is 1."""
         x, y = self._gather(x_rows, y_rows, starts[k:k + m], m)
+        future = self._gather_future(f_rows, starts[k:k + m], m) if f_rows is not None else None
         if ids is None:
-            return x, y, None, None
-        return x, y, ids[0][k:k + m], ids[1][k:k + m]
+            return x, y, None, None, future
+        return x, y, ids[0][k:k + m], ids[1][k:k + m], future
+
+    def _gather_future(self, f_rows, starts, n):
+        """(n, H, C) known-future values at the rows the targets describe (their first is
+        first_target + target lead rows after each window's start)."""
+        w = self.window
+        first = w.first_target + w.covariate_rows       # covariate_rows is the target lead when there are covariates
+        steps = torch.arange(first, first + w.horizon, device=starts.device, dtype=starts.dtype)
+        return f_rows.index_select(0, (starts[:, None] + steps).view(-1)).view(n, w.horizon, -1)
 
     def _gather(self, x_rows, y_rows, starts, n):
         """x (n, L, F), y (n, H, K) for the n windows starting at `starts` (row indices into the round)."""

@@ -35,6 +35,12 @@ class PreparedData:
     normalizer: object     # data.normalize.Normalizer
     nan_policy: str
 
+    @property
+    def target_lead(self):
+        """Rows from a target's own row to the row whose time it describes: the sessions'
+        target_lead_rows for a `targets` column, 0 for feature columns (their rows are their times)."""
+        return target_lead(self.catalog, self.columns)
+
     def n_windows(self, split):
         return int(self.blocks[split][:, 2].sum()) if len(self.blocks[split]) else 0
 
@@ -46,7 +52,7 @@ class PreparedData:
             return hashlib.sha256(np.ascontiguousarray(table, dtype=np.int64).tobytes()).hexdigest()[:16]
         w = self.window
         return {"sessions": {s.name: int(s.n_rows) for s in self.catalog.sessions},
-                "window": [w.lookback, w.horizon, w.stride, w.target_offset],
+                "window": [w.lookback, w.horizon, w.stride, w.target_offset] + ([w.covariate_rows] if w.covariate_rows else []),
                 "splits": {split: digest(np.asarray(self.ranges[split]).reshape(-1, 3)) for split in self.ranges},
                 "blocks": {split: digest(self.blocks[split]) for split in self.blocks}}
 
@@ -68,8 +74,9 @@ def prepare_data(data_cfg, seed=0, progress=True, normalizer=None):
     (or the given `normalizer`, e.g. a run's saved one, when evaluating or resuming)."""
     pool = make_pool(data_cfg)
     catalog = open_catalog(data_cfg.paths, pool=pool, allow_external_links=data_cfg.allow_external_links)
-    columns = resolve_columns(catalog, data_cfg.feature_columns, data_cfg.target_columns)
-    window = window_spec(data_cfg, columns)
+    columns = resolve_columns(catalog, data_cfg.feature_columns, data_cfg.target_columns,
+                              data_cfg.known_future_columns)
+    window = window_spec(data_cfg, columns, catalog)
     if data_cfg.check_time_order or data_cfg.split.method == "timestamps":
         check_time_order(catalog)           # borders by time need rows in time order, whatever the key says
     ranges = split_ranges(catalog, data_cfg.split, window, labelled=columns.target_source == "targets")
@@ -86,11 +93,18 @@ def prepare_data(data_cfg, seed=0, progress=True, normalizer=None):
     return PreparedData(catalog, window, columns, ranges, blocks, normalizer, data_cfg.nan_policy)
 
 
-def window_spec(data_cfg, columns):
+def window_spec(data_cfg, columns, catalog):
     """The window of a config over its columns: the one place the target offset is decided (feature
-    targets forecast the next rows; a `targets` column belongs to its own row)."""
+    targets forecast the next rows; a `targets` column belongs to its own row), and how far past the
+    targets known-future values are read (the rows the targets describe: target_lead_rows)."""
+    lead = target_lead(catalog, columns) if columns.future_names else 0
     return WindowSpec(data_cfg.lookback, data_cfg.horizon, data_cfg.stride,
-                      target_offset=1 if columns.target_source == "features" else 0)
+                      target_offset=1 if columns.target_source == "features" else 0, covariate_rows=lead)
+
+
+def target_lead(catalog, columns):
+    """See PreparedData.target_lead."""
+    return catalog.sessions[0].target_lead if columns.target_source == "targets" else 0
 
 
 def _plan_blocks(catalog, columns, window, ranges, data_cfg, progress):
@@ -130,8 +144,9 @@ def prepare_new_data(data_cfg, paths, normalizer, *, fit_new_sessions=None, prog
                          f"{list(data_cfg.feature_columns)}, targets {list(data_cfg.target_columns)}); the file has "
                          f"features {catalog.feature_names} and targets {catalog.target_names}; convert it with "
                          "the columns the run was trained on")
-    columns = resolve_columns(catalog, data_cfg.feature_columns, data_cfg.target_columns)
-    window = window_spec(data_cfg, columns)
+    columns = resolve_columns(catalog, data_cfg.feature_columns, data_cfg.target_columns,
+                              data_cfg.known_future_columns)
+    window = window_spec(data_cfg, columns, catalog)
     if data_cfg.check_time_order:
         check_time_order(catalog)
     if fit_new_sessions is not None and normalizer.mode != "per_session":

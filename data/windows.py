@@ -30,6 +30,8 @@ class WindowSpec:
     horizon: int = 1              # target rows per window (H)
     stride: int = 1               # rows between consecutive window starts
     target_offset: int = 1        # rows after the last input row where the target starts (see module doc)
+    covariate_rows: int = 0       # rows read after the last target row: known-future values dated by the
+                                  # targets (target_lead_rows) lie that far past them
 
     def __post_init__(self):
         for name in ("lookback", "horizon", "stride"):
@@ -51,10 +53,14 @@ class WindowSpec:
         """Rows of the targets of windows starting at first_rows (B,) -> (B, H)."""
         return np.asarray(first_rows, np.int64)[:, None] + self.first_target + np.arange(self.horizon)
 
+    def dated_rows(self, first_rows, target_lead):
+        """Rows whose time each target describes (B, H): where known-future values are read."""
+        return self.target_rows(first_rows) + target_lead
+
     @property
     def span(self):
-        """Rows one window touches, inputs and targets."""
-        return self.first_target + self.horizon
+        """Rows one window touches: inputs, targets, and known-future rows past them."""
+        return self.first_target + self.horizon + self.covariate_rows
 
     @property
     def default_gap(self):
@@ -79,9 +85,11 @@ class Columns:
     target_index: tuple           # indices into target_source
     feature_names: tuple
     target_names: tuple
+    future_names: tuple = ()      # known-future columns (data.known_future_columns)
+    future_positions: tuple = ()  # their places among the model's inputs (feature_names)
 
 
-def resolve_columns(catalog, feature_columns=(), target_columns=()):
+def resolve_columns(catalog, feature_columns=(), target_columns=(), known_future_columns=()):
     """Map column names to indices. Empty features = all; empty targets = all of the
     `targets` dataset if the sessions have one, else all features (forecast them)."""
     available = catalog.feature_names
@@ -109,7 +117,13 @@ def resolve_columns(catalog, feature_columns=(), target_columns=()):
     else:
         source, target_columns = "features", feature_columns
         target_index = feature_index
-    return Columns(feature_index, source, target_index, tuple(feature_columns), tuple(target_columns))
+    outside = [c for c in known_future_columns if c not in feature_columns]
+    if outside:
+        raise InputError(f"data.known_future_columns: {outside[0]!r} is not one of the model's inputs "
+                         f"{list(feature_columns)}; known-future columns are inputs whose future values are known")
+    positions = tuple(list(feature_columns).index(c) for c in known_future_columns)
+    return Columns(feature_index, source, target_index, tuple(feature_columns), tuple(target_columns),
+                   tuple(known_future_columns), positions)
 
 
 def _index_of(name, names, key):

@@ -31,6 +31,7 @@ class Shapes:
     n_quantiles: int = 1     # Q: forecasts of Q quantile levels per target (model.quantiles), else 1
     n_sessions: int = 0      # sessions the run trains on (their codes are 1 .. n; 0 = a session it did not)
     session_embedding: int = 0   # E: a learned vector per session (model.session_embedding), else 0
+    n_future: int = 0        # C: known-future inputs given over the horizon (data.known_future_columns)
 
     @property
     def n_outputs(self):

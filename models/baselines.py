@@ -17,8 +17,9 @@ class RepeatLast(nn.Module):
         super().__init__()
         if shapes.task != "forecast":
             raise InputError("model.name=repeat_last is a forecasting baseline; use model.task=forecast")
-        if shapes.session_embedding:
-            raise InputError("model.name=repeat_last learns nothing; set model.session_embedding=0")
+        if shapes.session_embedding or shapes.n_future:
+            raise InputError("model.name=repeat_last learns nothing; set model.session_embedding=0 and "
+                             "data.known_future_columns=[]")
         if shapes.n_quantiles > 1:
             raise InputError("model.name=repeat_last forecasts one value, not quantiles; remove model.quantiles")
         self.horizon = shapes.horizon

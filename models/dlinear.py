@@ -48,6 +48,8 @@ class DLinear(nn.Module):
             self.head = ChannelMap(shapes)
             # A session's own offset of every forecast, learned from its embedding.
             self.session_offset = None
+            # Known-future values over the horizon, one linear map to every step's outputs.
+            self.future_map = nn.Linear(H * shapes.n_future, H * shapes.n_outputs) if shapes.n_future else None
             if shapes.session_embedding:
                 self.sessions = SessionEmbedding(shapes)
                 self.session_offset = nn.Linear(shapes.session_embedding, H * shapes.n_outputs)
@@ -59,7 +61,7 @@ class DLinear(nn.Module):
             return torch.stack([layer(x[:, i]) for i, layer in enumerate(layers)], dim=1)
         return layers(x)                                        # (B, F, out)
 
-    def forward(self, x, session=None):                         # (B, L, F), session codes (B,)
+    def forward(self, x, session=None, future=None):            # (B, L, F), session codes (B,), (B, H, C)
         trend = self.decompose(x)
         seasonal = x - trend
         y = self._time_linear(self.seasonal, seasonal.transpose(1, 2)) + \
@@ -70,5 +72,7 @@ class DLinear(nn.Module):
             out = self.head(y.transpose(1, 2))                  # (B, H, K [x Q])
             if self.session_offset is not None:
                 out = out + self.session_offset(self.sessions(session, len(x))).view(out.shape)
+            if self.future_map is not None and future is not None:
+                out = out + self.future_map(future.flatten(1).to(out.dtype)).view(out.shape)
             return out
-        return self.head(y.flatten(1), session)                 # (B, C)
+        return self.head(y.flatten(1), session, future)         # (B, C)

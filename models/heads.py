@@ -54,11 +54,15 @@ class VectorHead(nn.Module):
         self.n_out = shapes.n_outputs
         out = shapes.n_targets if self.task == "classify" else shapes.horizon * shapes.n_outputs
         self.sessions = SessionEmbedding(shapes) if shapes.session_embedding else None
-        self.linear = nn.Linear(dim + shapes.session_embedding, out)
+        self.future = shapes.horizon * shapes.n_future          # known-future values, flattened
+        self.linear = nn.Linear(dim + shapes.session_embedding + self.future, out)
 
-    def forward(self, h, session=None):         # (B, D), (B,)
+    def forward(self, h, session=None, future=None):   # (B, D), (B,), (B, H, C)
         if self.sessions is not None:
             h = torch.cat([h, self.sessions(session, len(h))], dim=-1)   # (B, D + E)
+        if self.future:
+            future = future.flatten(1) if future is not None else h.new_zeros(len(h), self.future)
+            h = torch.cat([h, future.to(h.dtype)], dim=-1)               # (B, D + E + H x C)
         out = self.linear(h)
         if self.task == "classify":
             return out                          # (B, C)

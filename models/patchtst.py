@@ -70,6 +70,8 @@ class PatchTST(nn.Module):
     def __init__(self, cfg, shapes):
         super().__init__()
         self.task = shapes.task
+        if shapes.n_future:
+            raise InputError("data.known_future_columns is not supported by patchtst; use gru, lstm, tcn or dlinear")
         if shapes.session_embedding:
             raise InputError("model.session_embedding is not supported by patchtst (its channels are independent "
                              "series); use gru, lstm, tcn or dlinear, or set model.session_embedding=0")

@@ -35,6 +35,6 @@ class TCN(nn.Module):
         self.net = nn.Sequential(*layers)
         self.head = VectorHead(cfg.hidden_size, shapes)
 
-    def forward(self, x, session=None):             # (B, L, F), session codes (B,)
+    def forward(self, x, session=None, future=None):   # (B, L, F), session codes (B,), (B, H, C)
         h = self.net(x.transpose(1, 2))             # (B, D, L)
-        return self.head(h[:, :, -1], session)      # (B, H, K) or (B, C)
+        return self.head(h[:, :, -1], session, future)   # (B, H, K) or (B, C)

@@ -62,6 +62,9 @@ def predict(run_dir, out, split=None, *, data=None, latest=False, fit_new_sessio
     pool.max_open = min(pool.max_open, config.training.round_blocks + 1)
     stamped = all(s.has_timestamps for s in sessions)
     if latest:
+        if prepared.columns.future_names:
+            raise InputError(f"--latest: the run reads known-future columns {list(prepared.columns.future_names)} at "
+                             "rows after the data, which --latest cannot give yet; predict a split or --data")
         chosen = _check_latest(sessions, prepared.window)
     with atomic_path(out) as tmp:
         with h5py.File(tmp, "w") as f:
@@ -71,9 +74,9 @@ def predict(run_dir, out, split=None, *, data=None, latest=False, fit_new_sessio
             batches = _latest_batches(prepared, chosen, config.training.batch_size) if latest else \
                 _split_batches(prepared, split, config.training, scorer.device)
             seen = set()
-            for ids, first_rows, x, y in batches:
+            for ids, first_rows, x, y, future in batches:
                 seen.update(np.unique(ids).tolist())
-                columns = scorer.score(ids, x, y)
+                columns = scorer.score(ids, x, y, future)
                 columns.update(_row_columns(prepared, ids, first_rows, stamped))
                 if latest:
                     columns["truth"] = _known_truth(prepared, ids, first_rows)
@@ -82,7 +85,7 @@ def predict(run_dir, out, split=None, *, data=None, latest=False, fit_new_sessio
                 raise InputError(f"{'the --data files' if data is not None else split + ' split'} has no window "
                                  f"to predict (a window spans {prepared.window.span} rows); check the data")
             writer.finish(session_names=[s.name for s in sessions], target_names=prepared.columns.target_names,
-                          window=prepared.window, target_lead=sessions[0].target_lead, task=config.model.task,
+                          window=prepared.window, target_lead=prepared.target_lead, task=config.model.task,
                           scope="latest" if latest else ("data" if data is not None else split),
                           checkpoint=run.checkpoint, epoch_of_checkpoint=run.epoch)
     result = {"out": str(out), "windows": writer.n, "sessions": len(seen)}
@@ -107,11 +110,13 @@ class _Scorer:
         self.quantiles = list(run.config.model.quantiles)
         self.norm = normalizer
 
-    def score(self, ids, x, y):
+    def score(self, ids, x, y, future=None):
         """{"session", "prediction", "truth"[, "class_probability"]} of one batch as numpy arrays;
         x (B, L, F) normalized, y (B, H, K) normalized (or None: filled in by the caller)."""
         ids_t = torch.as_tensor(ids, device=self.device)
         inputs = {} if self.codes is None else {"session": self.codes[ids_t]}
+        if future is not None:
+            inputs["future"] = future.to(self.device)
         with self.autocast:
             out = self.model(x.to(self.device), **inputs).float()
         columns = {"session": np.asarray(ids, np.int32)}
@@ -135,7 +140,7 @@ def _split_batches(prepared, split, training_cfg, device):
     """(session ids, first rows, x, y) of every window of `split`, streamed by the block loader."""
     loader = build_loader(prepared, split, training_cfg, device=device, return_ids=True)
     for batch in loader:
-        yield batch.session.numpy(), batch.row.numpy(), batch.x, batch.y
+        yield batch.session.numpy(), batch.row.numpy(), batch.x, batch.y, batch.future
 
 
 def _check_latest(sessions, window):
@@ -165,7 +170,7 @@ def _latest_batches(prepared, chosen, batch_size):
             x[j] = values[:, x_cols]
             quality.check_finite(x[j], session, int(first), "features", columns.feature_names)
         x_t = prepared.normalizer.normalize_features(torch.from_numpy(x), torch.as_tensor(ids))
-        yield ids, first_rows, x_t, None
+        yield ids, first_rows, x_t, None, None
 
 
 def _row_columns(prepared, ids, first_rows, stamped):
@@ -174,8 +179,7 @@ def _row_columns(prepared, ids, first_rows, stamped):
     end = window.last_input_row(first_rows)                                 # (B,)
     columns = {"input_end_row": end}
     if stamped:
-        lead = prepared.catalog.sessions[0].target_lead
-        dated = window.target_rows(first_rows) + lead                        # (B, H) rows whose time dates a target
+        dated = window.dated_rows(first_rows, prepared.target_lead)          # (B, H) rows whose time dates a target
         columns["input_end_time"] = _times(prepared.catalog.sessions, ids, end[:, None])[:, 0]
         columns["target_time"] = _times(prepared.catalog.sessions, ids, dated)
     return columns

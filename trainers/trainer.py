@@ -101,7 +101,8 @@ def model_shapes(prepared, model_cfg, vocabulary=()):
     n_targets = model_cfg.n_classes if model_cfg.task == "classify" else len(cols.target_index)
     return Shapes(prepared.window.lookback, prepared.window.horizon, len(cols.feature_index), n_targets,
                   target_channels, task=model_cfg.task, n_quantiles=max(1, len(model_cfg.quantiles)),
-                  n_sessions=len(vocabulary), session_embedding=model_cfg.session_embedding)
+                  n_sessions=len(vocabulary), session_embedding=model_cfg.session_embedding,
+                  n_future=len(cols.future_names))
 
 
 def session_codes(vocabulary, catalog, device="cpu"):
@@ -552,10 +553,14 @@ class Trainer:
         return result
 
     def model_inputs(self, batch):
-        """What the model takes besides x: the sessions' embedding codes when it has a session embedding."""
-        if self.session_codes is None:
-            return {}
-        return {"session": self.session_codes[batch.session.to(self.device, non_blocking=True)]}
+        """What the model takes besides x: the sessions' embedding codes (with a session embedding) and
+        the known-future values (with data.known_future_columns)."""
+        inputs = {}
+        if self.session_codes is not None:
+            inputs["session"] = self.session_codes[batch.session.to(self.device, non_blocking=True)]
+        if batch.future is not None:
+            inputs["future"] = batch.future.to(self.device, non_blocking=True)
+        return inputs
 
     def _forecast_sample(self, split):
         """A ForecastSample for the validation figure (rank 0 of a forecast run with TensorBoard), else None."""
