@@ -131,6 +131,7 @@ class _Sink:
         self.writer = SessionWriter(h5file, name, plan["features"], plan["target_names"],
                                     with_timestamps=plan["time"] is not None, compression=compression)
         self.pending = None   # last row, held back until the next row gives its target
+        self.missing_at_end = 0   # derived targets written so far that are missing at the end (future rows)
         self.rows_in = 0
         self.last_stamp = None
 
@@ -157,17 +158,21 @@ class _Sink:
                     f"{self.plan['transform']} is infinite; fix those values (a price of 0 makes no return) "
                     "or drop the rows")
             feats, stamps = feats[:-1], None if stamps is None else stamps[:-1]
+            finite = np.flatnonzero(np.isfinite(targs[:, 0]))
+            self.missing_at_end = len(targs) - 1 - int(finite[-1]) if len(finite) else self.missing_at_end + len(targs)
         self.writer.append(feats, targs, stamps)
 
     def close(self):
         """Write the held-back last row with a missing target (its future is not in the data yet:
-        `predict --latest` forecasts from it), mark how many rows have targets, let go."""
+        `predict --latest` forecasts from it), mark how many rows have targets, let go. Rows at the
+        end whose target is missing (future rows: the known-future columns filled, the price not yet)
+        wait for their future too; a missing target before them stays an error for nan_policy."""
         if self.plan["transform"]:
             if self.pending is not None:
                 feats, _, stamps = self.pending
                 self.writer.append(feats, np.full((1, 1), np.nan, np.float32), stamps)
-            self.writer.set_attrs(**{layout.ATTR_LABELLED_ROWS: max(0, self.writer.rows - 1),
-                                     layout.ATTR_TARGET_LEAD: 1})
+            labelled = max(0, self.writer.rows - 1 - self.missing_at_end)
+            self.writer.set_attrs(**{layout.ATTR_LABELLED_ROWS: labelled, layout.ATTR_TARGET_LEAD: 1})
         self.writer.close()
         return self.writer.rows
 

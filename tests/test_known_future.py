@@ -9,7 +9,7 @@ import torch
 import main
 from config import load_config
 from data import layout
-from data.catalog import write_index
+from data.catalog import open_catalog, write_index
 from data.dataloader import LoaderConfig, build_loader
 from data.dataset import prepare_data
 from tests.conftest import small_config
@@ -119,4 +119,30 @@ def test_known_future_mistakes_are_one_line(tmp_path, demo_path, capsys):
                           "training.epochs=1", "output.tensorboard=false")
     run_module.train(config, tmp_path / "run")
     assert main.main(["predict", "--run", str(tmp_path / "run"), "--out", str(tmp_path / "p.h5"), "--latest"]) == 2
-    assert "--latest: the run reads known-future columns ['calendar']" in capsys.readouterr().err
+    # Its data ends at the file's end: the known values of the next rows are not there.
+    assert "--latest needs the values of ['calendar'] for the 1 step(s) after its last complete row 399" \
+        in capsys.readouterr().err
+
+
+def test_latest_forecasts_from_the_last_complete_row_with_the_known_values_ahead(tmp_path):
+    # A CSV whose last row is tomorrow: its weekday is known, its prices are not yet.
+    import pandas as pd
+
+    from data.convert import convert
+    from data.predictions import read_predictions
+    rng = np.random.default_rng(0)
+    dates = pd.bdate_range("2018-01-02", periods=201)
+    close = 100 * np.exp(np.cumsum(rng.normal(0, 0.01, 201)))
+    frame = pd.DataFrame({"date": dates, "weekday": dates.weekday.astype(float), "close": close})
+    frame.loc[200, "close"] = np.nan
+    frame.to_csv(tmp_path / "X.csv", index=False)
+    convert([tmp_path / "X.csv"], tmp_path / "x.h5", target_from="close", target_transform="next_log_return")
+    session = open_catalog(tmp_path / "x.h5").sessions[0]
+    assert (session.n_rows, session.labelled_rows) == (201, 199)    # the last day and tomorrow wait for theirs
+    config = small_config(tmp_path / "x.h5", tmp_path, "data.lookback=10", "data.known_future_columns=[weekday]",
+                          "training.epochs=1", "output.tensorboard=false")
+    run_module.train(config, tmp_path / "run")                     # nan_policy=error: no missing value trained on
+    predict(tmp_path / "run", tmp_path / "next.h5", latest=True)
+    row = read_predictions(tmp_path / "next.h5").iloc[0]
+    assert row["input_end_row"] == 199 and row["input_end_time"] == dates[199]   # the last close
+    assert row["target_time"] == dates[200] and np.isnan(row["truth"])          # dated tomorrow, known ahead

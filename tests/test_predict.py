@@ -173,7 +173,7 @@ def test_bad_predict_requests_are_one_line(demo_run, tmp_path, make_file, rng):
         "long": (rng.normal(size=(100, 4)).astype(np.float32), rng.normal(size=(100, 1)).astype(np.float32)),
         "tiny": (rng.normal(size=(9, 4)).astype(np.float32), rng.normal(size=(9, 1)).astype(np.float32))},
         feature_names=["ret", "abs_ret", "log_volume", "signal_0"], target_names=["next_log_return"])
-    with pytest.raises(InputError, match=r"session 'tiny' has 9 rows, fewer than the run's lookback \(16\)"):
+    with pytest.raises(InputError, match=r"session 'tiny' has 9 rows of data, fewer than the run's lookback \(16\)"):
         predict(demo_run, out, data=[short], latest=True)
     assert not out.exists()
     # Through the command line: one line on stderr, exit 2.

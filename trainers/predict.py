@@ -62,10 +62,7 @@ def predict(run_dir, out, split=None, *, data=None, latest=False, fit_new_sessio
     pool.max_open = min(pool.max_open, config.training.round_blocks + 1)
     stamped = all(s.has_timestamps for s in sessions)
     if latest:
-        if prepared.columns.future_names:
-            raise InputError(f"--latest: the run reads known-future columns {list(prepared.columns.future_names)} at "
-                             "rows after the data, which --latest cannot give yet; predict a split or --data")
-        chosen = _check_latest(sessions, prepared.window)
+        chosen = _latest_windows(prepared)
     with atomic_path(out) as tmp:
         with h5py.File(tmp, "w") as f:
             writer = PredictionWriter(f, horizon=prepared.window.horizon, n_targets=len(prepared.columns.target_names),
@@ -143,25 +140,58 @@ def _split_batches(prepared, split, training_cfg, device):
         yield batch.session.numpy(), batch.row.numpy(), batch.x, batch.y, batch.future
 
 
-def _check_latest(sessions, window):
-    """Every session must hold one whole input window; one line naming the first that does not."""
-    short = [s for s in sessions if s.n_rows < window.lookback]
-    if short:
-        s = short[0]
-        raise InputError(f"{s.path}: session {s.name!r} has {s.n_rows} rows, fewer than the run's lookback "
-                         f"({window.lookback}); --latest needs its last {window.lookback} rows"
-                         + (f" ({len(short)} sessions are this short)" if len(short) > 1 else ""))
-    return list(range(len(sessions)))
+FUTURE_TAIL_ROWS = 4096     # how far back --latest looks for a session's last complete row
+
+
+def _latest_windows(prepared):
+    """(session index, first row) of each session's latest window; one line naming the first session
+    that cannot give one. Without known-future columns it is the session's last `lookback` rows. With
+    them, the rows after the data hold the known values of the days ahead and nothing else (the price
+    not known yet): the window ends at the last row whose other inputs are known, and the rows its
+    targets describe must be in the file."""
+    window, columns = prepared.window, prepared.columns
+    out = []
+    for i, s in enumerate(prepared.catalog.sessions):
+        end = s.n_rows - 1
+        if columns.future_names:
+            end = _last_complete_row(s, columns)
+        if end + 1 < window.lookback:
+            raise InputError(f"{s.path}: session {s.name!r} has {end + 1} rows of data, fewer than the run's lookback "
+                             f"({window.lookback}); --latest needs its last {window.lookback} rows")
+        first = end + 1 - window.lookback
+        if columns.future_names:
+            last_dated = int(window.dated_rows(np.array([first]), prepared.target_lead).max())
+            if last_dated >= s.n_rows:
+                raise InputError(
+                    f"{s.path}: session {s.name!r}: --latest needs the values of {list(columns.future_names)} for "
+                    f"the {window.horizon} step(s) after its last complete row {end} (through row {last_dated}); the "
+                    f"file ends at row {s.n_rows - 1}; append rows with those columns filled (others empty)")
+        out.append((i, first))
+    return out
+
+
+def _last_complete_row(session, columns):
+    """The last row whose inputs other than the known-future columns are all finite."""
+    others = [c for c, name in zip(columns.feature_index, columns.feature_names) if name not in columns.future_names]
+    lo = max(0, session.n_rows - FUTURE_TAIL_ROWS)
+    values = session.read_rows(lo, session.n_rows)[:, others]
+    complete = np.flatnonzero(np.isfinite(values).all(axis=1))
+    if len(complete) == 0:
+        raise InputError(f"{session.path}: session {session.name!r} has no row with every input known in its last "
+                         f"{session.n_rows - lo} rows; --latest needs a complete row to forecast from")
+    return lo + int(complete[-1])
 
 
 def _latest_batches(prepared, chosen, batch_size):
-    """(session ids, first rows, x normalized, None) of each session's last `lookback` rows."""
+    """(session ids, first rows, x normalized, None, future normalized or None) of each session's
+    latest window (_latest_windows)."""
     window, columns = prepared.window, prepared.columns
     read, x_cols, _ = quality.column_positions(columns)
     for a in range(0, len(chosen), batch_size):
-        ids = np.asarray(chosen[a:a + batch_size], np.int64)
-        first_rows = np.asarray([prepared.catalog.sessions[i].n_rows - window.lookback for i in ids], np.int64)
+        ids = np.asarray([i for i, _ in chosen[a:a + batch_size]], np.int64)
+        first_rows = np.asarray([first for _, first in chosen[a:a + batch_size]], np.int64)
         x = np.empty((len(ids), window.lookback, len(x_cols)), np.float32)          # (B, L, F)
+        ahead = np.empty((len(ids), window.horizon, len(x_cols)), np.float32) if columns.future_names else None
         for j, (i, first) in enumerate(zip(ids, first_rows)):
             session = prepared.catalog.sessions[i]
             values = session.read_rows(int(first), int(first) + window.lookback)[:, read]
@@ -169,8 +199,20 @@ def _latest_batches(prepared, chosen, batch_size):
                 quality.forward_fill(values, session, int(first), read)
             x[j] = values[:, x_cols]
             quality.check_finite(x[j], session, int(first), "features", columns.feature_names)
-        x_t = prepared.normalizer.normalize_features(torch.from_numpy(x), torch.as_tensor(ids))
-        yield ids, first_rows, x_t, None, None
+            if ahead is not None:
+                dated = window.dated_rows(np.array([first]), prepared.target_lead)[0]           # (H,)
+                rows = session.read_rows(int(dated[0]), int(dated[-1]) + 1)[:, read]
+                ahead[j] = rows[dated - dated[0]][:, x_cols]
+                quality.check_finite(ahead[j][:, list(columns.future_positions)], session, int(dated[0]), "features",
+                                     columns.future_names)
+        session_ids = torch.as_tensor(ids)
+        x_t = prepared.normalizer.normalize_features(torch.from_numpy(x), session_ids)
+        future = None
+        if ahead is not None:
+            # Normalized as inputs (the other columns are unknown there and dropped right after).
+            future = prepared.normalizer.normalize_features(torch.from_numpy(ahead), session_ids)
+            future = future[:, :, list(columns.future_positions)]                       # (B, H, C)
+        yield ids, first_rows, x_t, None, future
 
 
 def _row_columns(prepared, ids, first_rows, stamped):
