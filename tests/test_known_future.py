@@ -133,7 +133,7 @@ def test_latest_forecasts_from_the_last_complete_row_with_the_known_values_ahead
     rng = np.random.default_rng(0)
     dates = pd.bdate_range("2018-01-02", periods=201)
     close = 100 * np.exp(np.cumsum(rng.normal(0, 0.01, 201)))
-    frame = pd.DataFrame({"date": dates, "weekday": dates.weekday.astype(float), "close": close})
+    frame = pd.DataFrame({"date": dates, "weekday": dates.day_of_week.astype(float), "close": close})
     frame.loc[200, "close"] = np.nan
     frame.to_csv(tmp_path / "X.csv", index=False)
     convert([tmp_path / "X.csv"], tmp_path / "x.h5", target_from="close", target_transform="next_log_return")
