@@ -150,11 +150,16 @@ class ModelConfig:
         self.quantiles = [float(v) for v in q]
 
 
+def _moved_name(key):
+    """A flat model key's name inside its section (tcn_kernel_size became model.tcn.kernel_size)."""
+    return "kernel_size" if key == "tcn_kernel_size" else key
+
+
 def moved_model_key(key, model_name):
     """The message for a flat model key of the old layout (model.hidden_size): where it lives now."""
     sections = ModelConfig.MOVED[key]
     section = model_name if model_name in sections else sections[0]
-    new_key = "kernel_size" if key == "tcn_kernel_size" else key
+    new_key = _moved_name(key)
     return (f"model.{key} moved to each model's own section: model.{section}.{new_key} "
             f"(sections: {', '.join(sections)}); see docs/configuration.md")
 
@@ -166,7 +171,7 @@ def migrate_flat_model_keys(values):
     for key in [k for k in model if k in ModelConfig.MOVED]:
         value = model.pop(key)
         for section in ModelConfig.MOVED[key]:
-            model.setdefault(section, {})["kernel_size" if key == "tcn_kernel_size" else key] = value
+            model.setdefault(section, {})[_moved_name(key)] = value
     return {**values, "model": model}
 
 

@@ -52,7 +52,6 @@ def predict(run_dir, out, split=None, *, data=None, latest=False, fit_new_sessio
     if data is not None:
         prepared = prepare_new_data(config.data, data, prepared.normalizer, fit_new_sessions=fit_new_sessions,
                                     progress=False)
-        split = "test"
     scorer = _Scorer(run, prepared)
     sessions = prepared.catalog.sessions
     # Windows are read in order, session after session: a session is not read again once passed, so
@@ -98,14 +97,13 @@ class _Scorer:
 
     def __init__(self, run, prepared):
         self.model = run.model
-        normalizer = prepared.normalizer
         # Sessions matched to the run's embedding rows by name; a new one gets the 'unknown' row.
         self.codes = run.session_codes(prepared.catalog) if run.config.model.session_embedding else None
         self.device = next(run.model.parameters()).device
         self.autocast, _, _ = amp_setup(run.config.training.amp, self.device)
         self.classify = run.config.model.task == "classify"
         self.quantiles = list(run.config.model.quantiles)
-        self.norm = normalizer
+        self.norm = prepared.normalizer
 
     def score(self, ids, x, y, future=None):
         """{"session", "prediction", "truth"[, "class_probability"]} of one batch as numpy arrays;
@@ -194,17 +192,18 @@ def _latest_batches(prepared, chosen, batch_size):
         ahead = np.empty((len(ids), window.horizon, len(x_cols)), np.float32) if columns.future_names else None
         for j, (i, first) in enumerate(zip(ids, first_rows)):
             session = prepared.catalog.sessions[i]
-            values = session.read_rows(int(first), int(first) + window.lookback)[:, read]
+            dated = window.dated_rows(np.array([first]), prepared.target_lead)[0] - first       # (H,) from `first`
+            # One read: the window, and with known-future columns the rows ahead its targets describe.
+            stop = int(first) + (max(window.lookback, int(dated[-1]) + 1) if ahead is not None else window.lookback)
+            values = session.read_rows(int(first), stop)[:, read]
             if prepared.nan_policy == "ffill":
-                quality.forward_fill(values, session, int(first), read)
-            x[j] = values[:, x_cols]
+                quality.forward_fill(values[:window.lookback], session, int(first), read)
+            x[j] = values[:window.lookback, x_cols]
             quality.check_finite(x[j], session, int(first), "features", columns.feature_names)
             if ahead is not None:
-                dated = window.dated_rows(np.array([first]), prepared.target_lead)[0]           # (H,)
-                rows = session.read_rows(int(dated[0]), int(dated[-1]) + 1)[:, read]
-                ahead[j] = rows[dated - dated[0]][:, x_cols]
-                quality.check_finite(ahead[j][:, list(columns.future_positions)], session, int(dated[0]), "features",
-                                     columns.future_names)
+                ahead[j] = values[dated][:, x_cols]
+                quality.check_finite(ahead[j][:, list(columns.future_positions)], session, int(first + dated[0]),
+                                     "features", columns.future_names)
         session_ids = torch.as_tensor(ids)
         x_t = prepared.normalizer.normalize_features(torch.from_numpy(x), session_ids)
         future = None
@@ -222,8 +221,8 @@ def _row_columns(prepared, ids, first_rows, stamped):
     columns = {"input_end_row": end}
     if stamped:
         dated = window.dated_rows(first_rows, prepared.target_lead)          # (B, H) rows whose time dates a target
-        columns["input_end_time"] = _times(prepared.catalog.sessions, ids, end[:, None])[:, 0]
-        columns["target_time"] = _times(prepared.catalog.sessions, ids, dated)
+        times = _times(prepared.catalog.sessions, ids, np.concatenate([end[:, None], dated], axis=1))   # (B, 1 + H)
+        columns["input_end_time"], columns["target_time"] = times[:, 0], times[:, 1:]
     return columns
 
 

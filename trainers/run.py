@@ -21,7 +21,7 @@ from config import Config, DataConfig, _from_dict, to_dict
 from data.dataset import prepare_data
 from data.normalize import Normalizer
 from errors import InputError
-from models import check_model_config
+from models import check_model_config, is_import_path
 from trainers.checkpoint import Checkpointer
 from trainers.distributed import Group
 from trainers.trainer import Trainer
@@ -195,7 +195,8 @@ def hparams_monitor(config, run_dir, result):
     monitor = Monitor(Path(run_dir), True)
     model = to_dict(config)["model"]
     # The chosen model's own section, not every model's defaults.
-    section = ("custom", model["custom"]) if ":" in config.model.name else (config.model.name, model.get(config.model.name) or {})
+    section = ("custom", model["custom"]) if is_import_path(config.model.name) else \
+        (config.model.name, model.get(config.model.name) or {})
     flat = {f"model.{k}": model[k] for k in ("name", "task", "quantiles")}
     flat.update({f"model.{section[0]}.{k}": v for k, v in section[1].items()})
     flat.update({f"training.{k}": v for k, v in to_dict(config)["training"].items()

@@ -170,7 +170,7 @@ class Trainer:
         self._last_save = time.monotonic()
         self.cuda_plan = None           # on a GPU, after preflight: {"planned_mb", "worst_phase", "lines"}
         self.last_sample = None         # the last validation's ForecastSample (the TensorBoard figure)
-        if monitor and self._forecast_sample("val") is not None:
+        if monitor and self._draws_figure():
             import matplotlib.pyplot    # noqa: F401  now, so the memory plan's process line counts it
 
     # --- setup ------------------------------------------------------------------------
@@ -471,9 +471,9 @@ class Trainer:
         self.monitor.scalars(self.epoch + 1, {"loss": train_loss, "nonfinite_steps": self.nonfinite_total},
                              "epoch_train")
         self.monitor.scalars(self.epoch + 1, val, "val")
-        if self.last_sample is not None and self.last_sample.panels():
-            self.monitor.figure("val/forecasts", figure(self.last_sample.panels(),
-                                                        f"validation, epoch {self.epoch + 1}"), self.epoch + 1)
+        panels = self.last_sample.panels() if self.last_sample is not None else []
+        if panels:
+            self.monitor.figure("val/forecasts", figure(panels, f"validation, epoch {self.epoch + 1}"), self.epoch + 1)
         improved = val_loss < self.best
         if improved:
             self.best, self.bad_epochs = val_loss, 0
@@ -528,7 +528,8 @@ class Trainer:
                 ids = batch.session.to(self.device)
                 point = point_forecast(out, self.quantiles)            # (B, H, K)
                 y_units = norm.denormalize_targets(y, ids)
-                metrics[""].update(norm.denormalize_targets(point, ids), y_units)
+                point_units = norm.denormalize_targets(point, ids)
+                metrics[""].update(point_units, y_units)
                 if "norm_" in metrics:
                     metrics["norm_"].update(point, y)
                 quantiles = denormalize_quantiles(out, self.quantiles, norm, ids) if self.quantiles else None
@@ -536,8 +537,7 @@ class Trainer:
                     metrics["quantile_"].update(quantiles, y_units)
                 if sample is not None:
                     first_target = batch.row.numpy() + self.prepared.window.first_target
-                    sample.add(batch.session.numpy(), first_target, norm.denormalize_targets(point, ids), y_units,
-                               quantiles)
+                    sample.add(batch.session.numpy(), first_target, point_units, y_units, quantiles)
             count += len(x)
         # Every rank evaluated its share; fold the others' sums and moments in (exact, not averaged).
         total, count = self._global_sum(loss_sum, count)
@@ -562,13 +562,16 @@ class Trainer:
             inputs["future"] = batch.future.to(self.device, non_blocking=True)
         return inputs
 
-    def _forecast_sample(self, split):
-        """A ForecastSample for the validation figure (rank 0 of a forecast run with TensorBoard), else None."""
+    def _draws_figure(self):
+        """The validation figure is drawn by rank 0 of a forecast run with TensorBoard and plot_sessions."""
         out = self.config.output
-        if split != "val" or self.task != "forecast" or not (out.tensorboard and out.plot_sessions) \
-                or not self.group.is_main:
+        return self.task == "forecast" and out.tensorboard and out.plot_sessions > 0 and self.group.is_main
+
+    def _forecast_sample(self, split):
+        """A ForecastSample for the validation figure, else None."""
+        if split != "val" or not self._draws_figure():
             return None
-        return ForecastSample.for_split(self.prepared, split, out.plot_sessions, self.quantiles)
+        return ForecastSample.for_split(self.prepared, split, self.config.output.plot_sessions, self.quantiles)
 
     # --- checkpoints --------------------------------------------------------------------
     def state(self):
