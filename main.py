@@ -4,6 +4,7 @@
     python main.py train [--profile P] [--config FILE] [key=value ...] | train --resume RUN_DIR
     python main.py evaluate --run RUN_DIR [--split test] [--json]
     python main.py predict --run RUN_DIR --out PRED.h5 [--split test | --latest] [--data NEW.h5 ...]
+    python main.py backtest --prices DATA.h5 --price-column close (--predictions PRED.h5 | --signal rsi:14:30:70) --out DIR
     python main.py prepare [--profile P] [--config FILE] [key=value ...]
     python main.py convert INPUT... --out OUT.h5
     python main.py make-demo --out PATH [--sessions N --rows N --features N | --preset NAME]
@@ -27,7 +28,7 @@ log = logging.getLogger("h5series")
 
 
 def _config_args(parser):
-    from config import PROFILES
+    from profiles import PROFILES
     parser.add_argument("--profile", default=None, choices=PROFILES,
                         help=f"base profile (default: SELECTED_CONFIG = {SELECTED_CONFIG})")
     parser.add_argument("--config", dest="config_file", help="YAML file overriding the profile")
@@ -71,6 +72,43 @@ def build_parser():
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.add_argument("--checkpoint", choices=("best", "last"), default=None,
                    help="which checkpoint predicts (default: best, or last where there is no best yet)")
+
+    p = sub.add_parser("backtest", help="signal analysis (IC, quantiles) and portfolio backtests (topk, longshort, "
+                       "threshold) of predictions or of an indicator, streamed over time (docs/backtest.md)")
+    p.add_argument("--prices", nargs="+", required=True, metavar="PATH", help="session HDF5 files with prices and timestamps")
+    p.add_argument("--price-column", default=None, help="the column holding prices (a feature or target)")
+    p.add_argument("--return-column", default=None,
+                   help="or a column of log returns (e.g. convert's next_log_return): prices are rebuilt from it")
+    p.add_argument("--predictions", default=None, metavar="PRED.h5", help="the signal: a file from `predict`")
+    p.add_argument("--step", type=int, default=1, help="which forecast step of the predictions is the signal")
+    p.add_argument("--target", default=None, help="which predicted target is the signal (when there are several)")
+    p.add_argument("--signal", default=None, metavar="SPEC",
+                   help="or an indicator of the prices: rsi:N:LOW:HIGH, momentum:N, reversal:N")
+    p.add_argument("--strategy", nargs="+", default=[], choices=("topk", "longshort", "threshold"),
+                   help="default: threshold for rsi, else topk and longshort")
+    p.add_argument("--k", type=int, default=0, help="topk: names held (default: a tenth of the sessions)")
+    p.add_argument("--drop", type=int, default=0, help="topk: at most this many names replaced per rebalance "
+                   "(Qlib's TopkDropout; default k = plain top k)")
+    p.add_argument("--quantiles", type=int, default=5, help="signal bins (longshort: top vs bottom)")
+    p.add_argument("--decay", type=int, default=5, help="IC decay over 1..N periods ahead")
+    p.add_argument("--long-above", type=float, default=None, help="threshold: long where the signal is above")
+    p.add_argument("--short-below", type=float, default=None, help="threshold: short where the signal is below")
+    p.add_argument("--long-only", action="store_true", help="threshold / longshort: no short positions")
+    p.add_argument("--rebalance", type=int, default=1, help="periods between rebalances")
+    p.add_argument("--cost-bps", type=float, default=0.0, help="cost per side on the traded value, in bps")
+    p.add_argument("--min-cost", type=float, default=0.0, help="minimum cost per traded name, in money (see --capital)")
+    p.add_argument("--capital", type=float, default=1_000_000.0, help="starting value in money")
+    p.add_argument("--periods-per-year", type=float, default=None,
+                   help="to annualize (default: from the bars' spacing: daily 252, weekly 52, monthly 12)")
+    p.add_argument("--block-rows", type=int, default=0, help="time rows per block (default: from --memory-mb)")
+    p.add_argument("--memory-mb", type=float, default=64.0, help="memory for the time blocks (default 64)")
+    p.add_argument("--workers", type=int, default=2, help="signal processes")
+    p.add_argument("--pool", default="process", choices=("process", "thread", "serial"),
+                   help="how the signal work is spread (process: past the GIL)")
+    p.add_argument("--no-plots", action="store_true", help="no PNGs")
+    p.add_argument("--no-tensorboard", action="store_true", help="no TensorBoard events")
+    p.add_argument("--out", required=True, help="report folder (report.json, periods.h5/.csv, positions.csv, PNGs)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
 
     p = sub.add_parser("prepare", help="catalog, split and normalize the data of a config; print "
                        "the memory plan; write the run directory (no training)")
@@ -251,6 +289,24 @@ def cmd_predict(args):
         print(f"drew {min(args.plot, result['sessions'])} sessions' forecasts vs truth to {result['plot']}")
 
 
+def cmd_backtest(args):
+    from analysis.backtest import BacktestConfig, run_backtest
+    from analysis.report import summary_lines
+    cfg = BacktestConfig(
+        prices=args.prices, out=args.out, price_column=args.price_column, return_column=args.return_column,
+        predictions=args.predictions, signal=args.signal, step=args.step, target=args.target,
+        strategies=tuple(args.strategy), k=args.k, drop=args.drop, quantiles=args.quantiles, decay=args.decay,
+        long_above=args.long_above, short_below=args.short_below, long_only=args.long_only,
+        rebalance=args.rebalance, cost_bps=args.cost_bps, min_cost=args.min_cost, capital=args.capital,
+        periods_per_year=args.periods_per_year, block_rows=args.block_rows, memory_mb=args.memory_mb,
+        workers=args.workers, pool=args.pool, plots=not args.no_plots, tensorboard=not args.no_tensorboard,
+        overwrite=args.overwrite)
+    result = run_backtest(cfg)
+    print("\n".join(summary_lines(result)))
+    print(f"report: {args.out}/report.json  (periods.csv, positions.csv, PNGs; "
+          f"tensorboard --logdir {args.out}/tensorboard)")
+
+
 def cmd_prepare(args):
     from config import load_config
     config = load_config(args.profile, args.config_file, args.overrides)
@@ -322,7 +378,7 @@ def main(argv=None):
     args = parse_args(parser, argv)
     commands = {"convert": cmd_convert, "make-demo": cmd_make_demo, "inspect": cmd_inspect,
                 "config": cmd_config, "prepare": cmd_prepare, "index": cmd_index, "train": cmd_train,
-                "evaluate": cmd_evaluate, "predict": cmd_predict}
+                "evaluate": cmd_evaluate, "predict": cmd_predict, "backtest": cmd_backtest}
     try:
         if args.command is None:
             args = parse_args(parser, ["train"])

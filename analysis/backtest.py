@@ -1,0 +1,277 @@
+"""`backtest`: signal analysis and portfolio backtests of a signal, streamed over time blocks.
+
+    signal  a prediction file (`predict`), or an indicator computed from the prices (analysis/signals.py)
+    prices  a session file's price column (or a log-return column), aligned by time across sessions
+    walk    analysis.panel.Panel: (T_block, N) blocks; forward returns look `decay` rows ahead
+    per block: signal analysis (analysis/factor.py), each strategy (analysis/portfolio.py), the
+            equal-weight benchmark; per-period rows appended to periods.h5
+    end     report.json, periods.csv, positions.csv, PNGs and TensorBoard (analysis/report.py)
+Everything is written into a temporary folder renamed to --out at the end: a failure leaves
+nothing half-written, and an existing --out is replaced only with --overwrite.
+"""
+
+import dataclasses
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+from tqdm import tqdm
+
+from analysis import inputs, report, signals
+from analysis.factor import SignalAnalysis
+from analysis.panel import NS_PER_DAY, Panel
+from analysis.portfolio import STRATEGIES, Portfolio, StrategySpec, benchmark_returns
+from analysis.returns import ForwardFill, forward_returns
+from analysis.stats import Moments, Performance
+from errors import InputError
+
+log = logging.getLogger("h5series")
+CELL_BYTES = 240          # panel bytes per (row, session): price, carried, signal, decay returns, bins, masks
+
+
+@dataclasses.dataclass
+class BacktestConfig:
+    prices: list                           # session files with prices
+    out: str                               # output folder
+    price_column: str = None               # a column holding prices
+    return_column: str = None              # or one holding log returns (prices rebuilt from them)
+    predictions: str = None                # signal: a prediction file ...
+    signal: str = None                     # ... or an indicator spec (rsi:14:30:70, momentum:20, reversal:1)
+    step: int = 1                          # prediction step used as the signal
+    target: str = None                     # predicted target used (when several)
+    strategies: tuple = ()                 # default: threshold for rsi, else topk + longshort
+    k: int = 0                             # topk names (0 = a tenth of the sessions)
+    drop: int = 0                          # topk: names replaced per rebalance at most (0 = k)
+    quantiles: int = 5
+    decay: int = 5                         # IC decay over 1 .. decay periods
+    long_above: float = None               # threshold rule (default: the signal's own)
+    short_below: float = None
+    long_only: bool = False
+    rebalance: int = 1
+    cost_bps: float = 0.0
+    min_cost: float = 0.0
+    capital: float = 1_000_000.0
+    periods_per_year: float = None         # default: inferred from the spacing of the bars (daily -> 252)
+    block_rows: int = 0                    # 0 = from memory_mb
+    memory_mb: float = 64.0                # panel memory aimed at when block_rows is 0
+    workers: int = 2                       # signal processes
+    pool: str = "process"
+    plots: bool = True
+    tensorboard: bool = True
+    overwrite: bool = False
+    progress: bool = True
+
+
+def _check(cfg):
+    if bool(cfg.predictions) == bool(cfg.signal):
+        raise InputError("give the signal: --predictions PRED.h5 (from `predict`) or --signal SPEC "
+                         "(rsi:14:30:70, momentum:20, reversal:1)")
+    if bool(cfg.price_column) == bool(cfg.return_column):
+        raise InputError("give the prices: --price-column NAME (a price) or --return-column NAME (log returns)")
+    for name, value, low in (("--cost-bps", cfg.cost_bps, 0), ("--min-cost", cfg.min_cost, 0)):
+        if not (value >= low and math.isfinite(value)):
+            raise InputError(f"{name} {value:g}: costs cannot be negative; give 0 or more")
+    for name, value, low in (("--k", cfg.k, 0), ("--drop", cfg.drop, 0), ("--rebalance", cfg.rebalance, 1),
+                             ("--quantiles", cfg.quantiles, 2), ("--decay", cfg.decay, 1),
+                             ("--workers", cfg.workers, 1)):
+        if value < low:
+            raise InputError(f"{name} {value}: must be at least {low}")
+    if cfg.capital <= 0 or not math.isfinite(cfg.capital):
+        raise InputError(f"--capital {cfg.capital:g}: give a positive starting value")
+    if cfg.periods_per_year is not None and not cfg.periods_per_year > 0:
+        raise InputError(f"--periods-per-year {cfg.periods_per_year:g}: give a positive number (252 for days)")
+    unknown = [s for s in cfg.strategies if s not in STRATEGIES]
+    if unknown:
+        raise InputError(f"--strategy {unknown[0]!r} is unknown; choose from {', '.join(STRATEGIES)}")
+    out = Path(cfg.out)
+    if out.exists() and not cfg.overwrite:
+        raise InputError(f"{out}: already exists; pass --overwrite to replace it (replaced only once the new "
+                         "report is complete)")
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: is a file; --out names a folder for the report")
+    parent = next((p for p in [out.parent, *out.parent.parents] if p.exists()), Path("."))
+    if not os.access(parent, os.W_OK):
+        raise InputError(f"{out}: cannot be written ({parent} is not a writable folder); choose another path")
+
+
+def run_backtest(cfg):
+    """Run the backtest `cfg` describes; returns the report dict (also in cfg.out/report.json)."""
+    _check(cfg)
+    t_start = time.perf_counter()
+    kind = "price" if cfg.price_column else "log_return"
+    column = cfg.price_column or cfg.return_column
+    names, prices = inputs.open_prices(cfg.prices, column, kind)
+    n = len(names)
+    spec = signals.parse_signal(cfg.signal) if cfg.signal else None
+    strategies = list(cfg.strategies) or (["threshold"] if spec and spec.kind == "rsi" else ["topk", "longshort"])
+    k = cfg.k or max(1, n // 10)
+    if "topk" in strategies and k > n:
+        raise InputError(f"--k {k}: larger than the universe ({n} sessions in {', '.join(map(str, cfg.prices))})")
+    predictions = None
+    if cfg.predictions:
+        predictions = inputs.Predictions(cfg.predictions, cfg.step, cfg.target)
+        predictions.check_sessions(names, cfg.prices[0])
+        nan, total = predictions.count_nan()
+        if nan == total:
+            predictions.close()
+            raise InputError(f"{cfg.predictions}: every prediction of step {cfg.step} is NaN; the run that wrote "
+                             "them diverged: check its metrics and predict again")
+    long_above, short_below = spec.thresholds if spec else (0.0, 0.0)
+    base = StrategySpec(k=k, drop=cfg.drop, quantiles=cfg.quantiles, long_only=cfg.long_only,
+                        long_above=long_above if cfg.long_above is None else cfg.long_above,
+                        short_below=short_below if cfg.short_below is None else cfg.short_below,
+                        rebalance=cfg.rebalance, cost_bps=cfg.cost_bps, min_cost=cfg.min_cost, capital=cfg.capital)
+    out = Path(cfg.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        timings = {}
+        if spec is not None:
+            t0 = time.perf_counter()
+            bar = tqdm(total=n, desc=f"signal {spec}", unit="session", disable=None if cfg.progress else True)
+            # Signals come back as arrays while they fit in half the block memory, else go to files.
+            rows = sum(src.n_rows for src in prices.values())
+            spill = work / "signals" if rows * 4 > cfg.memory_mb * 2**20 / 2 else None
+            if spill:
+                spill.mkdir()
+            aligned = signals.compute_signals(cfg.prices, column, kind, names, spec, spill and str(spill),
+                                              workers=cfg.workers, pool=cfg.pool, progress=bar.update)
+            bar.close()
+            fields = {"aligned": {"signal": aligned}}
+            timings["signal_s"] = time.perf_counter() - t0
+            signal_name, nan_info = str(spec), None
+        else:
+            fields = {"matched": {"signal": predictions.sources()}}
+            signal_name = f"{predictions.target_name} step {cfg.step} ({Path(cfg.predictions).name})"
+            nan_info = {"nan_predictions": nan, "predictions": total}
+        t0 = time.perf_counter()
+        try:
+            result = _walk(cfg, names, prices, fields, strategies, base, work)
+        finally:
+            signals.FileRows.close_all()
+        timings["walk_s"] = time.perf_counter() - t0
+        if predictions is not None:
+            predictions.close()
+        result.update(signal=signal_name, sessions=n, strategy_settings=dataclasses.asdict(base),
+                      strategies=strategies, prices=[str(p) for p in cfg.prices], price_column=column,
+                      price_kind=kind, **(nan_info or {}))
+        if not result["signal_analysis"]["coverage"]["periods_with_signal"]:
+            raise InputError(f"{cfg.predictions or cfg.signal}: no period has a signal where a price is known; "
+                             "check that the signal and price files cover the same sessions and times")
+        shutil.rmtree(work / "signals", ignore_errors=True)
+        t0 = time.perf_counter()
+        report.write_all(work, result, plots=cfg.plots, tensorboard=cfg.tensorboard)
+        timings["report_s"] = time.perf_counter() - t0
+        timings["total_s"] = time.perf_counter() - t_start
+        result["timings"] = timings
+        report.write_json(work / "report.json", result)
+        _replace_dir(work, out)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        if predictions is not None:
+            predictions.close()
+        raise
+    return result
+
+
+def _replace_dir(work, out):
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+        os.replace(work, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(work, out)
+
+
+def block_rows_for(cfg, n):
+    if cfg.block_rows:
+        return max(cfg.block_rows, cfg.decay + 2)
+    return int(min(1 << 14, max(cfg.decay + 2, cfg.memory_mb * 2**20 // (CELL_BYTES * max(n, 1)))))
+
+
+def infer_periods_per_year(times):
+    """Bars a year from the bars' spacing: daily 252, weekly 52, monthly 12; else None (ask the user)."""
+    if len(times) < 3:
+        return None
+    spacing = float(np.median(np.diff(times))) / NS_PER_DAY
+    for low, high, per_year in ((0.7, 4.5, 252), (5, 9, 52), (27, 32, 12)):
+        if low <= spacing <= high:
+            return per_year
+    return None
+
+
+def _walk(cfg, names, prices, fields, strategies, base, work):
+    n = len(names)
+    rows = block_rows_for(cfg, n)
+    panel = Panel(names, prices, block_rows=rows, piece_rows=rows, **fields)
+    ffill = ForwardFill(n)
+    analysis = SignalAnalysis(n, cfg.quantiles, cfg.decay)
+    books = {s: Portfolio(dataclasses.replace(base, name=s), n) for s in strategies}
+    perf = {s: (Performance(None), Performance(None)) for s in strategies}     # (net, gross)
+    bench, active = Performance(None), {s: Moments() for s in strategies}
+    turnover = {s: Moments() for s in strategies}
+    ppy = cfg.periods_per_year
+    total_rows = max(p.n_rows for p in prices.values())
+    bar = tqdm(total=total_rows, desc="backtest", unit="bar", disable=None if cfg.progress else True)
+    periods = report.PeriodWriter(work / "periods.h5", strategies)
+    first = last_time = None
+    try:
+        for block in panel.blocks(lookahead=cfg.decay):
+            if ppy is None:
+                ppy = infer_periods_per_year(block.times)
+                if ppy is None:
+                    spacing = np.median(np.diff(block.times)) / 1e9 if len(block.times) > 1 else float("nan")
+                    raise InputError(f"bars are {spacing:g} s apart: give --periods-per-year (e.g. 252 x bars a day) "
+                                     "to annualize returns")
+            own = block.own
+            carried = ffill(block.price, own)                                  # (T, N)
+            has_price = np.isfinite(block.price[:own])                         # (own, N)
+            signal = np.where(has_price, block.fields["signal"][:own], np.nan)
+            forward = forward_returns(carried, own, range(1, cfg.decay + 1))
+            m = min(own, len(block.times) - 1)          # periods with a next bar: the data's last bar has none
+            columns = analysis.update(signal, forward, periods=max(m, 0))
+            if m <= 0:
+                continue
+            times, ends = block.times[:m], block.times[1:m + 1]
+            if first is None:
+                first = int(times[0])
+                for p in [bench] + [x for pair in perf.values() for x in pair]:
+                    p.peak_time = first                   # the starting capital is the first peak
+            last_time = ends[-1]
+            r1 = forward[1][:m]
+            columns = {key: v[:m] for key, v in columns.items()}
+            columns["benchmark"] = benchmark_returns(has_price[:m], r1)
+            bench.update(columns["benchmark"], ends)
+            for s, book in books.items():
+                res = book.step(signal[:m], has_price[:m], r1)
+                perf[s][0].update(res["net"], ends)
+                perf[s][1].update(res["gross"], ends)
+                active[s].update(res["net"] - columns["benchmark"])
+                turnover[s].update(res["turnover"])
+                columns.update({f"{s}.{key}": v for key, v in res.items()})
+            periods.append(times, ends, columns)
+            bar.update(own)
+    finally:
+        bar.close()
+        periods.close()
+    for p in [bench] + [x for pair in perf.values() for x in pair]:
+        p.periods_per_year = ppy
+    result = {"signal_analysis": analysis.summary(), "periods_per_year": ppy, "block_rows": rows,
+              "first_period": report.iso(first), "last_period_end": report.iso(last_time),
+              "signal_rows_without_price": panel.unmatched.get("signal", 0), "benchmark": bench.summary(), "portfolios": {}}
+    for s in strategies:
+        net, gross = perf[s][0].summary(), perf[s][1].summary()
+        ir = active[s].summary()["ir"] * math.sqrt(ppy)
+        result["portfolios"][s] = {"net": net, "gross": gross, "information_ratio": ir,
+                                   "turnover_per_period": turnover[s].mean, "turnover_per_year": turnover[s].mean * ppy,
+                                   "final_value": books[s].value, "final_weights": books[s].weights,
+                                   "settings": dataclasses.asdict(books[s].spec)}
+    result["names"] = names
+    return result

@@ -1,0 +1,142 @@
+"""What a backtest reads: prices from session files, a signal from a prediction file or from the
+signal files analysis/signals.py writes; each checked here, before any work, with one-line errors."""
+
+import json
+
+import h5py
+import numpy as np
+
+from analysis.panel import ColumnSource, PriceFromLogReturns
+from data.catalog import open_catalog
+from data.session import ChunkCache, HandlePool
+from data.predictions import _open as open_prediction_file
+from errors import InputError
+
+PRICE_KINDS = ("price", "log_return")
+# The walk reads every session in each time block, so all stay open (an LRU smaller than the
+# sessions would reopen each one every block); with no chunk cache, 500 open sessions cost a few
+# MB, and HDF5 reads a block's rows of an uncompressed chunk directly.
+CACHE = ChunkCache(nbytes=0)
+
+
+def backtest_pool():
+    return HandlePool(CACHE, max_open=1 << 30)
+
+
+def open_prices(paths, column, kind="price"):
+    """(session names in catalog order, {name: source}) of the price column of every session."""
+    if kind not in PRICE_KINDS:
+        raise ValueError(f"price kind {kind!r}")
+    catalog = open_catalog(paths, pool=backtest_pool())
+    first = catalog.sessions[0]
+    columns = list(catalog.feature_names) + list(catalog.target_names)
+    if column not in columns:
+        flag = "--price-column" if kind == "price" else "--return-column"
+        raise InputError(f"{first.path}: {flag} {column!r} is not a column of the price file; it has {columns}")
+    unstamped = [s.name for s in catalog.sessions if not s.has_timestamps]
+    if unstamped:
+        raise InputError(f"{first.path}: session {unstamped[0]!r} has no timestamps; a backtest aligns sessions by "
+                         "time: convert the data with its time column (--time-column)")
+    make = ColumnSource if kind == "price" else PriceFromLogReturns
+    return [s.name for s in catalog.sessions], {s.name: make(s, column) for s in catalog.sessions}
+
+
+class PredictionSource:
+    """One session's windows in a prediction file: (input_end_time, prediction[:, step - 1, target])."""
+
+    def __init__(self, file, name, start, stop, step, target):
+        self.file, self.name = file, name
+        self.start, self.n_rows = start, stop - start
+        self.step, self.target = step, target
+        self.where = f"{file.filename}: session {name!r}"
+
+    def read(self, start, stop):
+        a, b = self.start + start, self.start + stop
+        times = self.file["input_end_time"][a:b]
+        values = np.empty(b - a, np.float32)
+        self.file["prediction"].read_direct(values, source_sel=np.s_[a:b, self.step - 1, self.target])
+        return times, values.astype(np.float64)
+
+
+class Predictions:
+    """A prediction file opened for a backtest: its sessions' runs of windows, checked."""
+
+    def __init__(self, path, step=1, target=None, piece=1 << 20):
+        self.path = str(path)
+        self.file = open_prediction_file(path)
+        attrs = self.file.attrs
+        if "input_end_time" not in self.file:
+            self.close()
+            raise InputError(f"{path}: the predictions have no times (input_end_time); a backtest aligns them "
+                             "with prices by time: predict from data with timestamps")
+        self.horizon = int(attrs["horizon"])
+        if not 1 <= step <= self.horizon:
+            self.close()
+            raise InputError(f"--step {step}: the predictions forecast steps 1 .. {self.horizon}; choose one of them")
+        targets = json.loads(attrs["target_names"])
+        if attrs.get("task") == "classify":
+            self.close()
+            raise InputError(f"{path}: holds class predictions; a backtest ranks numbers: train a regression run")
+        if target is None and len(targets) > 1:
+            self.close()
+            raise InputError(f"{path}: predicts {targets}; choose the signal with --target NAME")
+        if target is not None and target not in targets:
+            self.close()
+            raise InputError(f"--target {target!r} is not predicted in {path}; it predicts {targets}")
+        self.step, self.target = step, targets.index(target) if target is not None else 0
+        self.target_name = targets[self.target]
+        self.session_names = json.loads(attrs["session_names"])
+        self.runs = self._runs(piece)
+
+    def _runs(self, piece):
+        """{session name: (start, stop)}: predict writes each session's windows together, in time order."""
+        ids = self.file["session"]
+        runs, order = {}, []
+        for a in range(0, len(ids), piece):
+            chunk = ids[a:a + piece]
+            change = np.flatnonzero(np.diff(chunk)) + 1
+            starts = np.concatenate([[0], change]) + a
+            stops = np.concatenate([change, [len(chunk)]]) + a
+            for s, e, sid in zip(starts, stops, chunk[starts - a]):
+                if order and order[-1] == sid:
+                    runs[sid] = (runs[sid][0], int(e))
+                    continue
+                if sid in runs:
+                    raise InputError(f"{self.path}: the windows of session {self.session_names[sid]!r} are not "
+                                     "stored together; write the file with `python main.py predict`")
+                runs[sid] = (int(s), int(e))
+                order.append(sid)
+        return {self.session_names[sid]: run for sid, run in runs.items()}
+
+    def sources(self):
+        return {name: PredictionSource(self.file, name, a, b, self.step, self.target)
+                for name, (a, b) in self.runs.items()}
+
+    def check_sessions(self, price_names, price_path):
+        missing = [n for n in self.runs if n not in set(price_names)]
+        if missing:
+            raise InputError(f"{self.path}: {len(missing)} predicted session(s) are not in the price file "
+                             f"{price_path}: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}; give "
+                             "the price file of the same data (session names must match)")
+
+    def count_nan(self, piece=1 << 20):
+        """(NaN predictions of the chosen step and target, all windows)."""
+        ds = self.file["prediction"]
+        nan = 0
+        for a in range(0, ds.shape[0], piece):
+            nan += int(np.isnan(ds[a:a + piece, self.step - 1, self.target]).sum())
+        return nan, ds.shape[0]
+
+    def close(self):
+        try:
+            self.file.close()
+        except (AttributeError, ValueError):
+            pass
+
+
+def is_prediction_file(path):
+    try:
+        with h5py.File(path, "r") as f:
+            return f.attrs.get("h5series_format") == "h5series-predictions"
+    except OSError:
+        return False
