@@ -207,10 +207,23 @@ def infer_periods_per_year(times):
     return None
 
 
+def _check_positive(block, names, prices):
+    with np.errstate(invalid="ignore"):
+        bad = np.argwhere(block.price <= 0)
+    if len(bad):
+        t, j = bad[0]
+        raise InputError(f"{prices[names[j]].where}: price {block.price[t, j]:g} at {report.iso(block.times[t])} is "
+                         "<= 0; prices must be positive: give a price column (--price-column), or log returns "
+                         "with --return-column")
+
+
 def _walk(cfg, names, prices, fields, strategies, base, work):
     n = len(names)
     rows = block_rows_for(cfg, n)
-    panel = Panel(names, prices, block_rows=rows, piece_rows=rows, **fields)
+    # Each session is read ahead in pieces of this many rows (time, price, signal: 24 bytes a row),
+    # half the memory the blocks get: fewer, larger reads (~30 us an h5py call).
+    piece = int(cfg.memory_mb * 2**20 / 2 // (24 * max(n, 1)))
+    panel = Panel(names, prices, block_rows=rows, piece_rows=piece, **fields)
     ffill = ForwardFill(n)
     analysis = SignalAnalysis(n, cfg.quantiles, cfg.decay)
     books = {s: Portfolio(dataclasses.replace(base, name=s), n) for s in strategies}
@@ -231,6 +244,7 @@ def _walk(cfg, names, prices, fields, strategies, base, work):
                     raise InputError(f"bars are {spacing:g} s apart: give --periods-per-year (e.g. 252 x bars a day) "
                                      "to annualize returns")
             own = block.own
+            _check_positive(block, names, prices)
             carried = ffill(block.price, own)                                  # (T, N)
             has_price = np.isfinite(block.price[:own])                         # (own, N)
             signal = np.where(has_price, block.fields["signal"][:own], np.nan)

@@ -75,11 +75,15 @@ def _ranks(x):
     idx = np.broadcast_to(np.arange(n), (t, n))
     starts = np.ones((t, n), bool)
     starts[:, 1:] = xs[:, 1:] != xs[:, :-1]                            # a new value begins
-    ends = np.ones((t, n), bool)
-    ends[:, :-1] = starts[:, 1:]
-    first = np.maximum.accumulate(np.where(starts, idx, 0), axis=1)   # position where its tie group starts
-    last = np.minimum.accumulate(np.where(ends, idx, n - 1)[:, ::-1], axis=1)[:, ::-1]
-    ranks_sorted = np.where(np.isfinite(xs), (first + last) / 2.0 + 1.0, np.nan)
+    finite = np.isfinite(xs)
+    if np.all(starts | ~finite):                                       # no ties: ranks are positions
+        ranks_sorted = np.where(finite, idx + 1.0, np.nan)
+    else:
+        ends = np.ones((t, n), bool)
+        ends[:, :-1] = starts[:, 1:]
+        first = np.maximum.accumulate(np.where(starts, idx, 0), axis=1)   # where its tie group starts
+        last = np.minimum.accumulate(np.where(ends, idx, n - 1)[:, ::-1], axis=1)[:, ::-1]
+        ranks_sorted = np.where(finite, (first + last) / 2.0 + 1.0, np.nan)
     ranks = np.empty((t, n))
     np.put_along_axis(ranks, order, ranks_sorted, axis=1)
     return ranks

@@ -7,8 +7,8 @@ return: V(t+1) = (V(t) - cost(t)) * (1 + sum_i w_i r_i), cost(t) = the sum over 
 of max(bps / 1e4 * |trade value|, min_cost). Cash earns nothing; shorts are financed at zero.
 
 Strategies (weights are fractions of the portfolio's value):
-  topk       long the k best names, 1/k each; Qlib's TopkDropout rule: at most `drop` held names
-             are replaced per rebalance (drop >= k: plain top k)
+  topk       long the k best names (ties: column order), 1/k each; with 0 < drop < k, Qlib's
+             TopkDropout rule: at most `drop` held names are replaced per rebalance
   longshort  long the top quantile, short the bottom one (pd.qcut bins), +0.5 / -0.5 in all
   threshold  per name: +1 where signal > long_above, -1 where signal < short_below, 0 between,
              each 1 / (names with a price) of the value (the RSI rule)
@@ -62,9 +62,39 @@ def topk_dropout(score, eligible, held, k, drop):
     return out
 
 
+def _block_targets(spec, score, eligible):
+    """Target weights (T, N) of every row of a block for the rules that need no state: plain top k
+    (k best by score, ties by column order), longshort and threshold. A topk row whose names are
+    fewer than k holds what there is (the rest in cash)."""
+    usable = eligible & np.isfinite(score)                                      # (T, N)
+    t, n = score.shape
+    if spec.name == "topk":
+        key = np.where(usable, score, -np.inf)
+        order = np.argsort(-key, axis=1, kind="stable")[:, :spec.k]             # (T, k)
+        chosen = np.zeros((t, n), bool)
+        np.put_along_axis(chosen, order, True, axis=1)
+        return np.where(chosen & usable, 1.0 / spec.k, 0.0)
+    if spec.name == "longshort":
+        bins = quantile_bins(np.where(usable, score, np.nan), spec.quantiles)
+        top, bottom = bins == spec.quantiles, bins == 1
+        with np.errstate(invalid="ignore", divide="ignore"):
+            long_w = (1.0 if spec.long_only else 0.5) / top.sum(axis=1, keepdims=True)
+            short_w = -0.5 / bottom.sum(axis=1, keepdims=True)
+        w = np.where(top, long_w, 0.0)
+        return w if spec.long_only else np.where(bottom, short_w, w)
+    with np.errstate(invalid="ignore"):
+        side = np.where(usable & (score > spec.long_above), 1.0, 0.0)
+        if not spec.long_only:
+            side = np.where(usable & (score < spec.short_below), -1.0, side)
+    return side / np.maximum(eligible.sum(axis=1, keepdims=True), 1)
+
+
 class Portfolio:
     """Runs one strategy over blocks of (signal, eligible, one-period returns); keeps its positions
-    from block to block. `step` returns per-period columns; the caller accumulates statistics."""
+    from block to block. `step` returns per-period columns; the caller accumulates statistics.
+
+    Targets are computed for a whole block at once where the rule has no state; the loop over
+    periods only trades, charges costs and drifts the weights (~20 us a period for 500 names)."""
 
     def __init__(self, spec, n_sessions):
         self.spec = spec
@@ -72,28 +102,19 @@ class Portfolio:
         self.held = np.zeros(n_sessions, bool)
         self.periods = 0                           # periods seen: rebalance when periods % rebalance == 0
         self.value = spec.capital                  # in money, net of costs
+        self.dropout = spec.name == "topk" and 0 < spec.drop < spec.k
 
-    def _target(self, score, eligible):
-        s = self.spec
-        if s.name == "topk":
-            self.held = topk_dropout(score, eligible, self.held, s.k, s.drop)
-            return np.where(self.held, 1.0 / s.k, 0.0)
-        usable = eligible & np.isfinite(score)
-        if s.name == "longshort":
-            bins = quantile_bins(np.where(usable, score, np.nan)[None], s.quantiles)[0]
-            top, bottom = bins == s.quantiles, bins == 1
-            w = np.zeros(len(score))
-            if top.any():
-                w[top] = (1.0 if s.long_only else 0.5) / top.sum()
-            if bottom.any() and not s.long_only:
-                w[bottom] = -0.5 / bottom.sum()
-            return w
-        n = max(int(eligible.sum()), 1)
-        with np.errstate(invalid="ignore"):
-            side = np.where(usable & (score > s.long_above), 1.0, 0.0)
-            if not s.long_only:
-                side = np.where(usable & (score < s.short_below), -1.0, side)
-        return side / n
+    def _topk_with_frozen(self, score, eligible, w):
+        """Plain top k where some held names cannot trade: they keep their slots, the best tradable
+        names fill the rest."""
+        k = self.spec.k
+        frozen = ~eligible & (w != 0)
+        key = np.where(eligible & np.isfinite(score), score, -np.inf)
+        order = np.argsort(-key, kind="stable")
+        free = [i for i in order[:k + int(frozen.sum())] if np.isfinite(key[i])][:k - int(frozen.sum())]
+        target = np.zeros(len(score))
+        target[free] = 1.0 / k
+        return target
 
     def step(self, score, eligible, returns):
         """score, eligible, returns: (T, N); returns[t] = return from t to t + 1 (NaN: no price).
@@ -103,32 +124,44 @@ class Portfolio:
         out = {key: np.zeros(t_rows) for key in ("gross", "net", "cost", "turnover", "exposure")}
         out["long"] = np.zeros(t_rows, np.int32)
         out["short"] = np.zeros(t_rows, np.int32)
+        due = (self.periods + np.arange(t_rows)) % s.rebalance == 0               # (T,) rebalance rows
+        targets = None if self.dropout else _block_targets(s, score, eligible)   # (T, N)
+        r_all = np.where(np.isfinite(returns), returns, 0.0)                      # a name with no next price earns 0
         w = self.weights
-        bps = s.cost_bps / 1e4
+        bps, min_frac = s.cost_bps / 1e4, s.min_cost
+        gross_a, net_a, cost_a, turn_a = out["gross"], out["net"], out["cost"], out["turnover"]
+        long_a, short_a, expo_a = out["long"], out["short"], out["exposure"]
         for t in range(t_rows):
             cost = 0.0
-            if self.periods % s.rebalance == 0:
-                target = self._target(score[t], eligible[t])
-                frozen = ~eligible[t] & (w != 0)                  # no price now: cannot be traded
-                target[frozen] = w[frozen]
+            if due[t]:
+                elig = eligible[t]
+                frozen = ~elig & (w != 0)                     # no price now: cannot be traded
+                if self.dropout:
+                    self.held = topk_dropout(score[t], elig, self.held | frozen, s.k, s.drop)
+                    target = np.where(self.held, 1.0 / s.k, 0.0)
+                elif s.name == "topk" and frozen.any():
+                    target = self._topk_with_frozen(score[t], elig, w)
+                else:
+                    target = targets[t]
+                if frozen.any():
+                    target = target.copy()
+                    target[frozen] = w[frozen]
                 trade = np.abs(target - w)
-                traded = trade > 1e-15
-                turnover = float(trade.sum())
-                if bps or s.min_cost:
-                    cost = float(np.maximum(bps * trade[traded], s.min_cost / self.value).sum())
-                out["turnover"][t] = turnover
+                turn_a[t] = trade.sum()
+                if bps or min_frac:
+                    traded = trade[trade > 1e-15]
+                    cost = float(np.maximum(bps * traded, min_frac / self.value).sum())
                 w = target
-            self.periods += 1
-            r = np.where(np.isfinite(returns[t]), returns[t], 0.0)        # a name with no next price earns 0
+            r = r_all[t]
             gross = float(w @ r)
-            out["gross"][t] = gross
-            out["cost"][t] = cost
-            out["net"][t] = (1.0 - cost) * (1.0 + gross) - 1.0
-            self.value *= 1.0 + out["net"][t]
-            out["long"][t] = int((w > 0).sum())
-            out["short"][t] = int((w < 0).sum())
-            out["exposure"][t] = float(np.abs(w).sum())
+            net = (1.0 - cost) * (1.0 + gross) - 1.0
+            gross_a[t], net_a[t], cost_a[t] = gross, net, cost
+            self.value *= 1.0 + net
+            long_a[t] = np.count_nonzero(w > 0)
+            short_a[t] = np.count_nonzero(w < 0)
+            expo_a[t] = np.abs(w).sum()
             w = w * (1.0 + r) / (1.0 + gross) if gross != -1.0 else np.zeros(n)
+        self.periods += t_rows
         self.weights = w
         return out
 

@@ -93,7 +93,9 @@ class Performance:
     def summary(self):
         n, p = self.moments.n, self.periods_per_year
         sd = self.moments.std
-        annual = math.exp(self.log_value * p / n) - 1 if n else math.nan
+        # a few periods compounded to a year can exceed a float: inf, written as null in the JSON
+        annual = math.exp(min(self.log_value * p / n, 700.0)) - 1 if n else math.nan
+        annual = math.inf if n and self.log_value * p / n > 700 else annual
         return {"total_return": math.expm1(self.log_value), "annual_return": annual,
                 "annual_volatility": sd * math.sqrt(p),
                 "sharpe": self.moments.mean / sd * math.sqrt(p) if n > 1 and sd > 0 else math.nan,

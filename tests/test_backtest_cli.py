@@ -1,0 +1,180 @@
+"""`python main.py backtest` from the command line: the report it writes, and one line with exit code 2
+(nothing written) for each bad input a tired user or a broken file produces."""
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+
+import main
+from data.catalog import write_index
+from data.layout import write_session
+from tests.helpers.market import random_prices, report, write_predictions, write_prices
+
+
+@pytest.fixture
+def files(tmp_path):
+    prices = random_prices(n_dates=80, n_assets=10, seed=1)
+    signal = pd.DataFrame(np.random.default_rng(2).normal(size=prices.shape), index=prices.index,
+                          columns=prices.columns)
+    return (write_prices(tmp_path / "prices.h5", prices), write_predictions(tmp_path / "pred.h5", signal),
+            prices, signal)
+
+
+def run(argv, capsys):
+    code = main.main(["backtest", *map(str, argv)])
+    err = capsys.readouterr().err.strip().splitlines()
+    return code, (err[-1] if err else "")
+
+
+def test_full_report_from_the_command_line(tmp_path, files, capsys):
+    price_path, pred, *_ = files
+    out = tmp_path / "report"
+    code = main.main(["backtest", "--prices", str(price_path), "--price-column", "close", "--predictions", str(pred),
+                      "--out", str(out), "--k", "3", "--cost-bps", "5"])
+    text = capsys.readouterr().out
+    assert code == 0 and "rank IC" in text and "topk" in text and "longshort" in text
+    for name in ("report.json", "periods.h5", "periods.csv", "positions.csv", "equity.png", "ic.png",
+                 "quantile_returns.png"):
+        assert (out / name).stat().st_size > 0, name
+    result = report(out)
+    assert set(result["portfolios"]) == {"topk", "longshort"}
+    csv = pd.read_csv(out / "periods.csv")
+    assert len(csv) == 79 and {"time", "end_time", "ic", "rank_ic", "topk.net", "longshort.gross"} <= set(csv.columns)
+    positions = pd.read_csv(out / "positions.csv")
+    assert len(positions) == 10 and positions["topk_weight"].gt(0).sum() == 3
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(out / "tensorboard"), size_guidance={"images": 0})
+    events.Reload()
+    assert {"backtest/equity", "backtest/ic", "backtest/quantile_returns"} <= set(events.Tags()["images"])
+    assert "backtest/topk/sharpe" in events.Tags()["scalars"]
+
+
+def test_signal_pools_give_the_same_report(tmp_path, files, capsys):
+    price_path, *_ = files
+    results = {}
+    for pool in ("process", "thread", "serial"):
+        out = tmp_path / pool
+        assert main.main(["backtest", "--prices", str(price_path), "--price-column", "close", "--signal",
+                          "rsi:14:30:70", "--pool", pool, "--out", str(out), "--no-plots", "--no-tensorboard"]) == 0
+        results[pool] = report(out)
+    for pool in ("thread", "serial"):
+        assert results[pool]["portfolios"] == results["process"]["portfolios"]
+        assert results[pool]["signal_analysis"] == results["process"]["signal_analysis"]
+
+
+def test_rsi_equals_wilders_definition(tmp_path, files):
+    from analysis.signals import RSI
+    _, _, prices, _ = files
+    close = prices["A00"].to_numpy()
+    change = np.diff(close)
+    gain, loss = np.maximum(change, 0), np.maximum(-change, 0)
+    n, expected = 14, np.full(len(close), np.nan)
+    avg_g, avg_l = gain[:n].mean(), loss[:n].mean()
+    expected[n] = 100 - 100 / (1 + avg_g / avg_l)
+    for i in range(n, len(change)):
+        avg_g = (avg_g * (n - 1) + gain[i]) / n
+        avg_l = (avg_l * (n - 1) + loss[i]) / n
+        expected[i + 1] = 100 - 100 / (1 + avg_g / avg_l)
+    rsi = RSI(n)
+    got = np.concatenate([rsi(close[:20]), rsi(close[20:21]), rsi(close[21:])])   # streamed in pieces
+    np.testing.assert_allclose(50 - got, expected, rtol=1e-12, equal_nan=True)
+
+
+def write_raw(path, name, close, stamps):
+    with h5py.File(path, "w") as f:
+        write_session(f, name, np.asarray(close, np.float64)[:, None], timestamps=np.asarray(stamps, np.int64),
+                      feature_names=["close"])
+    write_index(path)
+    return path
+
+
+DAY = 86_400 * 10**9
+
+
+@pytest.mark.parametrize("case,expect", [
+    ("no_times", "have no times"),
+    ("unknown_sessions", "2 predicted session(s) are not in the price file"),
+    ("all_nan", "every prediction of step 1 is NaN"),
+    ("k_too_large", "--k 11: larger than the universe (10 sessions"),
+    ("negative_cost", "--cost-bps -1: costs cannot be negative"),
+    ("step_beyond", "--step 3: the predictions forecast steps 1 .. 1"),
+    ("no_signal", "give the signal"),
+    ("two_prices", "give the prices"),
+    ("bad_column", "--price-column 'price' is not a column of the price file"),
+    ("bad_spec", "--signal 'rsi:x:30:70'"),
+    ("bad_rsi", "RSI thresholds need 0 <= LOW < HIGH <= 100"),
+    ("exists", "already exists; pass --overwrite"),
+])
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, files, capsys, case, expect):
+    price_path, pred, prices, signal = files
+    out = tmp_path / "out"
+    base = ["--prices", price_path, "--price-column", "close", "--out", out]
+    argv = {
+        "no_times": base + ["--predictions", write_predictions(tmp_path / "p2.h5", signal, stamped=False)],
+        "unknown_sessions": base + ["--predictions", write_predictions(
+            tmp_path / "p3.h5", signal.rename(columns={"A00": "ZZZ", "A01": "YYY"}))],
+        "all_nan": base + ["--predictions", write_predictions(tmp_path / "p4.h5", signal * np.nan)],
+        "k_too_large": base + ["--predictions", pred, "--k", "11"],
+        "negative_cost": base + ["--predictions", pred, "--cost-bps", "-1"],
+        "step_beyond": base + ["--predictions", pred, "--step", "3"],
+        "no_signal": base,
+        "two_prices": base + ["--return-column", "close", "--predictions", pred],
+        "bad_column": ["--prices", price_path, "--price-column", "price", "--out", out, "--predictions", pred],
+        "bad_spec": base + ["--signal", "rsi:x:30:70"],
+        "bad_rsi": base + ["--signal", "rsi:14:70:30"],
+        "exists": base + ["--predictions", pred],
+    }[case]
+    if case == "exists":
+        out.mkdir()
+        (out / "mine.txt").write_text("keep")
+    code, line = run(argv, capsys)
+    assert code == 2 and expect in line, line
+    if case == "exists":
+        assert (out / "mine.txt").read_text() == "keep"
+    else:
+        assert not out.exists()
+    assert not list(tmp_path.glob(".out.tmp-*"))
+
+
+@pytest.mark.parametrize("case,expect", [
+    ("duplicate", "row 3 time 2020-01-04T00:00:00.000000000 repeats the previous row's"),
+    ("backward", "row 3 time 2020-01-03T00:00:00.000000000 is before the previous row's"),
+    ("nonpositive", "price 0 at 2020-01-04T00:00:00.000000000 is <= 0"),
+    ("nonpositive_signal", "row 2 has price -1 (<= 0)"),
+])
+def test_bad_prices_are_named_by_session_and_time(tmp_path, capsys, case, expect):
+    start = int(np.datetime64("2020-01-02", "ns").astype(np.int64))
+    stamps = start + DAY * np.arange(30)
+    close = 10 + np.arange(30.0)
+    if case == "duplicate":
+        stamps[3] = stamps[2]
+    if case == "backward":
+        stamps[3] = stamps[1]
+    if case == "nonpositive":
+        close[2] = 0.0
+    if case == "nonpositive_signal":
+        close[2] = -1.0
+    path = write_raw(tmp_path / "bad.h5", "S0", close, stamps)
+    write_raw(tmp_path / "good.h5", "S1", close, start + DAY * np.arange(30))
+    out = tmp_path / "out"
+    argv = ["--prices", path, tmp_path / "good.h5", "--price-column", "close", "--out", out, "--k", "1"]
+    if case == "nonpositive_signal":
+        argv += ["--signal", "momentum:2"]
+    else:
+        signal = pd.DataFrame({"bad/S0": 1.0, "good/S1": 0.0}, index=pd.to_datetime(start + DAY * np.arange(30)))
+        argv += ["--predictions", write_predictions(tmp_path / "p.h5", signal)]
+    code, line = run(argv, capsys)
+    assert code == 2 and expect in line and "S0" in line, line
+    assert not out.exists()
+
+
+def test_intraday_bars_need_periods_per_year(tmp_path, capsys):
+    start = int(np.datetime64("2020-01-02T09:30", "ns").astype(np.int64))
+    path = write_raw(tmp_path / "m.h5", "S0", 10 + np.arange(50.0), start + 60 * 10**9 * np.arange(50))
+    code, line = run(["--prices", path, "--price-column", "close", "--signal", "momentum:2", "--out", tmp_path / "o",
+                      "--strategy", "threshold"], capsys)
+    assert code == 2 and "bars are 60 s apart: give --periods-per-year" in line
+    code, _ = run(["--prices", path, "--price-column", "close", "--signal", "momentum:2", "--out", tmp_path / "o",
+                   "--strategy", "threshold", "--periods-per-year", "60480"], capsys)
+    assert code == 0
