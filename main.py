@@ -91,6 +91,7 @@ def build_parser():
                    "(Qlib's TopkDropout; default k = plain top k)")
     p.add_argument("--quantiles", type=int, default=5, help="signal bins (longshort: top vs bottom)")
     p.add_argument("--decay", type=int, default=5, help="IC decay over 1..N periods ahead")
+    p.add_argument("--no-analysis", action="store_true", help="portfolios only: no IC / quantile analysis")
     p.add_argument("--long-above", type=float, default=None, help="threshold: long where the signal is above")
     p.add_argument("--short-below", type=float, default=None, help="threshold: short where the signal is below")
     p.add_argument("--long-only", action="store_true", help="threshold / longshort: no short positions")
@@ -296,6 +297,7 @@ def cmd_backtest(args):
         prices=args.prices, out=args.out, price_column=args.price_column, return_column=args.return_column,
         predictions=args.predictions, signal=args.signal, step=args.step, target=args.target,
         strategies=tuple(args.strategy), k=args.k, drop=args.drop, quantiles=args.quantiles, decay=args.decay,
+        analysis=not args.no_analysis,
         long_above=args.long_above, short_below=args.short_below, long_only=args.long_only,
         rebalance=args.rebalance, cost_bps=args.cost_bps, min_cost=args.min_cost, capital=args.capital,
         periods_per_year=args.periods_per_year, block_rows=args.block_rows, memory_mb=args.memory_mb,

@@ -19,7 +19,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import h5py
 import numpy as np
 from tqdm import tqdm
 
@@ -50,6 +49,7 @@ class BacktestConfig:
     drop: int = 0                          # topk: names replaced per rebalance at most (0 = k)
     quantiles: int = 5
     decay: int = 5                         # IC decay over 1 .. decay periods
+    analysis: bool = True                  # signal analysis (IC, quantiles); off: portfolios only
     long_above: float = None               # threshold rule (default: the signal's own)
     short_below: float = None
     long_only: bool = False
@@ -236,7 +236,7 @@ def _walk(cfg, names, prices, fields, strategies, base, work):
     periods = report.PeriodWriter(work / "periods.h5", strategies)
     first = last_time = None
     try:
-        for block in panel.blocks(lookahead=cfg.decay):
+        for block in panel.blocks(lookahead=cfg.decay if cfg.analysis else 1):
             if ppy is None:
                 ppy = infer_periods_per_year(block.times)
                 if ppy is None:
@@ -248,9 +248,12 @@ def _walk(cfg, names, prices, fields, strategies, base, work):
             carried = ffill(block.price, own)                                  # (T, N)
             has_price = np.isfinite(block.price[:own])                         # (own, N)
             signal = np.where(has_price, block.fields["signal"][:own], np.nan)
-            forward = forward_returns(carried, own, range(1, cfg.decay + 1))
+            forward = forward_returns(carried, own, range(1, (cfg.decay if cfg.analysis else 1) + 1))
             m = min(own, len(block.times) - 1)          # periods with a next bar: the data's last bar has none
-            columns = analysis.update(signal, forward, periods=max(m, 0))
+            if cfg.analysis:
+                columns = analysis.update(signal, forward, periods=max(m, 0))
+            else:
+                columns = {"coverage": analysis.count(signal)}
             if m <= 0:
                 continue
             times, ends = block.times[:m], block.times[1:m + 1]
@@ -277,7 +280,7 @@ def _walk(cfg, names, prices, fields, strategies, base, work):
         periods.close()
     for p in [bench] + [x for pair in perf.values() for x in pair]:
         p.periods_per_year = ppy
-    result = {"signal_analysis": analysis.summary(), "periods_per_year": ppy, "block_rows": rows,
+    result = {"signal_analysis": analysis.summary() if cfg.analysis else {"coverage": analysis.summary()["coverage"]}, "periods_per_year": ppy, "block_rows": rows,
               "first_period": report.iso(first), "last_period_end": report.iso(last_time),
               "signal_rows_without_price": panel.unmatched.get("signal", 0), "benchmark": bench.summary(), "portfolios": {}}
     for s in strategies:

@@ -106,6 +106,12 @@ class SignalAnalysis:
         self._previous_bins = np.zeros(n_sessions, np.int8)   # bins of the last period seen (0 = none)
         self._have_previous = False
 
+    def count(self, signal):
+        """Only the coverage of these periods (when the analysis is off): (T,) sessions with a signal."""
+        coverage = np.isfinite(signal).sum(axis=1)
+        self.coverage.update(coverage[coverage > 0])
+        return coverage
+
     def update(self, signal, forward, periods=None):
         """signal (T, N) with NaN where there is none (or no price); forward {j: (T, N)} from
         analysis.returns.forward_returns; `periods`: how many of the T rows have a next bar (the data's

@@ -54,28 +54,30 @@ def _pieces(path, names):
 
 
 def write_csv(work):
-    """periods.csv from periods.h5, a piece at a time."""
-    import pandas as pd
+    """periods.csv from periods.h5, a piece at a time (the csv module: pandas costs ~70 MB of memory)."""
+    import csv
     path = work / "periods.h5"
     with h5py.File(path, "r") as f:
-        names = [k for k in f.keys()]
+        names = list(f.keys())
     names = ["time", "end_time"] + [k for k in names if k not in ("time", "end_time")]
-    with open(work / "periods.csv", "w") as out:
-        first = True
+    with open(work / "periods.csv", "w", newline="") as out:
+        writer = csv.writer(out)
+        writer.writerow(names)
         for piece in _pieces(path, names):
-            frame = pd.DataFrame({k: piece[k] for k in names if k in piece})
-            for k in ("time", "end_time"):
-                frame[k] = frame[k].astype("datetime64[ns]")
-            frame.to_csv(out, header=first, index=False, float_format="%.10g")
-            first = False
+            columns = [np.datetime_as_string(piece[k].astype("datetime64[ns]")) if k in ("time", "end_time")
+                       else [f"{v:.10g}" for v in piece[k].tolist()] for k in names]
+            writer.writerows(zip(*columns))
 
 
 def write_positions(work, result):
-    import pandas as pd
-    frame = pd.DataFrame({"session": result["names"]})
-    for s, book in result["portfolios"].items():
-        frame[f"{s}_weight"] = book.pop("final_weights")
-    frame.to_csv(work / "positions.csv", index=False, float_format="%.10g")
+    import csv
+    books = result["portfolios"]
+    with open(work / "positions.csv", "w", newline="") as out:
+        writer = csv.writer(out)
+        writer.writerow(["session"] + [f"{s}_weight" for s in books])
+        weights = [books[s].pop("final_weights") for s in books]
+        for i, name in enumerate(result["names"]):
+            writer.writerow([name] + [f"{w[i]:.10g}" for w in weights])
 
 
 def _downsampled(path, names):
@@ -110,7 +112,8 @@ def figures(work, result):
     figs = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)        # nanmean of all-NaN groups
-        cols = ["end_time", "benchmark", "ic", "rank_ic"] + [f"{s}.{k}" for s in strategies for k in ("net", "gross")]
+        cols = ["end_time", "benchmark"] + (["ic", "rank_ic"] if "ic" in result["signal_analysis"] else []) + \
+            [f"{s}.{k}" for s in strategies for k in ("net", "gross")]
         d = _downsampled(work / "periods.h5", cols)
     # Equity curves need every period's return: compound each group's mean return over its length.
     with h5py.File(work / "periods.h5", "r") as f:
@@ -129,6 +132,8 @@ def figures(work, result):
     ax.legend(loc="best", fontsize=8)
     ax_dd.set_ylabel("drawdown")
     figs["equity"] = fig
+    if "ic" not in result["signal_analysis"]:
+        return figs                                            # --no-analysis: no IC, no quantiles
     fig = Figure(figsize=(10, 4))
     ax = fig.subplots()
     ic = d["rank_ic"]
@@ -168,7 +173,7 @@ def write_tensorboard(directory, result, pictures):
     for s, book in result["portfolios"].items():
         for k in ("annual_return", "sharpe", "max_drawdown", "annual_volatility"):
             values.append(Summary.Value(tag=f"backtest/{s}/{k}", simple_value=_finite(book["net"][k])))
-    for k in ("ic", "rank_ic"):
+    for k in ("ic", "rank_ic") if "ic" in result["signal_analysis"] else ():
         values.append(Summary.Value(tag=f"signal/{k}_mean", simple_value=_finite(result["signal_analysis"][k]["mean"])))
     for name, data in pictures.items():
         from PIL import Image
@@ -219,10 +224,11 @@ def summary_lines(result):
     """The report in a few lines for the terminal."""
     sa = result["signal_analysis"]
     lines = [f"signal {result['signal']}: {result['sessions']} sessions, periods {result['first_period']} .. "
-             f"{result['last_period_end']} ({result['periods_per_year']:g} a year)",
-             f"  IC {_f(sa['ic']['mean'])} (t {_f(sa['ic']['t_stat'], 2)}), rank IC {_f(sa['rank_ic']['mean'])} "
+             f"{result['last_period_end']} ({result['periods_per_year']:g} a year)"]
+    if "ic" in sa:
+        lines.append(f"  IC {_f(sa['ic']['mean'])} (t {_f(sa['ic']['t_stat'], 2)}), rank IC {_f(sa['rank_ic']['mean'])} "
              f"(t {_f(sa['rank_ic']['t_stat'], 2)}, ICIR {_f(sa['rank_ic']['ir'], 3)}, positive "
-             f"{_f(sa['rank_ic']['positive_share'], 3)}), top-bottom {_f(sa['top_minus_bottom']['mean'] * 1e4, 2)} bps"]
+                     f"{_f(sa['rank_ic']['positive_share'], 3)}), top-bottom {_f(sa['top_minus_bottom']['mean'] * 1e4, 2)} bps")
     header = f"  {'strategy':<12} {'annual':>9} {'vol':>8} {'sharpe':>7} {'max dd':>8} {'IR':>7} {'turnover':>9}"
     lines.append(header)
     rows = [(s, b["net"], b.get("information_ratio"), b.get("turnover_per_period")) for s, b in result["portfolios"].items()]

@@ -103,15 +103,30 @@ class RSI:
                 self.loss /= self.n
                 rsi[seed - 1] = _rsi(self.gain, self.loss)
         if len(change) > seed:
-            from scipy.signal import lfilter          # scipy.signal takes ~1 s to import: only when used
-            a = 1.0 / self.n                                  # avg_t = (1 - a) avg_{t-1} + a x_t
-            g, zg = lfilter([a], [1.0, -(1 - a)], gain[seed:], zi=[(1 - a) * self.gain])
-            l_, zl = lfilter([a], [1.0, -(1 - a)], loss[seed:], zi=[(1 - a) * self.loss])
-            self.gain, self.loss = g[-1], l_[-1]
+            g, self.gain = _ema(gain[seed:], 1.0 / self.n, self.gain)
+            l_, self.loss = _ema(loss[seed:], 1.0 / self.n, self.loss)
             rsi[seed:] = _rsi(g, l_)
             self.seen += len(change) - seed
         out[idx] = 50.0 - rsi
         return out
+
+
+def _ema(x, a, start, piece=256):
+    """y_t = (1 - a) y_{t-1} + a x_t from y = start, vectorized in pieces: within a piece
+    y_t = c^t (start + a sum_{s<=t} c^-s x_s), c = 1 - a; pieces keep c^-s within float range and the
+    terms are non-negative (gains, losses), so nothing cancels. Returns (y, last y). numpy only:
+    scipy.signal.lfilter does the same but costs ~60 MB of memory to import in every process."""
+    y = np.empty(len(x))
+    c = 1.0 - a
+    if c == 0.0:                         # N = 1: the average is the latest value
+        y[:] = x
+        return y, (x[-1] if len(x) else start)
+    for i in range(0, len(x), piece):
+        part = x[i:i + piece]
+        powers = c ** np.arange(1, len(part) + 1)                         # c^t, t = 1 .. m
+        y[i:i + piece] = powers * start + a * powers * np.cumsum(part / powers)
+        start = y[i + len(part) - 1]
+    return y, start
 
 
 def _rsi(gain, loss):
@@ -231,8 +246,6 @@ def compute_signals(price_paths, price_column, price_kind, names, spec, spill_di
     from analysis.panel import ArrayRows
     if pool not in POOLS:
         raise InputError(f"--pool {pool!r} is unknown; choose {', '.join(POOLS)}")
-    if spec.kind == "rsi":
-        import scipy.signal  # noqa: F401  imported once here, before the fork, not in every worker
     args = (price_paths, price_column, price_kind, spec, spill_dir)
     # Sessions go out in batches (a file open per batch, not per session), several per worker so
     # that uneven session lengths still spread.

@@ -20,7 +20,6 @@ import json
 
 import h5py
 import numpy as np
-import pandas as pd
 
 from errors import InputError
 
@@ -118,6 +117,7 @@ def read_predictions(path, sessions=None, windows=None):
 
     `sessions`: names to keep (others are not read into the frame); `windows`: a slice of
     window numbers, to read a file larger than memory in parts."""
+    import pandas as pd          # here, not at the top: backtest reads prediction files without pandas (~70 MB)
     with _open(path) as f:
         names = json.loads(f.attrs["session_names"])
         targets = json.loads(f.attrs["target_names"])
