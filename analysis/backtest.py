@@ -144,15 +144,18 @@ def run_backtest(cfg):
                                               workers=cfg.workers, pool=cfg.pool, progress=bar.update)
             bar.close()
             fields = {"aligned": {"signal": aligned}}
+            span = None
             timings["signal_s"] = time.perf_counter() - t0
             signal_name, nan_info = str(spec), None
         else:
             fields = {"matched": {"signal": predictions.sources()}}
+            # the walk covers the predictions' span only: periods without any signal would count as cash
+            span = predictions.time_range()
             signal_name = f"{predictions.target_name} step {cfg.step} ({Path(cfg.predictions).name})"
             nan_info = {"nan_predictions": nan, "predictions": total}
         t0 = time.perf_counter()
         try:
-            result = _walk(cfg, names, prices, fields, strategies, base, work)
+            result = _walk(cfg, names, prices, fields, strategies, base, work, span)
         finally:
             signals.FileRows.close_all()
         timings["walk_s"] = time.perf_counter() - t0
@@ -217,13 +220,14 @@ def _check_positive(block, names, prices):
                          "with --return-column")
 
 
-def _walk(cfg, names, prices, fields, strategies, base, work):
+def _walk(cfg, names, prices, fields, strategies, base, work, span=None):
     n = len(names)
     rows = block_rows_for(cfg, n)
     # Each session is read ahead in pieces of this many rows (time, price, signal: 24 bytes a row),
     # half the memory the blocks get: fewer, larger reads (~30 us an h5py call).
     piece = int(cfg.memory_mb * 2**20 / 2 // (24 * max(n, 1)))
-    panel = Panel(names, prices, block_rows=rows, piece_rows=piece, **fields)
+    panel = Panel(names, prices, block_rows=rows, piece_rows=piece, start_time=span and span[0], **fields)
+    last_signal = span[1] if span else None
     ffill = ForwardFill(n)
     analysis = SignalAnalysis(n, cfg.quantiles, cfg.decay)
     books = {s: Portfolio(dataclasses.replace(base, name=s), n) for s in strategies}
@@ -243,6 +247,10 @@ def _walk(cfg, names, prices, fields, strategies, base, work):
                     spacing = np.median(np.diff(block.times)) / 1e9 if len(block.times) > 1 else float("nan")
                     raise InputError(f"bars are {spacing:g} s apart: give --periods-per-year (e.g. 252 x bars a day) "
                                      "to annualize returns")
+            if last_signal is not None and block.times[0] > last_signal:
+                break                                    # past the last signal: no position is set any more
+            if last_signal is not None:          # rows after the last signal only serve as look-ahead
+                block.own = min(block.own, int(np.searchsorted(block.times, last_signal, "right")))
             own = block.own
             _check_positive(block, names, prices)
             carried = ffill(block.price, own)                                  # (T, N)

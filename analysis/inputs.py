@@ -119,6 +119,16 @@ class Predictions:
                              f"{price_path}: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}; give "
                              "the price file of the same data (session names must match)")
 
+    def time_range(self, piece=1 << 20):
+        """(first, last) input_end_time of the windows: the signal's span, where the walk starts and ends."""
+        ds = self.file["input_end_time"]
+        first, last = None, None
+        for a in range(0, ds.shape[0], piece):
+            times = ds[a:a + piece]
+            first = times.min() if first is None else min(first, times.min())
+            last = times.max() if last is None else max(last, times.max())
+        return int(first), int(last)
+
     def count_nan(self, piece=1 << 20):
         """(NaN predictions of the chosen step and target, all windows)."""
         ds = self.file["prediction"]

@@ -37,6 +37,10 @@ class ColumnSource:
     def read(self, start, stop):
         return self.session.read_timestamps(start, stop), self.session.read_column(self.column, start, stop)
 
+    def first_row_at(self, time):
+        """The first row whose time is >= `time` (a binary search of point reads); reading starts there."""
+        return self.session.timestamp_row(int(time))
+
 
 class PriceFromLogReturns(ColumnSource):
     """Prices rebuilt from a log-return column: row t's value is the log return from row t+L-1 to
@@ -47,7 +51,12 @@ class PriceFromLogReturns(ColumnSource):
     def __init__(self, session, column):
         super().__init__(session, column)
         self.lead = session.target_lead if column in session.target_names else 0
-        self._log_price, self._next = 0.0, 0
+        self._log_price, self._next, self._first = 0.0, 0, 0
+
+    def first_row_at(self, time):
+        row = super().first_row_at(time)
+        self._next = self._first = row                      # the walk starts here: this row is the base, price 1.0
+        return row
 
     def read(self, start, stop):
         if start != self._next:
@@ -59,8 +68,8 @@ class PriceFromLogReturns(ColumnSource):
         have = slice(max(lo, 0) - lo, max(min(hi, self.n_rows), lo) - lo)
         if have.stop > have.start:
             returns[have] = self.session.read_column(self.column, max(lo, 0), min(hi, self.n_rows))
-        if start == 0:
-            returns[0] = 0.0                                  # the first row is the base, price 1.0
+        if stop > start and start == self._first:
+            returns[0] = 0.0                                  # the first row read is the base, price 1.0
         known = np.isfinite(returns)
         log_price = self._log_price + np.cumsum(np.where(known, returns, 0.0))
         self._log_price = log_price[-1] if len(log_price) else self._log_price
@@ -144,10 +153,6 @@ class PanelBlock:
     own: int                   # rows [0, own) belong to this block; the rest is lookahead
     last: bool                 # the final block of the walk
 
-    def head(self, n):
-        return PanelBlock(self.times[:n], self.price[:n], {k: v[:n] for k, v in self.fields.items()},
-                          min(self.own, n), self.last)
-
 
 class Panel:
     """Price sessions (the calendar) and other fields, walked in aligned blocks of time.
@@ -157,7 +162,8 @@ class Panel:
     with times of their own, placed where they equal a price bar's time. A session may lack a field:
     its column is NaN."""
 
-    def __init__(self, names, prices, *, aligned=None, matched=None, block_rows=1024, piece_rows=None):
+    def __init__(self, names, prices, *, aligned=None, matched=None, block_rows=1024, piece_rows=None,
+                 start_time=None):
         if block_rows < 2:
             raise ValueError("block_rows must be at least 2")
         self.names = list(names)
@@ -169,6 +175,9 @@ class Panel:
                         for n in self.names]
         self._matched = {f: [(_Cursor(src[n], piece) if n in src else None) for n in self.names]
                          for f, src in (matched or {}).items()}
+        if start_time is not None:                 # skip each session's rows before it (no read of them)
+            for cur in self._prices:
+                cur.pos = cur.source.first_row_at(start_time)
         self.unmatched = {f: 0 for f in self._matched}     # field rows whose time has no price bar
 
     def _next_rows(self):

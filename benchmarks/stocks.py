@@ -88,7 +88,8 @@ def rank_ic(frame, column):
 
 def evaluate_predictions(pred_path, h5_path):
     # One row per window (H = K = 1); grouped by the day each forecast is made.
-    frame = read_predictions(pred_path).rename(columns={"input_end_time": "timestamp", "prediction": "model",
+    # (the file's `target` column names the predicted target: dropped, "target" here is the realized value)
+    frame = read_predictions(pred_path).drop(columns=["target"]).rename(columns={"input_end_time": "timestamp", "prediction": "model",
                                                          "truth": "target"})
     # Previous-day-return baseline: the log return of the window's last day (a feature, known then).
     with h5py.File(h5_path, "r") as f:

@@ -260,3 +260,38 @@ def test_prediction_step_and_nan_predictions(tmp_path, market):
     assert one["nan_predictions"] == 3 and one["predictions"] == signal.size
     assert two["signal_analysis"]["rank_ic"]["mean"] == pytest.approx(-one["signal_analysis"]["rank_ic"]["mean"], rel=1e-9)
     assert read_periods(tmp_path / "s1")["coverage"].iloc[6] == prices.shape[1] - 1
+
+
+def test_the_walk_covers_the_predictions_span_only(tmp_path, market):
+    prices, signal = market
+    part = signal.iloc[40:70]
+    result, out = backtest(tmp_path, prices, part, name="part", strategies=("topk", "longshort"), k=3, decay=2)
+    periods = read_periods(out)
+    assert list(periods.index) == list(prices.index[40:70])
+    assert periods["end_time"].iloc[-1] == prices.index[70]
+    cut, out_cut = backtest(tmp_path, prices.iloc[40:72], part, name="cut", strategies=("topk", "longshort"), k=3,
+                            decay=2)
+    pd.testing.assert_frame_equal(periods, read_periods(out_cut), rtol=1e-12, atol=1e-14)
+
+
+def test_prices_rebuilt_from_a_log_return_target_equal_the_prices(tmp_path, market):
+    import h5py
+    from data.catalog import write_index
+    from data.layout import write_session
+    prices, signal = market
+    path = tmp_path / "returns.h5"
+    with h5py.File(path, "w") as f:
+        for name in prices.columns:
+            close = prices[name].to_numpy()
+            nxt = np.append(np.diff(np.log(close)), np.nan)          # row t: log return from t to t + 1
+            write_session(f, name, close[:, None], nxt[:, None].astype(np.float64),
+                          prices.index.to_numpy().astype("datetime64[ns]").astype(np.int64),
+                          feature_names=["close"], target_names=["next_log_return"])
+            f[name].attrs["target_lead_rows"] = 1
+    write_index(path)
+    pred = write_predictions(tmp_path / "p.h5", signal.iloc[20:])
+    common = dict(predictions=str(pred), progress=False, plots=False, tensorboard=False, k=3, decay=2,
+                  strategies=("topk", "longshort"))
+    run_backtest(BacktestConfig(prices=[str(path)], price_column="close", out=str(tmp_path / "a"), **common))
+    run_backtest(BacktestConfig(prices=[str(path)], return_column="next_log_return", out=str(tmp_path / "b"), **common))
+    pd.testing.assert_frame_equal(read_periods(tmp_path / "a"), read_periods(tmp_path / "b"), rtol=1e-9, atol=1e-12)

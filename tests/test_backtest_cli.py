@@ -1,6 +1,10 @@
 """`python main.py backtest` from the command line: the report it writes, and one line with exit code 2
 (nothing written) for each bad input a tired user or a broken file produces."""
 
+import subprocess
+import sys
+from pathlib import Path
+
 import h5py
 import numpy as np
 import pandas as pd
@@ -10,6 +14,8 @@ import main
 from data.catalog import write_index
 from data.layout import write_session
 from tests.helpers.market import random_prices, report, write_predictions, write_prices
+
+ROOT = Path(main.__file__).resolve().parent
 
 
 @pytest.fixture
@@ -178,3 +184,13 @@ def test_intraday_bars_need_periods_per_year(tmp_path, capsys):
     code, _ = run(["--prices", path, "--price-column", "close", "--signal", "momentum:2", "--out", tmp_path / "o",
                    "--strategy", "threshold", "--periods-per-year", "60480"], capsys)
     assert code == 0
+
+
+def test_the_backtest_process_imports_no_pandas_scipy_or_torch(tmp_path, files):
+    """Each costs 60-200 MB of memory; the backtest runs beside live processes in ~400 MB."""
+    price_path, *_ = files
+    code = (f"import sys, main; code = main.main(['backtest', '--prices', {str(price_path)!r}, '--price-column', "
+            f"'close', '--signal', 'rsi:5:30:70', '--out', {str(tmp_path / 'o')!r}, '--no-plots', '--no-tensorboard']); "
+            "print(code, sorted(m for m in ('pandas', 'scipy', 'torch') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert out.stdout.strip().splitlines()[-1] == "0 []", out.stdout + out.stderr
