@@ -137,11 +137,12 @@ def run_backtest(cfg):
             bar = tqdm(total=n, desc=f"signal {spec}", unit="session", disable=None if cfg.progress else True)
             # Signals come back as arrays while they fit in half the block memory, else go to files.
             rows = sum(src.n_rows for src in prices.values())
-            spill = work / "signals" if rows * 4 > cfg.memory_mb * 2**20 / 2 else None
+            spill = work / "signals" if rows * 20 > cfg.memory_mb * 2**20 / 2 else None   # signal, time, price
             if spill:
                 spill.mkdir()
-            aligned = signals.compute_signals(cfg.prices, column, kind, names, spec, spill and str(spill),
-                                              workers=cfg.workers, pool=cfg.pool, progress=bar.update)
+            aligned, in_memory = signals.compute_signals(cfg.prices, column, kind, names, spec, spill and str(spill),
+                                                         workers=cfg.workers, pool=cfg.pool, progress=bar.update)
+            prices = in_memory or prices
             bar.close()
             fields = {"aligned": {"signal": aligned}}
             span = None

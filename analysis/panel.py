@@ -86,6 +86,20 @@ class ArrayRows:
         return np.asarray(self.values[start:stop], np.float64)
 
 
+class ArrayPrices:
+    """A session's times and prices held in memory (sent back by a signal worker): a price source."""
+
+    def __init__(self, name, times, values, where):
+        self.name, self.times, self.values, self.where = name, times, values, where
+        self.n_rows = len(times)
+
+    def read(self, start, stop):
+        return self.times[start:stop], self.values[start:stop]
+
+    def first_row_at(self, time):
+        return int(np.searchsorted(self.times, time, side="left"))
+
+
 class _Cursor:
     """One source read ahead in pieces, with the fields stored row by row beside it (`aligned`:
     {field: source with read(start, stop) -> values}); hands out its rows before a time, checking

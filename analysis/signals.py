@@ -191,14 +191,16 @@ def _compute(names):
             n = source.n_rows
             if f is not None:
                 dest = f.create_dataset(_key(name), (n,), np.float32, chunks=(min(max(n, 1), PIECE_ROWS),))
-            else:
-                dest = np.empty(n, np.float32)
+            else:         # small: the session's times and prices come back too, so nothing is read twice
+                dest, times_all, price_all = np.empty(n, np.float32), np.empty(n, np.int64), np.empty(n)
             for start in range(0, n, PIECE_ROWS):
                 stop = min(n, start + PIECE_ROWS)
-                _, price = source.read(start, stop)
+                times, price = source.read(start, stop)
                 check_prices(source, start, price)
                 dest[start:stop] = calc(price)
-            out.append((name, (_worker.out, _key(name)) if f is not None else dest))
+                if f is None:
+                    times_all[start:stop], price_all[start:stop] = times, price
+            out.append((name, (_worker.out, _key(name)) if f is not None else (times_all, price_all, dest)))
     finally:
         if f is not None:
             f.close()
@@ -240,10 +242,11 @@ class FileRows:
 
 def compute_signals(price_paths, price_column, price_kind, names, spec, spill_dir=None, *, workers=2,
                     pool="process", progress=None):
-    """The signal of every session in `names`: {name: row source (ArrayRows or FileRows)}. With
-    `spill_dir`, workers write signals to files there instead of sending them back (large data).
+    """The signal of every session in `names`: ({name: row source}, {name: price source} or None). Small
+    data comes back whole (signal, times and prices: the walk reads nothing again); with `spill_dir`,
+    workers write the signals to files there and the walk reads the prices itself (None).
     `pool`: process (default), thread, or serial (this process only)."""
-    from analysis.panel import ArrayRows
+    from analysis.panel import ArrayPrices, ArrayRows
     if pool not in POOLS:
         raise InputError(f"--pool {pool!r} is unknown; choose {', '.join(POOLS)}")
     args = (price_paths, price_column, price_kind, spec, spill_dir)
@@ -264,7 +267,11 @@ def compute_signals(price_paths, price_column, price_kind, names, spec, spill_di
     else:
         _init_worker(*args)
         done = list(_collect(map(_compute, batches), progress))
-    return {name: FileRows(*where) if isinstance(where, tuple) else ArrayRows(where) for name, where in done}
+    if spill_dir:
+        return {name: FileRows(*where) for name, where in done}, None
+    where = {name: f"{price_paths[0]}: session {name!r}" for name, _ in done}
+    return ({name: ArrayRows(signal) for name, (_, _, signal) in done},
+            {name: ArrayPrices(name, times, price, where[name]) for name, (times, price, _) in done})
 
 
 def _collect(done, progress):
