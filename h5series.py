@@ -9,10 +9,13 @@
     run = h5series.load_run(result["run_dir"])                 # its config, data and model, to forecast
     h5series.predict(result["run_dir"], "next.h5", latest=True)
     frame = h5series.read_predictions("next.h5")
+    report = h5series.run_backtest(h5series.BacktestConfig(prices=["data/"], price_column="close",
+                                                           predictions="test.h5", out="report/"))
 
 Each name is the function the command line itself uses; this module only gathers them.
 """
 
+from analysis.backtest import BacktestConfig, run_backtest
 from config import load_config
 from data.catalog import open_catalog
 from data.dataloader import LoaderConfig, build_loader
@@ -24,4 +27,5 @@ from trainers.run import evaluate, load_run, train
 from trainers.trainer import Trainer
 
 __all__ = ["load_config", "open_catalog", "prepare_data", "LoaderConfig", "build_loader", "make_demo", "Trainer",
-           "train", "evaluate", "load_run", "predict", "read_predictions"]
+           "train", "evaluate", "load_run", "predict", "read_predictions",
+           "BacktestConfig", "run_backtest"]

@@ -157,13 +157,15 @@ def stage_daily(args):
     with tempfile.TemporaryDirectory(dir=WORK) as tmp:
         in_process(prices=[str(prices)], price_column="close", predictions=str(pred), out=f"{tmp}/warm")
         result, seconds = in_process(prices=[str(prices)], price_column="close", predictions=str(pred),
-                                        out=f"{tmp}/gru", strategies=("topk", "longshort"), k=50)
+                                     out=f"{tmp}/gru", strategies=("topk", "longshort"), k=50, cost_bps=5)
         rows.append({"run": "GRU predictions: full report (analysis + topk + longshort + PNGs + TensorBoard)",
                      "seconds": round(seconds, 2), "periods": result["portfolios"]["topk"]["net"]["periods"],
                      "rank_ic": round(result["signal_analysis"]["rank_ic"]["mean"], 4),
                      "rank_ic_t": round(result["signal_analysis"]["rank_ic"]["t_stat"], 2),
                      "topk_sharpe": round(result["portfolios"]["topk"]["net"]["sharpe"], 2),
-                     "longshort_sharpe": round(result["portfolios"]["longshort"]["net"]["sharpe"], 2)})
+                     "longshort_sharpe": round(result["portfolios"]["longshort"]["net"]["sharpe"], 2),
+                     "benchmark_sharpe": round(result["benchmark"]["sharpe"], 2)})
+        print(json.dumps(_plain(result)))
         gru = result
         for pool, workers in (("serial", 1), ("thread", 2), ("process", 2)):
             result, seconds = in_process(prices=[str(prices)], price_column="close", signal="rsi:14:30:70",
@@ -183,10 +185,16 @@ def stage_daily(args):
         rows.append({"run": "the same rule as a command (python start-up and imports included)", **cli})
         vbt = compare_vectorbt(prices, gru["names"] if "names" in gru else None, ours, tmp)
     print(table(rows, ["run", "seconds", "signal_s", "periods", "peak_pss_mb", "rank_ic", "rank_ic_t", "topk_sharpe",
-                       "longshort_sharpe", "threshold_sharpe"]))
+                       "longshort_sharpe", "benchmark_sharpe", "threshold_sharpe"]))
     if vbt:
         print(json.dumps(vbt))
-    save_json(args.json, {"rows": rows, "vectorbt": vbt, "machine": machine()})
+    save_json(args.json, {"rows": rows, "vectorbt": vbt, "gru_report": _plain(gru), "machine": machine()})
+
+
+def _plain(result):
+    from analysis.report import _clean
+    return _clean({k: v for k, v in result.items() if k in ("signal_analysis", "portfolios", "benchmark",
+                                                              "periods_per_year", "first_period", "last_period_end")})
 
 
 def compare_vectorbt(prices, names, ours, tmp):
