@@ -11,7 +11,6 @@ nothing half-written, and an existing --out is replaced only with --overwrite.
 """
 
 import dataclasses
-import logging
 import math
 import os
 import shutil
@@ -24,13 +23,13 @@ from tqdm import tqdm
 
 from analysis import inputs, report, signals
 from analysis.factor import SignalAnalysis
-from analysis.panel import NS_PER_DAY, Panel
+from analysis.panel import Panel
 from analysis.portfolio import STRATEGIES, Portfolio, StrategySpec, benchmark_returns
 from analysis.returns import ForwardFill, forward_returns
-from analysis.stats import Moments, Performance
+from analysis.stats import Moments, Performance, iso
 from errors import InputError
 
-log = logging.getLogger("h5series")
+NS_PER_DAY = 86_400 * 10**9
 CELL_BYTES = 240          # panel bytes per (row, session): price, carried, signal, decay returns, bins, masks
 
 
@@ -75,7 +74,9 @@ def _check(cfg):
     if bool(cfg.price_column) == bool(cfg.return_column):
         raise InputError("give the prices: --price-column NAME (a price) or --return-column NAME (log returns)")
     for name, value, low in (("--cost-bps", cfg.cost_bps, 0), ("--min-cost", cfg.min_cost, 0)):
-        if not (value >= low and math.isfinite(value)):
+        if not math.isfinite(value):
+            raise InputError(f"{name} {value:g}: not a number; give a cost of 0 or more")
+        if value < low:
             raise InputError(f"{name} {value:g}: costs cannot be negative; give 0 or more")
     for name, value, low in (("--k", cfg.k, 0), ("--drop", cfg.drop, 0), ("--rebalance", cfg.rebalance, 1),
                              ("--quantiles", cfg.quantiles, 2), ("--decay", cfg.decay, 1),
@@ -117,7 +118,7 @@ def run_backtest(cfg):
     if cfg.predictions:
         predictions = inputs.Predictions(cfg.predictions, cfg.step, cfg.target)
         predictions.check_sessions(names, cfg.prices[0])
-        nan, total = predictions.count_nan()
+        nan, total = predictions.nan, predictions.total
         if nan == total:
             predictions.close()
             raise InputError(f"{cfg.predictions}: every prediction of step {cfg.step} is NaN; the run that wrote "
@@ -151,7 +152,7 @@ def run_backtest(cfg):
         else:
             fields = {"matched": {"signal": predictions.sources()}}
             # the walk covers the predictions' span only: periods without any signal would count as cash
-            span = predictions.time_range()
+            span = predictions.span
             signal_name = f"{predictions.target_name} step {cfg.step} ({Path(cfg.predictions).name})"
             nan_info = {"nan_predictions": nan, "predictions": total}
         t0 = time.perf_counter()
@@ -216,7 +217,7 @@ def _check_positive(block, names, prices):
         bad = np.argwhere(block.price <= 0)
     if len(bad):
         t, j = bad[0]
-        raise InputError(f"{prices[names[j]].where}: price {block.price[t, j]:g} at {report.iso(block.times[t])} is "
+        raise InputError(f"{prices[names[j]].where}: price {block.price[t, j]:g} at {iso(block.times[t])} is "
                          "<= 0; prices must be positive: give a price column (--price-column), or log returns "
                          "with --return-column")
 
@@ -290,7 +291,7 @@ def _walk(cfg, names, prices, fields, strategies, base, work, span=None):
     for p in [bench] + [x for pair in perf.values() for x in pair]:
         p.periods_per_year = ppy
     result = {"signal_analysis": analysis.summary() if cfg.analysis else {"coverage": analysis.summary()["coverage"]}, "periods_per_year": ppy, "block_rows": rows,
-              "first_period": report.iso(first), "last_period_end": report.iso(last_time),
+              "first_period": iso(first), "last_period_end": iso(last_time),
               "signal_rows_without_price": panel.unmatched.get("signal", 0), "benchmark": bench.summary(), "portfolios": {}}
     for s in strategies:
         net, gross = perf[s][0].summary(), perf[s][1].summary()

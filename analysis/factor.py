@@ -183,14 +183,10 @@ class SignalAnalysis:
             "ic": self.ic[1].summary(), "rank_ic": self.rank_ic[1].summary(),
             "ic_decay": {str(j): v for j, v in decay.items()},
             "quantiles": self.q,
-            "quantile_mean_return": {str(j + 1): [_num(v) for v in quantile_mean[j]] for j in range(self.decay)},
+            "quantile_mean_return": {str(j + 1): [float(v) for v in quantile_mean[j]] for j in range(self.decay)},
             "top_minus_bottom": self.spread.summary(),
-            "quantile_turnover": [_num(m.mean if m.n else math.nan) for m in self.turnover],
-            "coverage": {"mean": _num(self.coverage.mean if self.coverage.n else math.nan),
+            "quantile_turnover": [m.mean if m.n else math.nan for m in self.turnover],
+            "coverage": {"mean": self.coverage.mean if self.coverage.n else math.nan,
                          "periods_with_signal": self.coverage.n},
             "periods_not_binned": self.unbinned_periods,
         }
-
-
-def _num(v):
-    return float(v)

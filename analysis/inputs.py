@@ -3,7 +3,6 @@ signal files analysis/signals.py writes; each checked here, before any work, wit
 
 import json
 
-import h5py
 import numpy as np
 
 from analysis.panel import ColumnSource, PriceFromLogReturns
@@ -64,36 +63,44 @@ class Predictions:
     def __init__(self, path, step=1, target=None, piece=1 << 20):
         self.path = str(path)
         self.file = open_prediction_file(path)
-        attrs = self.file.attrs
+        try:
+            self._check(step, target)
+            self.runs, self.nan, self.total, self.span = self._scan(piece)
+        except BaseException:
+            self.close()                         # a refused file is not left open
+            raise
+
+    def _check(self, step, target):
+        path, attrs = self.path, self.file.attrs
         if "input_end_time" not in self.file:
-            self.close()
             raise InputError(f"{path}: the predictions have no times (input_end_time); a backtest aligns them "
                              "with prices by time: predict from data with timestamps")
         self.horizon = int(attrs["horizon"])
         if not 1 <= step <= self.horizon:
-            self.close()
             raise InputError(f"--step {step}: the predictions forecast steps 1 .. {self.horizon}; choose one of them")
         targets = json.loads(attrs["target_names"])
         if attrs.get("task") == "classify":
-            self.close()
             raise InputError(f"{path}: holds class predictions; a backtest ranks numbers: train a regression run")
         if target is None and len(targets) > 1:
-            self.close()
             raise InputError(f"{path}: predicts {targets}; choose the signal with --target NAME")
         if target is not None and target not in targets:
-            self.close()
             raise InputError(f"--target {target!r} is not predicted in {path}; it predicts {targets}")
         self.step, self.target = step, targets.index(target) if target is not None else 0
         self.target_name = targets[self.target]
         self.session_names = json.loads(attrs["session_names"])
-        self.runs = self._runs(piece)
 
-    def _runs(self, piece):
-        """{session name: (start, stop)}: predict writes each session's windows together, in time order."""
-        ids = self.file["session"]
-        runs, order = {}, []
+    def _scan(self, piece):
+        """One pass over the windows, a piece at a time: each session's run of windows ({name: (start, stop)};
+        predict writes a session's windows together, in time order), the NaN count of the chosen step and
+        target, the number of windows, and the (first, last) input_end_time: where the walk starts and ends."""
+        ids, times, preds = self.file["session"], self.file["input_end_time"], self.file["prediction"]
+        runs, order, nan, first, last = {}, [], 0, None, None
         for a in range(0, len(ids), piece):
             chunk = ids[a:a + piece]
+            stamps = times[a:a + piece]
+            nan += int(np.isnan(preds[a:a + piece, self.step - 1, self.target]).sum())
+            first = stamps.min() if first is None else min(first, stamps.min())
+            last = stamps.max() if last is None else max(last, stamps.max())
             change = np.flatnonzero(np.diff(chunk)) + 1
             starts = np.concatenate([[0], change]) + a
             stops = np.concatenate([change, [len(chunk)]]) + a
@@ -106,7 +113,8 @@ class Predictions:
                                      "stored together; write the file with `python main.py predict`")
                 runs[sid] = (int(s), int(e))
                 order.append(sid)
-        return {self.session_names[sid]: run for sid, run in runs.items()}
+        span = None if first is None else (int(first), int(last))
+        return {self.session_names[sid]: run for sid, run in runs.items()}, nan, len(ids), span
 
     def sources(self):
         datasets = self.file["input_end_time"], self.file["prediction"]
@@ -120,34 +128,9 @@ class Predictions:
                              f"{price_path}: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}; give "
                              "the price file of the same data (session names must match)")
 
-    def time_range(self, piece=1 << 20):
-        """(first, last) input_end_time of the windows: the signal's span, where the walk starts and ends."""
-        ds = self.file["input_end_time"]
-        first, last = None, None
-        for a in range(0, ds.shape[0], piece):
-            times = ds[a:a + piece]
-            first = times.min() if first is None else min(first, times.min())
-            last = times.max() if last is None else max(last, times.max())
-        return int(first), int(last)
-
-    def count_nan(self, piece=1 << 20):
-        """(NaN predictions of the chosen step and target, all windows)."""
-        ds = self.file["prediction"]
-        nan = 0
-        for a in range(0, ds.shape[0], piece):
-            nan += int(np.isnan(ds[a:a + piece, self.step - 1, self.target]).sum())
-        return nan, ds.shape[0]
-
     def close(self):
         try:
             self.file.close()
         except (AttributeError, ValueError):
             pass
 
-
-def is_prediction_file(path):
-    try:
-        with h5py.File(path, "r") as f:
-            return f.attrs.get("h5series_format") == "h5series-predictions"
-    except OSError:
-        return False

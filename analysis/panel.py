@@ -17,14 +17,8 @@ import dataclasses
 
 import numpy as np
 
+from data.catalog import time_text
 from errors import InputError
-
-NS_PER_DAY = 86_400 * 10**9
-
-
-def time_text(ns):
-    return str(np.datetime64(int(ns), "ns"))
-
 
 class ColumnSource:
     """A named column of one session (data.session.SessionData) as a source."""
@@ -165,7 +159,6 @@ class PanelBlock:
     price: np.ndarray          # (T, N) float64, NaN = no bar
     fields: dict               # name -> (T, N) float64, NaN = no value
     own: int                   # rows [0, own) belong to this block; the rest is lookahead
-    last: bool                 # the final block of the walk
 
 
 class Panel:
@@ -247,10 +240,9 @@ class Panel:
             done = rows is None
             while pending is not None and (len(pending[0]) >= self.block_rows + lookahead or done):
                 own = min(self.block_rows, len(pending[0]))
-                last = done and own == len(pending[0])
                 times, price, fields = pending
                 yield PanelBlock(times[:own + lookahead], price[:own + lookahead],
-                                 {k: v[:own + lookahead] for k, v in fields.items()}, own, last)
+                                 {k: v[:own + lookahead] for k, v in fields.items()}, own)
                 rest = (times[own:], price[own:], {k: v[own:] for k, v in fields.items()})
                 pending = rest if len(rest[0]) else None
             if done:

@@ -16,10 +16,6 @@ MAX_POINTS = 4000
 CHUNK = 1 << 16
 
 
-def iso(ns):
-    return None if ns is None else str(np.datetime64(int(ns), "ns"))
-
-
 class PeriodWriter:
     """Appends per-period columns (decision time, end time, signal analysis, benchmark, each strategy)."""
 
@@ -98,7 +94,7 @@ def _downsampled(path, names):
                     picked = np.nanmean(v[:usable].reshape(-1, group), axis=1) if m > group else \
                         np.array([np.nanmean(v)])
             out[k].append(picked)
-    return {k: np.concatenate(v) if v else np.empty(0) for k, v in out.items()}
+    return {k: np.concatenate(v) if v else np.empty(0) for k, v in out.items()}, group
 
 
 def figures(work, result):
@@ -114,11 +110,8 @@ def figures(work, result):
         warnings.simplefilter("ignore", RuntimeWarning)        # nanmean of all-NaN groups
         cols = ["end_time", "benchmark"] + (["ic", "rank_ic"] if "ic" in result["signal_analysis"] else []) + \
             [f"{s}.{k}" for s in strategies for k in ("net", "gross")]
-        d = _downsampled(work / "periods.h5", cols)
+        d, group = _downsampled(work / "periods.h5", cols)
     # Equity curves need every period's return: compound each group's mean return over its length.
-    with h5py.File(work / "periods.h5", "r") as f:
-        n = f["time"].shape[0]
-    group = max(1, math.ceil(n / MAX_POINTS))
     when = d["end_time"].astype("datetime64[ns]")
     fig = Figure(figsize=(10, 6))
     ax, ax_dd = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})

@@ -52,9 +52,9 @@ def parse_signal(text):
     usage = "use rsi:N:LOW:HIGH (e.g. rsi:14:30:70), momentum:N or reversal:N"
     if parts[0] not in KINDS:
         raise InputError(f"--signal {text!r}: unknown signal {parts[0]!r}; {usage}")
-    want = 4 if parts[0] == "rsi" else 2
-    if len(parts) not in (2, want) if parts[0] == "rsi" else len(parts) != want:
-        raise InputError(f"--signal {text!r}: expected {want - 1} number(s) after {parts[0]!r}; {usage}")
+    allowed = (2, 4) if parts[0] == "rsi" else (2,)          # rsi:N takes the default 30/70
+    if len(parts) not in allowed:
+        raise InputError(f"--signal {text!r}: expected {allowed[-1] - 1} number(s) after {parts[0]!r}; {usage}")
     try:
         window = int(parts[1])
         low, high = (float(parts[2]), float(parts[3])) if len(parts) == 4 else (30.0, 70.0)

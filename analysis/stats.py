@@ -11,6 +11,8 @@ import math
 
 import numpy as np
 
+from data.catalog import time_text
+
 
 class Moments:
     """Count, mean and sum of squared deviations of the finite values seen (Chan et al.'s merge)."""
@@ -99,11 +101,12 @@ class Performance:
         return {"total_return": math.expm1(self.log_value), "annual_return": annual,
                 "annual_volatility": sd * math.sqrt(p),
                 "sharpe": self.moments.mean / sd * math.sqrt(p) if n > 1 and sd > 0 else math.nan,
-                "max_drawdown": self.max_drawdown, "max_drawdown_peak": _iso(self.drawdown_peak),
-                "max_drawdown_trough": _iso(self.drawdown_trough), "max_drawdown_recovered": _iso(self.recovered),
+                "max_drawdown": self.max_drawdown, "max_drawdown_peak": iso(self.drawdown_peak),
+                "max_drawdown_trough": iso(self.drawdown_trough), "max_drawdown_recovered": iso(self.recovered),
                 "calmar": annual / abs(self.max_drawdown) if self.max_drawdown < 0 else math.nan,
                 "hit_rate": self.moments.positive / n if n else math.nan, "periods": n}
 
 
-def _iso(ns):
-    return None if ns is None else str(np.datetime64(ns, "ns"))
+def iso(ns):
+    """A time (int ns) as ISO text, None kept (a drawdown not recovered)."""
+    return None if ns is None else time_text(ns)

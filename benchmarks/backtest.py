@@ -142,13 +142,13 @@ def vectorbt_child(args):
     print(json.dumps({"seconds": time.perf_counter() - t0, "returns": returns.tolist()}))
 
 
-def threshold_orders(prices_path, names, work):
+def threshold_orders(prices_path):
     """(close ffilled (T, N), the rule's target weights at each bar (NaN: no order)) from our run's inputs:
     recomputed here from the same RSI signal so vectorbt gets the very orders our engine followed."""
     from analysis.inputs import open_prices
     from analysis.portfolio import StrategySpec, _block_targets
     from analysis.signals import SignalSpec, indicator
-    _, sources = open_prices([str(prices_path)], "close")
+    names, sources = open_prices([str(prices_path)], "close")
     spec = SignalSpec("rsi", 14, 30, 70)
     frames, signals = {}, {}
     for name in names:
@@ -201,7 +201,7 @@ def stage_daily(args):
                            "--signal", "rsi:14:30:70", "--strategy", "threshold", "--decay", "1", "--no-analysis",
                            "--no-plots", "--no-tensorboard", "--out", f"{tmp}/rsi_cli"])
         rows.append({"run": "the same rule as a command (python start-up and imports included)", **cli})
-        vbt = compare_vectorbt(prices, gru["names"] if "names" in gru else None, ours, tmp)
+        vbt = compare_vectorbt(prices, ours, cli, tmp)   # the command above is ours, measured the same way
     print(table(rows, ["run", "seconds", "signal_s", "periods", "peak_pss_mb", "rank_ic", "rank_ic_t", "topk_sharpe",
                        "longshort_sharpe", "benchmark_sharpe", "threshold_sharpe"]))
     if vbt:
@@ -215,15 +215,13 @@ def _plain(result):
                                                               "periods_per_year", "first_period", "last_period_end")})
 
 
-def compare_vectorbt(prices, names, ours, tmp):
+def compare_vectorbt(prices, ours, ours_cli, tmp):
     try:
         import vectorbt  # noqa: F401
     except ImportError:
         print("vectorbt is not installed (pip install vectorbt): comparison skipped")
         return None
-    from analysis.inputs import open_prices
-    names = names or open_prices([str(prices)], "close")[0]
-    close, orders, index = threshold_orders(prices, names, tmp)
+    close, orders, _ = threshold_orders(prices)
     path = Path(tmp) / "orders.npz"
     np.savez(path, close=close, orders=orders)
     row, out = measured([sys.executable, __file__, "--vectorbt-child", "--orders", str(path)])
@@ -231,9 +229,6 @@ def compare_vectorbt(prices, names, ours, tmp):
     seconds = json.loads(out.strip().splitlines()[-1])["seconds"]
     # vectorbt labels a return with the bar it ends at; ours with the bar the position was set at
     diff = np.abs(theirs[1:len(ours) + 1] - ours)
-    ours_cli, _ = measured([sys.executable, "main.py", "backtest", "--prices", str(prices), "--price-column", "close",
-                            "--signal", "rsi:14:30:70", "--strategy", "threshold", "--decay", "1", "--no-analysis",
-                            "--no-plots", "--no-tensorboard", "--out", f"{tmp}/rsi_cli2", "--pool", "serial"])
     return {"max_abs_return_difference": float(np.nanmax(diff)), "periods_compared": int(np.isfinite(diff).sum()),
             "vectorbt_portfolio_s": round(seconds, 3), "vectorbt_child": row, "ours_child": ours_cli}
 
