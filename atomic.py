@@ -52,3 +52,41 @@ def check_output(path, overwrite=False):
     if not parent.is_dir() or not os.access(parent, os.W_OK):
         raise InputError(f"{path}: cannot be written ({parent} is not a writable folder); choose another path")
     return path
+
+
+def check_output_dir(path, overwrite=False, what="report"):
+    """`check_output` for an output folder (a backtest report, a similar-window index): refused when it
+    exists without `overwrite`, is a file, or cannot be written. Returns the path."""
+    from errors import InputError
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise InputError(f"{path}: already exists; pass --overwrite to replace it (replaced only once the new "
+                         f"{what} is complete)")
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{path}: is a file; --out names a folder for the {what}")
+    parent = next((p for p in [path.parent, *path.parent.parents] if p.exists()), Path("."))
+    if not os.access(parent, os.W_OK):
+        raise InputError(f"{path}: cannot be written ({parent} is not a writable folder); choose another path")
+    return path
+
+
+@contextlib.contextmanager
+def atomic_dir(path):
+    """Yield a temporary folder beside `path`, renamed over `path` on success (the old one, if any,
+    removed only then); on any error it is deleted and `path` is left as it was."""
+    import shutil
+    import tempfile
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        yield work
+        if path.exists():
+            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            os.replace(path, old)
+            os.replace(work, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(work, path)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

@@ -5,6 +5,8 @@
     python main.py evaluate --run RUN_DIR [--split test] [--json]
     python main.py predict --run RUN_DIR --out PRED.h5 [--split test | --latest] [--data NEW.h5 ...]
     python main.py backtest --prices DATA.h5 --price-column close (--predictions PRED.h5 | --signal rsi:14:30:70) --out DIR
+    python main.py similar index --data DATA.h5 --columns close --lookback 20 --out INDEX | --run RUN_DIR --out INDEX
+    python main.py similar query --index INDEX (--session S --time T | --queries Q.csv | --split test) --price-column close
     python main.py prepare [--profile P] [--config FILE] [key=value ...]
     python main.py convert INPUT... --out OUT.h5
     python main.py make-demo --out PATH [--sessions N --rows N --features N | --preset NAME]
@@ -110,6 +112,48 @@ def build_parser():
     p.add_argument("--no-tensorboard", action="store_true", help="no TensorBoard events")
     p.add_argument("--out", required=True, help="report folder (report.json, periods.h5/.csv, positions.csv, PNGs)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+
+    p = sub.add_parser("similar", help="similar past windows: index every window with FAISS, then find the "
+                       "nearest past ones of a window and what followed them (docs/similar.md)")
+    similar = p.add_subparsers(dest="similar_command", required=True)
+    p = similar.add_parser("index", help="build the index of every window (raw z-normalized or a run's embeddings)")
+    _config_args(p)
+    p.add_argument("--data", nargs="+", metavar="PATH", default=None, help="session HDF5 files (default: data.paths, "
+                   "or the run's data with --run)")
+    p.add_argument("--run", default=None, help="a trained run: vectors are its model's embed(x) of its windows")
+    p.add_argument("--checkpoint", choices=("best", "last"), default=None, help="with --run (default: best)")
+    p.add_argument("--columns", nargs="+", default=None, help="columns a window is made of (raw windows)")
+    p.add_argument("--lookback", type=int, default=None, help="rows per window (default: data.lookback)")
+    p.add_argument("--stride", type=int, default=None, help="rows between indexed window ends (default: data.stride)")
+    p.add_argument("--split", default="all", choices=("all", "train", "val", "test"),
+                   help="index the windows of one split only (borders: data.split, or the run's)")
+    p.add_argument("--out", required=True, help="index folder")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+
+    p = similar.add_parser("query", help="the nearest past windows of windows, and what followed them")
+    p.add_argument("--index", required=True, help="index folder (similar index --out)")
+    p.add_argument("--session", default=None, help="one query: this session's window ...")
+    p.add_argument("--time", default=None, help="... ending at this time (the last bar at or before it)")
+    p.add_argument("--queries", default=None, metavar="FILE.csv", help="many queries: a CSV with columns session,time")
+    p.add_argument("--split", default=None, choices=("train", "val", "test"), help="or every window of a split")
+    p.add_argument("--k", type=int, default=10, help="neighbours per query")
+    p.add_argument("--ahead", type=int, default=1, help="rows after a window whose return is reported")
+    p.add_argument("--price-column", default=None, help="what followed: the return of this price column ...")
+    p.add_argument("--return-column", default=None, help="... or of this log-return column")
+    p.add_argument("--all-times", action="store_true", help="also neighbours after the query (not past-only: "
+                   "for study, never for a forecast)")
+    p.add_argument("--random", action="store_true", help="k random windows under the same rules: the null an "
+                   "analog forecast must beat")
+    p.add_argument("--seed", type=int, default=0, help="--random's draws")
+    p.add_argument("--columns", nargs="+", default=None, help="checked against the index's columns")
+    p.add_argument("--lookback", type=int, default=None, help="checked against the index's lookback")
+    p.add_argument("--nprobe", type=int, default=0, help="IVF-PQ clusters searched (default: the index's)")
+    p.add_argument("--out", default=None, help="results: FILE.h5 or FILE.csv")
+    p.add_argument("--forecast", default=None, metavar="PRED.h5", help="the neighbours' mean as a prediction file "
+                   "(backtest --predictions takes it)")
+    p.add_argument("--plot", default=None, metavar="PNG", help="draw the first queries with their neighbours")
+    p.add_argument("--overwrite", action="store_true", help="replace outputs that exist")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
     p = sub.add_parser("prepare", help="catalog, split and normalize the data of a config; print "
                        "the memory plan; write the run directory (no training)")
@@ -309,6 +353,56 @@ def cmd_backtest(args):
           f"tensorboard --logdir {args.out}/tensorboard)")
 
 
+def cmd_similar(args):
+    if args.similar_command == "index":
+        from analysis.similar_index import build_index
+        from analysis.similar_source import open_windows
+        from atomic import check_output_dir
+        from config import load_config
+        config = load_config(args.profile, args.config_file, args.overrides)
+        check_output_dir(args.out, args.overwrite, "index")
+        windows = open_windows(config, run=args.run, checkpoint=args.checkpoint, data=args.data, columns=args.columns,
+                               lookback=args.lookback, stride=args.stride, split=args.split)
+        s = build_index(windows, config.similar, args.out, overwrite=args.overwrite, seed=config.seed)
+        what = f"{s['model']} embeddings ({s['dim']} dims)" if s["vectors"] == "model" else \
+            f"z-normalized {s['columns']} ({s['dim']} dims)"
+        print(f"indexed {s['windows']:,} windows of {s['lookback']} rows (stride {s['stride']}, split {s['split']}) as "
+              f"{what} in {s['build_seconds']:.1f} s: {s['kind']}"
+              + (f" (nlist {s['nlist']}, PQ {s['pq_m']}x{s['pq_bits']}, trained on {s['trained_on']:,})"
+                 if s["kind"] == "ivfpq" else "")
+              + (f"; {s['skipped_nonfinite']:,} windows with NaN/Inf left out" if s["skipped_nonfinite"] else "")
+              + f" -> {args.out}")
+        return
+    from analysis.similar_query import QueryConfig, run_query
+    from config import SimilarConfig
+    cfg = QueryConfig(index=args.index, session=args.session, time=args.time, queries=args.queries, split=args.split,
+                      k=args.k, ahead=args.ahead, price_column=args.price_column, return_column=args.return_column,
+                      past_only=not args.all_times, random=args.random, seed=args.seed, columns=args.columns,
+                      lookback=args.lookback, nprobe=args.nprobe, out=args.out, forecast=args.forecast,
+                      plot=args.plot, overwrite=args.overwrite)
+    summary = run_query(cfg, SimilarConfig())
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return
+    t = summary["timings"]
+    print(f"{summary['queries']:,} queries, {summary['k']} neighbours each ({'past only' if summary['past_only'] else 'all times'}"
+          f"{', random' if summary['random'] else ''}) from {summary['windows']:,} windows ({summary['kind']}): "
+          f"windows read {t['vectors_s']:.2f} s, search {t['search_s']:.2f} s, total {t['total_s']:.2f} s"
+          + (f"; {summary['queries_short_of_k']:,} with fewer than k" if summary["queries_short_of_k"] else ""))
+    if summary["queries"] == 1:
+        q = summary["first"][0]
+        fmt = lambda x: "n/a" if x is None else f"{x:+.4f}"  # noqa: E731
+        print(f"query {q['session']} window ending {q['end_time'][:19]}: followed by {fmt(q['followed'])}; neighbours' "
+              f"mean {fmt(q['mean'])}, median {fmt(q['median'])}, positive "
+              f"{'n/a' if q['share_positive'] is None else format(q['share_positive'], '.0%')}")
+        print(f"{'rank':>4}  {'session':<20} {'window end':<20} {'distance':>9} {'followed':>9}")
+        for i, nb in enumerate(q["neighbours"], start=1):
+            print(f"{i:>4}  {nb['session'][:20]:<20} {nb['end_time'][:19]:<20} {nb['distance']:>9.4f} "
+                  f"{fmt(nb['followed']):>9}")
+    for path in summary["outputs"]:
+        print(f"wrote {path}")
+
+
 def cmd_prepare(args):
     from config import load_config
     config = load_config(args.profile, args.config_file, args.overrides)
@@ -380,7 +474,8 @@ def main(argv=None):
     args = parse_args(parser, argv)
     commands = {"convert": cmd_convert, "make-demo": cmd_make_demo, "inspect": cmd_inspect,
                 "config": cmd_config, "prepare": cmd_prepare, "index": cmd_index, "train": cmd_train,
-                "evaluate": cmd_evaluate, "predict": cmd_predict, "backtest": cmd_backtest}
+                "evaluate": cmd_evaluate, "predict": cmd_predict, "backtest": cmd_backtest,
+                "similar": cmd_similar}
     try:
         if args.command is None:
             args = parse_args(parser, ["train"])

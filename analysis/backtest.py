@@ -12,9 +12,7 @@ nothing half-written, and an existing --out is replaced only with --overwrite.
 
 import dataclasses
 import math
-import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -22,6 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from analysis import inputs, report, signals
+from atomic import atomic_dir, check_output_dir
 from analysis.factor import SignalAnalysis
 from analysis.panel import Panel
 from analysis.portfolio import STRATEGIES, Portfolio, StrategySpec, benchmark_returns
@@ -90,15 +89,7 @@ def _check(cfg):
     unknown = [s for s in cfg.strategies if s not in STRATEGIES]
     if unknown:
         raise InputError(f"--strategy {unknown[0]!r} is unknown; choose from {', '.join(STRATEGIES)}")
-    out = Path(cfg.out)
-    if out.exists() and not cfg.overwrite:
-        raise InputError(f"{out}: already exists; pass --overwrite to replace it (replaced only once the new "
-                         "report is complete)")
-    if out.exists() and not out.is_dir():
-        raise InputError(f"{out}: is a file; --out names a folder for the report")
-    parent = next((p for p in [out.parent, *out.parent.parents] if p.exists()), Path("."))
-    if not os.access(parent, os.W_OK):
-        raise InputError(f"{out}: cannot be written ({parent} is not a writable folder); choose another path")
+    check_output_dir(cfg.out, cfg.overwrite, "report")
 
 
 def run_backtest(cfg):
@@ -128,71 +119,59 @@ def run_backtest(cfg):
                         long_above=long_above if cfg.long_above is None else cfg.long_above,
                         short_below=short_below if cfg.short_below is None else cfg.short_below,
                         rebalance=cfg.rebalance, cost_bps=cfg.cost_bps, min_cost=cfg.min_cost, capital=cfg.capital)
-    out = Path(cfg.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        timings = {}
-        if spec is not None:
-            t0 = time.perf_counter()
-            bar = tqdm(total=n, desc=f"signal {spec}", unit="session", disable=None if cfg.progress else True)
-            # Signals come back as arrays while they fit in half the block memory, else go to files.
-            rows = sum(src.n_rows for src in prices.values())
-            spill = work / "signals" if rows * 20 > cfg.memory_mb * 2**20 / 2 else None   # signal, time, price
-            if spill:
-                spill.mkdir()
-            aligned, in_memory = signals.compute_signals(cfg.prices, column, kind, names, spec, spill and str(spill),
-                                                         workers=cfg.workers, pool=cfg.pool, progress=bar.update)
-            prices = in_memory or prices
-            bar.close()
-            fields = {"aligned": {"signal": aligned}}
-            span = None
-            timings["signal_s"] = time.perf_counter() - t0
-            signal_name, nan_info = str(spec), None
-        else:
-            fields = {"matched": {"signal": predictions.sources()}}
-            # the walk covers the predictions' span only: periods without any signal would count as cash
-            span = predictions.span
-            signal_name = f"{predictions.target_name} step {cfg.step} ({Path(cfg.predictions).name})"
-            nan_info = {"nan_predictions": nan, "predictions": total}
-        t0 = time.perf_counter()
+    with atomic_dir(cfg.out) as work:
         try:
-            result = _walk(cfg, names, prices, fields, strategies, base, work, span)
+            return _run(cfg, work, t_start, names, prices, spec, strategies, base, predictions, column, kind, n)
         finally:
-            signals.FileRows.close_all()
-        timings["walk_s"] = time.perf_counter() - t0
-        if predictions is not None:
-            predictions.close()
-        result.update(signal=signal_name, sessions=n, strategy_settings=dataclasses.asdict(base),
-                      strategies=strategies, prices=[str(p) for p in cfg.prices], price_column=column,
-                      price_kind=kind, **(nan_info or {}))
-        if not result["signal_analysis"]["coverage"]["periods_with_signal"]:
-            raise InputError(f"{cfg.predictions or cfg.signal}: no period has a signal where a price is known; "
-                             "check that the signal and price files cover the same sessions and times")
-        shutil.rmtree(work / "signals", ignore_errors=True)
+            if predictions is not None:
+                predictions.close()
+
+
+def _run(cfg, work, t_start, names, prices, spec, strategies, base, predictions, column, kind, n):
+    """The signal, the walk and the report, written into `work` (renamed to --out by the caller)."""
+    timings = {}
+    if spec is not None:
         t0 = time.perf_counter()
-        report.write_all(work, result, plots=cfg.plots, tensorboard=cfg.tensorboard)
-        timings["report_s"] = time.perf_counter() - t0
-        timings["total_s"] = time.perf_counter() - t_start
-        result["timings"] = timings
-        report.write_json(work / "report.json", result)
-        _replace_dir(work, out)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        if predictions is not None:
-            predictions.close()
-        raise
-    return result
-
-
-def _replace_dir(work, out):
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-        os.replace(work, out)
-        shutil.rmtree(old, ignore_errors=True)
+        bar = tqdm(total=n, desc=f"signal {spec}", unit="session", disable=None if cfg.progress else True)
+        # Signals come back as arrays while they fit in half the block memory, else go to files.
+        rows = sum(src.n_rows for src in prices.values())
+        spill = work / "signals" if rows * 20 > cfg.memory_mb * 2**20 / 2 else None   # signal, time, price
+        if spill:
+            spill.mkdir()
+        aligned, in_memory = signals.compute_signals(cfg.prices, column, kind, names, spec, spill and str(spill),
+                                                     workers=cfg.workers, pool=cfg.pool, progress=bar.update)
+        prices = in_memory or prices
+        bar.close()
+        fields = {"aligned": {"signal": aligned}}
+        span = None
+        timings["signal_s"] = time.perf_counter() - t0
+        signal_name, nan_info = str(spec), None
     else:
-        os.replace(work, out)
+        fields = {"matched": {"signal": predictions.sources()}}
+        # the walk covers the predictions' span only: periods without any signal would count as cash
+        span = predictions.span
+        signal_name = f"{predictions.target_name} step {cfg.step} ({Path(cfg.predictions).name})"
+        nan_info = {"nan_predictions": predictions.nan, "predictions": predictions.total}
+    t0 = time.perf_counter()
+    try:
+        result = _walk(cfg, names, prices, fields, strategies, base, work, span)
+    finally:
+        signals.FileRows.close_all()
+    timings["walk_s"] = time.perf_counter() - t0
+    result.update(signal=signal_name, sessions=n, strategy_settings=dataclasses.asdict(base),
+                  strategies=strategies, prices=[str(p) for p in cfg.prices], price_column=column,
+                  price_kind=kind, **(nan_info or {}))
+    if not result["signal_analysis"]["coverage"]["periods_with_signal"]:
+        raise InputError(f"{cfg.predictions or cfg.signal}: no period has a signal where a price is known; "
+                         "check that the signal and price files cover the same sessions and times")
+    shutil.rmtree(work / "signals", ignore_errors=True)
+    t0 = time.perf_counter()
+    report.write_all(work, result, plots=cfg.plots, tensorboard=cfg.tensorboard)
+    timings["report_s"] = time.perf_counter() - t0
+    timings["total_s"] = time.perf_counter() - t_start
+    result["timings"] = timings
+    report.write_json(work / "report.json", result)
+    return result
 
 
 def block_rows_for(cfg, n):

@@ -15,7 +15,6 @@ import math
 
 import numpy as np
 import torch
-from sklearn.preprocessing import StandardScaler
 from tqdm import tqdm
 
 from atomic import write_json
@@ -46,6 +45,9 @@ class _Accumulator:
     """Streaming float64 mean/variance of (n, C) blocks, NaN ignored."""
 
     def __init__(self):
+        # Imported here: sklearn (with scipy) adds ~140 MB to every process that imports this module,
+        # and only fitting statistics needs it (predict and similar load saved ones).
+        from sklearn.preprocessing import StandardScaler
         self.scaler = StandardScaler()
         self.rows = 0
 

@@ -80,7 +80,7 @@ class PatchTST(nn.Module):
         # Pad the end by one stride (as the paper does) so the last rows form a patch.
         self.n_patches = (L - self.patch_len) // self.patch_stride + 2
         self.revin = RevIN(F) if cfg.revin else None
-        self.embed = nn.Linear(self.patch_len, cfg.d_model)
+        self.patch_embed = nn.Linear(self.patch_len, cfg.d_model)
         self.position = nn.Parameter(torch.empty(1, self.n_patches, cfg.d_model).uniform_(-0.02, 0.02))
         self.layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.num_layers))
         self.dropout = nn.Dropout(cfg.dropout)
@@ -91,18 +91,29 @@ class PatchTST(nn.Module):
             self.channels = ChannelMap(shapes)
         else:
             self.head = VectorHead(F * cfg.d_model, shapes)
+        self._register_load_state_dict_pre_hook(_from_old_patch_key)
 
-    def forward(self, x):                                            # (B, L, F)
+    def _encode(self, x):                                            # (B, L, F)
         B, L, F = x.shape
         if self.revin is not None:
             x = self.revin.normalize(x)
         series = x.transpose(1, 2)                                   # (B, F, L)
         series = torch.cat([series, series[:, :, -1:].expand(-1, -1, self.patch_stride)], dim=2)
         patches = series.unfold(2, self.patch_len, self.patch_stride)   # (B, F, N, P)
-        z = self.dropout(self.embed(patches.reshape(B * F, self.n_patches, self.patch_len)) + self.position)
+        z = self.dropout(self.patch_embed(patches.reshape(B * F, self.n_patches, self.patch_len)) + self.position)
         scores = None
         for layer in self.layers:
             z, scores = layer(z, scores)                             # (B*F, N, D)
+        return z
+
+    def embed(self, x):                                              # (B, L, F)
+        """Each channel's encoder output averaged over its patches, channels side by side: (B, F x D)
+        (the summary the classifier's head reads)."""
+        return self._encode(x).mean(1).reshape(len(x), -1)
+
+    def forward(self, x):                                            # (B, L, F)
+        B, L, F = x.shape
+        z = self._encode(x)                                          # (B*F, N, D)
         if self.task == "classify":
             return self.head(z.mean(1).reshape(B, -1))               # (B, C)
         y = self.flatten_head(z.reshape(B, F, -1))                   # (B, F, H [x Q])
@@ -112,3 +123,11 @@ class PatchTST(nn.Module):
         if self.revin is not None:
             y = self.revin.denormalize(y)
         return self.channels(y)                                      # (B, H, K [x Q])
+
+
+def _from_old_patch_key(state_dict, prefix, *args):
+    """Checkpoints from before `embed(x)` named the patch projection `embed`: renamed in place."""
+    for name in ("weight", "bias"):
+        old = f"{prefix}embed.{name}"
+        if old in state_dict:
+            state_dict[f"{prefix}patch_embed.{name}"] = state_dict.pop(old)

@@ -31,13 +31,18 @@ class RecurrentNet(nn.Module):
         self.head = VectorHead(cfg.hidden_size, shapes)
         self._register_load_state_dict_pre_hook(_from_multi_layer_keys)
 
-    def forward(self, x, session=None, future=None):   # (B, L, F), session codes (B,), (B, H, C)
+    def embed(self, x):                                 # (B, L, F)
+        """The last layer's hidden state after the window's last step: what the head reads (B, D).
+        `similar index --run` searches these (analysis/similar_source.py)."""
         out = x
         for i, layer in enumerate(self.layers):
             if i:
                 out = self.dropout(out)         # between layers, as nn.GRU(dropout=p) does
             out, _ = layer(out)                 # (B, L, D)
-        return self.head(out[:, -1], session, future)   # (B, H, K) or (B, C)
+        return out[:, -1]
+
+    def forward(self, x, session=None, future=None):   # (B, L, F), session codes (B,), (B, H, C)
+        return self.head(self.embed(x), session, future)   # (B, H, K) or (B, C)
 
 
 @register("lstm", RecurrentConfig)

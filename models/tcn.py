@@ -35,6 +35,9 @@ class TCN(nn.Module):
         self.net = nn.Sequential(*layers)
         self.head = VectorHead(cfg.hidden_size, shapes)
 
+    def embed(self, x):                             # (B, L, F)
+        """The last time step's channels, what the head reads: (B, D)."""
+        return self.net(x.transpose(1, 2))[:, :, -1]    # (B, D, L) -> (B, D)
+
     def forward(self, x, session=None, future=None):   # (B, L, F), session codes (B,), (B, H, C)
-        h = self.net(x.transpose(1, 2))             # (B, D, L)
-        return self.head(h[:, :, -1], session, future)   # (B, H, K) or (B, C)
+        return self.head(self.embed(x), session, future)   # (B, H, K) or (B, C)

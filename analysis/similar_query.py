@@ -1,0 +1,412 @@
+"""`similar query`: the nearest past windows of one window, of a CSV of (session, time) rows, or of
+every window of a split, searched in batches, with what followed each neighbour.
+
+Outputs (each written to a temporary file and renamed when complete):
+  --out FILE.h5   per query: its session, end row / time, what followed it (NaN: not known yet), the
+                  k neighbours (session, end row, end time, distance, what followed) and their mean,
+                  median and share positive
+  --out FILE.csv  the same, one row per (query, neighbour)
+  --forecast P.h5 the neighbours' mean as a prediction file (data/predictions.py): `backtest
+                  --predictions P.h5` and the rank-IC report take it as is
+  --plot P.png    the first queries and their neighbours, z-normalized, with what followed
+Queries are processed in (session, time) order: prediction files keep a session's windows together.
+"""
+
+import contextlib
+import csv
+import dataclasses
+import json
+import time
+import types
+from pathlib import Path
+
+import h5py
+import numpy as np
+from tqdm import tqdm
+
+from analysis.similar_index import SimilarIndex
+from analysis.similar_outcomes import Outcomes
+from analysis.similar_search import Searcher
+from atomic import atomic_path, check_output
+from data.catalog import time_text
+from data.predictions import NAT, PredictionWriter
+from data.splits import SPLITS, to_ns
+from errors import InputError
+
+RESULTS_FORMAT = "h5series-similar-results"
+PLOT_QUERIES = 4
+
+
+@dataclasses.dataclass
+class QueryConfig:
+    index: str                      # index folder (`similar index --out`)
+    session: str = None             # one query: a session ...
+    time: str = None                # ... and the time its window ends at (the last bar at or before it)
+    queries: str = None             # or a CSV with columns session,time
+    split: str = None               # or every window of a split (train, val, test)
+    k: int = 10
+    ahead: int = 1                  # rows after a window whose return is reported
+    price_column: str = None        # what followed: the return of a price column ...
+    return_column: str = None       # ... or of a log-return column
+    past_only: bool = True          # neighbours (and what followed them) known at the query's time
+    random: bool = False            # k random windows under the same rules instead: the null
+    seed: int = 0
+    columns: list = None            # when given: must be the index's
+    lookback: int = None            # when given: must be the index's
+    nprobe: int = 0                 # IVF-PQ clusters searched (0: the index's setting)
+    batch: int = 4096               # queries per FAISS call
+    out: str = None                 # results, .h5 or .csv
+    forecast: str = None            # analog forecast as a prediction file
+    plot: str = None                # PNG of the first queries
+    overwrite: bool = False
+    progress: bool = True
+
+
+def _check(cfg):
+    given = [name for name, on in (("--session/--time", cfg.session is not None or cfg.time is not None),
+                                   ("--queries", cfg.queries), ("--split", cfg.split)) if on]
+    if len(given) != 1:
+        raise InputError("give the queries one way: --session NAME --time T (one window), --queries FILE.csv "
+                         "(columns session,time) or --split test" + (f" (got {' and '.join(given)})" if given else ""))
+    if given == ["--session/--time"] and (cfg.session is None or cfg.time is None):
+        raise InputError("--session and --time go together: the window of session NAME that ends at time T")
+    if cfg.split is not None and cfg.split not in SPLITS:
+        raise InputError(f"--split {cfg.split!r}: choose {', '.join(SPLITS)}")
+    if bool(cfg.price_column) == bool(cfg.return_column):
+        raise InputError("give what followed a window: --price-column NAME (a price) or --return-column NAME "
+                         "(log returns)")
+    if cfg.k < 1:
+        raise InputError(f"--k {cfg.k}: give the number of neighbours (1 or more)")
+    if cfg.ahead < 1:
+        raise InputError(f"--ahead {cfg.ahead}: give the rows after a window to measure (1 or more)")
+    if cfg.queries is not None and not Path(cfg.queries).is_file():
+        raise InputError(f"{cfg.queries}: no such file; --queries takes a CSV with columns session,time")
+    if cfg.out is not None and Path(cfg.out).suffix.lower() not in (".h5", ".hdf5", ".csv"):
+        raise InputError(f"--out {cfg.out}: name a .h5 or a .csv file")
+    if cfg.out is None and cfg.forecast is None and cfg.session is None:
+        raise InputError("many queries need an output: --out FILE.h5|.csv and/or --forecast PRED.h5")
+    for path in (cfg.out, cfg.forecast, cfg.plot):
+        if path is not None:
+            check_output(path, cfg.overwrite)
+
+
+def windows_from_settings(settings, similar_cfg):
+    """The WindowSet an index was built from, rebuilt from its settings (to read query windows)."""
+    from analysis.similar_source import raw_windows, run_windows
+    from config import DataConfig
+    from data.splits import SplitSpec
+    spec = SplitSpec(**settings["split_spec"])
+    if settings["vectors"] == "model":
+        windows = run_windows(settings["run"], similar_cfg, data=settings["data"] if settings["other_data"] else None,
+                              stride=settings["stride"], checkpoint=settings["checkpoint"])
+    else:
+        data_cfg = DataConfig(paths=settings["data"], lookback=settings["lookback"], stride=settings["stride"],
+                              feature_columns=settings["columns"])
+        similar_cfg = dataclasses.replace(similar_cfg, segments=settings["segments"])
+        windows = raw_windows(data_cfg, similar_cfg, settings["columns"])
+    windows.split_spec = spec
+    if [s.name for s in windows.catalog.sessions] != settings["sessions"]:
+        raise InputError(f"{settings['data'][0]}: its sessions are not the ones indexed; build the index again")
+    return windows
+
+
+def _resolve(windows, pairs, where):
+    """(session index, end row, end time) arrays of (session name, time text) pairs, sorted by session
+    and row; each checked: a known session, a time inside its data, a full window before it."""
+    names = {s.name: i for i, s in enumerate(windows.catalog.sessions)}
+    L = windows.window.lookback
+    out = []
+    for line, (name, text) in enumerate(pairs, start=1):
+        if name not in names:
+            some = ", ".join(list(names)[:3])
+            raise InputError(f"{where}: session {name!r} is not in the index ({len(names)} sessions, e.g. {some}); "
+                             "check the name")
+        s = windows.catalog.sessions[names[name]]
+        try:
+            t = to_ns(text)
+        except (InputError, ValueError):
+            raise InputError(f"{where}: time {text!r} of session {name!r} is not a time; write e.g. 2017-06-01 or "
+                             "2017-06-01T15:30") from None
+        last_time = int(s.read_timestamps(s.n_rows - 1, s.n_rows)[0])
+        if t > last_time:
+            raise InputError(f"{where}: time {text} is after session {name!r}'s last bar ({time_text(last_time)}); "
+                             "its newest window ends there")
+        row = s.timestamp_row(t + 1) - 1                  # the last bar at or before t
+        if row < L - 1:
+            first = int(s.read_timestamps(L - 1, L)[0]) if s.n_rows >= L else None
+            raise InputError(f"{where}: time {text} is before the first full window of session {name!r} "
+                             + (f"(its first {L}-row window ends at {time_text(first)})" if first is not None
+                                else f"(it has {s.n_rows} rows, fewer than the lookback {L})"))
+        out.append((names[name], row, int(s.read_timestamps(row, row + 1)[0])))
+    out.sort()
+    return tuple(np.array(col, dtype) for col, dtype in zip(zip(*out), (np.int32, np.int64, np.int64)))
+
+
+def _read_csv(path):
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        if not reader.fieldnames or not {"session", "time"} <= set(reader.fieldnames):
+            raise InputError(f"{path}: needs a header with columns session,time (got {reader.fieldnames}); one "
+                             "query per row")
+        pairs = [(row["session"], row["time"]) for row in reader]
+    if not pairs:
+        raise InputError(f"{path}: holds no query rows; one (session, time) per row")
+    return pairs
+
+
+def _query_batches(windows, cfg):
+    """(session, end row, end time, vectors) of the queries, in batches."""
+    L = windows.window.lookback
+    if cfg.split is not None:
+        table = windows.plan(windows.ranges(cfg.split))
+    else:
+        pairs = [(cfg.session, cfg.time)] if cfg.queries is None else _read_csv(cfg.queries)
+        where = cfg.queries or "--time"
+        session, end_row, end_time = _resolve(windows, pairs, where)
+        table = np.stack([session, end_row - (L - 1), np.ones_like(end_row)], 1)
+    pending = []
+    for session, end_row, vectors in windows.batches(table):
+        times = _end_times(windows, session, end_row)
+        pending.append((session, end_row, times, vectors))
+        if sum(len(p[0]) for p in pending) >= cfg.batch:
+            yield tuple(np.concatenate(c) for c in zip(*pending))
+            pending = []
+    if pending:
+        yield tuple(np.concatenate(c) for c in zip(*pending))
+    if cfg.split is None and windows.skipped:
+        raise InputError(f"{cfg.queries or '--time'}: {windows.skipped} query window(s) hold NaN/Inf (e.g. in "
+                         f"session {windows.catalog.sessions[int(table[0, 0])].name!r}); choose other times")
+
+
+def _end_times(windows, session, end_row):
+    from analysis.similar_index import _times
+    return _times(windows.catalog, session, end_row)
+
+
+def run_query(cfg, similar_cfg):
+    """Run the queries `cfg` describes; returns a summary dict."""
+    _check(cfg)
+    t_start = time.perf_counter()
+    index = SimilarIndex(cfg.index)
+    try:
+        s = index.settings
+        if cfg.columns and list(cfg.columns) != list(s["columns"]):
+            raise InputError(f"--columns {list(cfg.columns)}: index {cfg.index} was built on {s['columns']}; query "
+                             "with its columns or build another index")
+        if cfg.lookback and cfg.lookback != s["lookback"]:
+            raise InputError(f"--lookback {cfg.lookback}: index {cfg.index} holds {s['lookback']}-row windows; query "
+                             "with that lookback or build another index")
+        if cfg.k > index.n:
+            raise InputError(f"--k {cfg.k}: the index holds {index.n} windows; ask for fewer neighbours")
+        windows = windows_from_settings(s, similar_cfg)
+        kind = "price" if cfg.price_column else "log_return"
+        outcomes = Outcomes(windows.catalog, cfg.price_column or cfg.return_column, kind, cfg.ahead)
+        searcher = Searcher(index, outcomes, cfg.k, past_only=cfg.past_only, random=cfg.random, nprobe=cfg.nprobe,
+                            seed=cfg.seed)
+        with contextlib.ExitStack() as stack:
+            sinks = _open_sinks(stack, cfg, index, windows)
+            timings = {"vectors_s": 0.0, "search_s": 0.0}
+            n_queries, found, short, shown = 0, 0, 0, []
+            bar = tqdm(desc="similar query", unit="query", disable=None if cfg.progress else True)
+            t0 = time.perf_counter()
+            for q_session, q_row, q_time, q_vectors in _query_batches(windows, cfg):
+                timings["vectors_s"] += time.perf_counter() - t0
+                t1 = time.perf_counter()
+                got = searcher.search(q_vectors, q_session, q_row, q_time)
+                truth, truth_at = outcomes.read(q_session, q_row)
+                timings["search_s"] += time.perf_counter() - t1
+                batch = _Batch(q_session, q_row, q_time, truth, truth_at, got, index)
+                for sink in sinks:
+                    sink.append(batch)
+                if len(shown) < PLOT_QUERIES:
+                    shown.extend(batch.rows(PLOT_QUERIES - len(shown)))
+                n_queries += len(q_session)
+                found += int(got.found.sum())
+                short += int((got.found < cfg.k).sum())
+                bar.update(len(q_session))
+                t0 = time.perf_counter()
+            bar.close()
+            if n_queries == 0:
+                raise InputError(f"split {cfg.split!r} of the index's data has no window to query")
+            for sink in sinks:
+                sink.finish()
+            if cfg.plot:
+                from analysis.similar_plot import draw
+                with atomic_path(cfg.plot) as tmp:
+                    draw(shown, windows, cfg, tmp)
+        timings["total_s"] = time.perf_counter() - t_start
+        summary = {"queries": n_queries, "k": cfg.k, "neighbours_found": found,
+                   "queries_short_of_k": short,
+                   "kind": s["kind"], "windows": index.n, "past_only": cfg.past_only, "random": cfg.random,
+                   "ahead": cfg.ahead, "timings": {k: round(v, 4) for k, v in timings.items()},
+                   "outputs": [p for p in (cfg.out, cfg.forecast, cfg.plot) if p], "first": shown[:1]}
+        return summary
+    finally:
+        index.close()
+
+
+class _Batch:
+    """One batch of queries and their neighbours, with the per-query statistics."""
+
+    def __init__(self, q_session, q_row, q_time, truth, truth_at, got, index):
+        self.q_session, self.q_row, self.q_time, self.truth, self.truth_at = q_session, q_row, q_time, truth, truth_at
+        self.got = got
+        ids = np.where(got.ids >= 0, got.ids, 0).ravel()
+        none = got.ids < 0
+        self.n_session = np.where(none, -1, np.asarray(index.session[ids]).reshape(got.ids.shape))
+        self.n_row = np.where(none, -1, np.asarray(index.end_row[ids]).reshape(got.ids.shape))
+        self.n_time = np.where(none, NAT, np.asarray(index.end_time[ids]).reshape(got.ids.shape))
+        r = got.returns
+        known = np.isfinite(r)
+        count = known.sum(1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            self.mean = np.where(count > 0, np.nansum(r, 1) / np.maximum(count, 1), np.nan)
+            self.median = np.full(len(r), np.nan)
+            has = count > 0
+            if has.any():
+                self.median[has] = np.nanmedian(r[has], 1)
+            self.positive = np.where(count > 0, (r > 0).sum(1) / np.maximum(count, 1), np.nan)
+        self.index_sessions = index.sessions
+
+    def __len__(self):
+        return len(self.q_session)
+
+    def rows(self, n):
+        """The first n queries as dicts (the plot and the printed summary)."""
+        names = self.index_sessions
+        out = []
+        for i in range(min(n, len(self))):
+            k = self.got.ids.shape[1]
+            out.append({"session": names[self.q_session[i]], "end_row": int(self.q_row[i]),
+                        "end_time": time_text(int(self.q_time[i])), "followed": _num(self.truth[i]),
+                        "found": int(self.got.found[i]), "mean": _num(self.mean[i]), "median": _num(self.median[i]),
+                        "share_positive": _num(self.positive[i]),
+                        "neighbours": [{"session": names[self.n_session[i, j]], "end_row": int(self.n_row[i, j]),
+                                        "end_time": time_text(int(self.n_time[i, j])),
+                                        "distance": _num(self.got.distance[i, j]),
+                                        "followed": _num(self.got.returns[i, j])}
+                                       for j in range(k) if self.got.ids[i, j] >= 0]})
+        return out
+
+
+def _num(x):
+    x = float(x)
+    return None if not np.isfinite(x) else x
+
+
+def _open_sinks(stack, cfg, index, windows):
+    sinks = []
+    if cfg.out is not None:
+        tmp = stack.enter_context(atomic_path(cfg.out))
+        sinks.append(_CsvSink(tmp, index) if Path(cfg.out).suffix.lower() == ".csv" else
+                     _H5Sink(tmp, cfg, index))
+    if cfg.forecast is not None:
+        sinks.append(_ForecastSink(stack.enter_context(atomic_path(cfg.forecast)), cfg, index, windows))
+    for sink in sinks:
+        stack.callback(sink.close)
+    return sinks
+
+
+class _H5Sink:
+    def __init__(self, path, cfg, index):
+        self.file = h5py.File(path, "w")
+        k = cfg.k
+        self.n = 0
+        spec = {"query_session": ((), np.int32), "query_end_row": ((), np.int64), "query_end_time": ((), np.int64),
+                "query_followed": ((), np.float64), "found": ((), np.int32), "mean": ((), np.float64),
+                "median": ((), np.float64), "share_positive": ((), np.float64),
+                "neighbour_session": ((k,), np.int32), "neighbour_end_row": ((k,), np.int64),
+                "neighbour_end_time": ((k,), np.int64), "distance": ((k,), np.float64),
+                "neighbour_followed": ((k,), np.float64)}
+        self.ds = {name: self.file.create_dataset(name, (0,) + shape, dtype, maxshape=(None,) + shape,
+                                                  chunks=(4096,) + shape) for name, (shape, dtype) in spec.items()}
+        a = self.file.attrs
+        a["h5series_format"] = RESULTS_FORMAT
+        a["session_names"] = json.dumps(index.sessions)
+        for key, value in (("index", str(index.path)), ("k", cfg.k), ("ahead", cfg.ahead),
+                           ("followed_column", cfg.price_column or cfg.return_column),
+                           ("followed_kind", "price" if cfg.price_column else "log_return"),
+                           ("past_only", cfg.past_only), ("random", cfg.random), ("lookback", index.lookback)):
+            a[key] = value
+
+    def append(self, b):
+        g = b.got
+        cols = {"query_session": b.q_session, "query_end_row": b.q_row, "query_end_time": b.q_time,
+                "query_followed": b.truth, "found": g.found, "mean": b.mean, "median": b.median,
+                "share_positive": b.positive, "neighbour_session": b.n_session, "neighbour_end_row": b.n_row,
+                "neighbour_end_time": b.n_time, "distance": g.distance, "neighbour_followed": g.returns}
+        m = len(b)
+        for name, values in cols.items():
+            ds = self.ds[name]
+            ds.resize(self.n + m, axis=0)
+            ds[self.n:] = values
+        self.n += m
+
+    def finish(self):
+        self.file.attrs["queries"] = self.n
+
+    def close(self):
+        self.file.close()
+
+
+class _CsvSink:
+    HEADER = ["query_session", "query_end_time", "query_followed", "found", "mean", "median", "share_positive",
+              "rank", "neighbour_session", "neighbour_end_time", "distance", "neighbour_followed"]
+
+    def __init__(self, path, index):
+        self.f = open(path, "w", newline="")
+        self.writer = csv.writer(self.f)
+        self.writer.writerow(self.HEADER)
+        self.names = index.sessions
+
+    def append(self, b):
+        g, names = b.got, self.names
+        for i in range(len(b)):
+            head = [names[b.q_session[i]], time_text(int(b.q_time[i])), _text(b.truth[i]), int(g.found[i]),
+                    _text(b.mean[i]), _text(b.median[i]), _text(b.positive[i])]
+            for j in range(g.ids.shape[1]):
+                if g.ids[i, j] < 0:
+                    continue
+                self.writer.writerow(head + [j + 1, names[b.n_session[i, j]], time_text(int(b.n_time[i, j])),
+                                             f"{g.distance[i, j]:.6g}", _text(g.returns[i, j])])
+            if g.found[i] == 0:
+                self.writer.writerow(head + ["", "", "", "", ""])
+
+    def finish(self):
+        pass
+
+    def close(self):
+        self.f.close()
+
+
+def _text(x):
+    return "" if not np.isfinite(x) else f"{float(x):.8g}"
+
+
+class _ForecastSink:
+    """The neighbours' mean of what followed as a prediction for the query's window: a prediction file
+    with one step (target `<column>_return_<ahead>`), truth = what followed the query."""
+
+    def __init__(self, path, cfg, index, windows):
+        self.file = h5py.File(path, "w")
+        self.writer = PredictionWriter(self.file, horizon=1, n_targets=1, stamped=True)
+        self.cfg, self.index = cfg, index
+        L = index.lookback
+        # first_target_offset: rows from a window's first input row to the row its outcome is dated at
+        self.window = types.SimpleNamespace(lookback=L, horizon=1, first_target=L - 1 + cfg.ahead)
+
+    def append(self, b):
+        self.writer.append(session=b.q_session, input_end_row=b.q_row, input_end_time=b.q_time,
+                           target_time=b.truth_at[:, None], prediction=b.mean.astype(np.float32)[:, None, None],
+                           truth=b.truth.astype(np.float32)[:, None, None])
+
+    def finish(self):
+        cfg = self.cfg
+        column = cfg.price_column or cfg.return_column
+        self.writer.finish(session_names=self.index.sessions, target_names=[f"{column}_return_{cfg.ahead}"],
+                           window=self.window, target_lead=0, task="forecast", scope="similar",
+                           index=str(self.index.path), k=cfg.k, past_only=cfg.past_only,
+                           method="random" if cfg.random else "nearest")
+
+    def close(self):
+        self.file.close()
