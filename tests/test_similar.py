@@ -1,0 +1,365 @@
+"""similar index / query (issue 13): exact results against numpy and stumpy, the past-only rule,
+IVF-PQ recall, the analog forecast as a prediction file, model embeddings, and bad input."""
+
+import json
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import main
+from analysis.similar_index import SimilarIndex, build_index
+from analysis.similar_query import QueryConfig, run_query
+from analysis.similar_source import open_windows
+from config import SimilarConfig, load_config
+from data.layout import write_session
+from data.predictions import read_attrs
+from tests.conftest import small_config
+from tests.helpers.market import random_prices, write_prices
+from trainers import run as run_module
+
+L = 10
+
+
+def _config(*overrides):
+    return load_config("quick_demo", overrides=list(overrides))
+
+
+def _index(path, out, lookback=L, stride=1, split="all", *overrides, **kw):
+    config = _config(*overrides)
+    windows = open_windows(config, data=[path], columns=["close"], lookback=lookback, stride=stride, split=split, **kw)
+    return build_index(windows, config.similar, out, progress=False)
+
+
+def _query(index, tmp_path, name="res.h5", **kw):
+    out = tmp_path / name
+    kw.setdefault("price_column", "close")
+    cfg = QueryConfig(index=str(index), out=str(out), progress=False, **kw)
+    return run_query(cfg, SimilarConfig()), out
+
+
+def _results(path):
+    with h5py.File(path, "r") as f:
+        return {name: f[name][:] for name in f}, dict(f.attrs)
+
+
+def _znorm_windows(values, lookback):
+    """Every window of a series z-normalized (population std), numpy only: (n_windows, lookback)."""
+    w = np.lib.stride_tricks.sliding_window_view(values, lookback)
+    std = w.std(1, keepdims=True)
+    return np.where(std < 1e-7, 0.0, (w - w.mean(1, keepdims=True)) / np.where(std < 1e-7, 1, std))
+
+
+def _queries_csv(path, pairs):
+    pd.DataFrame(pairs, columns=["session", "time"]).to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def market(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("similar")
+    prices = random_prices(n_dates=260, n_assets=8, seed=3)
+    path = write_prices(tmp / "prices.h5", prices)
+    _index(path, tmp / "flat")
+    return {"prices": prices, "path": path, "index": tmp / "flat"}
+
+
+def _random_queries(prices, n, seed):
+    rng = np.random.default_rng(seed)
+    names = rng.choice(prices.columns, n)
+    rows = rng.integers(L - 1, len(prices), n)
+    return [(name, str(prices.index[r].date())) for name, r in zip(names, rows)]
+
+
+def test_flat_index_equals_numpy_brute_force(market, tmp_path):
+    prices = market["prices"]
+    pairs = _random_queries(prices, 25, seed=1)
+    summary, out = _query(market["index"], tmp_path, queries=str(_queries_csv(tmp_path / "q.csv", pairs)), k=6,
+                          past_only=False)
+    assert summary["queries"] == 25 and summary["neighbours_found"] == 25 * 6
+    res, attrs = _results(out)
+    names = json.loads(attrs["session_names"])
+    # Brute force: every window of every session, z-normalized in float64 by numpy.
+    series = {n: prices[n].to_numpy() for n in prices.columns}
+    windows = {n: _znorm_windows(series[n], L) for n in prices.columns}
+    for i in range(len(res["query_session"])):
+        qn, qe = names[res["query_session"][i]], int(res["query_end_row"][i])
+        q = windows[qn][qe - L + 1]
+        cands = []
+        for n in prices.columns:
+            d = np.sqrt(((windows[n] - q) ** 2).sum(1))
+            ends = np.arange(len(d)) + L - 1
+            keep = ~((n == qn) & (np.abs(ends - qe) < L))           # no window sharing a row with the query
+            cands += [(d[j], n, ends[j]) for j in np.flatnonzero(keep)]
+        best = sorted(cands)[:6]
+        got = [(names[s], int(e)) for s, e in zip(res["neighbour_session"][i], res["neighbour_end_row"][i])]
+        assert got == [(n, int(e)) for _, n, e in best]
+        np.testing.assert_allclose(res["distance"][i], [d for d, _, _ in best], atol=1e-5)
+
+
+def test_z_normalized_distances_equal_stumpy_mass(tmp_path):
+    stumpy = pytest.importorskip("stumpy")
+    rng = np.random.default_rng(7)
+    values = 100 * np.exp(np.cumsum(rng.normal(0, 0.01, 1500)))
+    values[700:720] = values[700]                                   # a flat stretch: constant windows
+    stamps = pd.bdate_range("2010-01-01", periods=len(values)).to_numpy().astype("datetime64[ns]").astype(np.int64)
+    path = tmp_path / "one.h5"
+    with h5py.File(path, "w") as f:
+        write_session(f, "ONE", values[:, None], timestamps=stamps, feature_names=["close"])
+    _index(path, tmp_path / "idx", lookback=25)
+    for end in (400, 719, 1300):
+        t = str(pd.Timestamp(stamps[end]).date())
+        _, out = _query(tmp_path / "idx", tmp_path, name=f"r{end}.h5", session="ONE", time=t, k=15, past_only=False)
+        res, _ = _results(out)
+        mass = stumpy.mass(values[end - 24:end + 1], values)           # distance to every 25-row window
+        ends = np.arange(len(mass)) + 24
+        got = res["neighbour_end_row"][0]
+        np.testing.assert_allclose(res["distance"][0], mass[got - 24], atol=1e-4)
+        allowed = np.abs(ends - end) >= 25
+        np.testing.assert_allclose(res["distance"][0], np.sort(mass[allowed])[:15], atol=1e-4)
+
+
+def test_past_only_never_returns_a_window_or_outcome_after_the_query(market, tmp_path):
+    prices = market["prices"]
+    pairs = _random_queries(prices, 60, seed=2)
+    ahead = 3
+    _, out = _query(market["index"], tmp_path, queries=str(_queries_csv(tmp_path / "q.csv", pairs)), k=5, ahead=ahead)
+    res, attrs = _results(out)
+    names = json.loads(attrs["session_names"])
+    times = prices.index.to_numpy().astype("datetime64[ns]").astype(np.int64)
+    assert attrs["past_only"]
+    for i in range(len(res["query_session"])):
+        qt, qn, qe = res["query_end_time"][i], names[res["query_session"][i]], res["query_end_row"][i]
+        found = res["neighbour_session"][i] >= 0
+        ends, sess = res["neighbour_end_row"][i][found], res["neighbour_session"][i][found]
+        assert (res["neighbour_end_time"][i][found] < qt).all()
+        assert (times[ends + ahead] <= qt).all()                       # what followed was known by then
+        assert not any(names[s] == qn and abs(e - qe) < L for s, e in zip(sess, ends))
+        # What followed = the price ahead rows later over the price at the window's end.
+        expect = [prices[names[s]].iloc[e + ahead] / prices[names[s]].iloc[e] - 1 for s, e in zip(sess, ends)]
+        np.testing.assert_allclose(res["neighbour_followed"][i][found], expect, rtol=1e-12)
+        if found.any():
+            assert res["mean"][i] == pytest.approx(np.mean(expect), rel=1e-12)
+            assert res["share_positive"][i] == pytest.approx(np.mean(np.array(expect) > 0))
+        # Early queries have few past windows: fewer than k then, never a later one.
+        early = (times[:qe] < qt).sum() < 3 * L
+        assert found.sum() == 5 or early
+    # the query's own outcome (NaN when the data ends before it)
+    last = res["query_end_row"] + ahead >= len(prices)
+    assert np.isnan(res["query_followed"][last]).all() and np.isfinite(res["query_followed"][~last]).all()
+
+
+def test_ivfpq_recall_at_10_against_the_flat_index(tmp_path):
+    """50k windows: the default IVF-PQ finds at least 90% of the exact 10 nearest (measured ~0.99)."""
+    prices = random_prices(n_dates=5009, n_assets=10, seed=5)
+    path = write_prices(tmp_path / "p.h5", prices)
+    exact = _index(path, tmp_path / "flat", 10, 1, "all", "similar.flat_max_vectors=100000")
+    approx = _index(path, tmp_path / "ivf", 10, 1, "all", "similar.flat_max_vectors=1000")
+    assert exact["kind"] == "flat" and approx["kind"] == "ivfpq" and exact["windows"] == approx["windows"] == 50_000
+    pairs = _random_queries(prices, 200, seed=4)
+    csv_path = _queries_csv(tmp_path / "q.csv", pairs)
+    _, a = _query(tmp_path / "flat", tmp_path, name="a.h5", queries=str(csv_path), past_only=False)
+    _, b = _query(tmp_path / "ivf", tmp_path, name="b.h5", queries=str(csv_path), past_only=False)
+    ra, rb = _results(a)[0], _results(b)[0]
+    key = lambda r, i: set(zip(r["neighbour_session"][i], r["neighbour_end_row"][i]))  # noqa: E731
+    recall = np.mean([len(key(ra, i) & key(rb, i)) / 10 for i in range(200)])
+    print(f"IVF-PQ recall@10 on 50,000 windows: {recall:.3f}")
+    assert recall >= 0.9
+
+
+def test_analog_forecast_is_a_prediction_file_backtest_takes(market, tmp_path):
+    summary, out = _query(market["index"], tmp_path, split="test", k=5, forecast=str(tmp_path / "analog.h5"))
+    res, _ = _results(out)
+    attrs = read_attrs(tmp_path / "analog.h5")
+    assert attrs["scope"] == "similar" and attrs["horizon"] == 1 and attrs["target_names"] == ["close_return_1"]
+    with h5py.File(tmp_path / "analog.h5", "r") as f:
+        np.testing.assert_allclose(f["prediction"][:, 0, 0], res["mean"].astype(np.float32), equal_nan=True)
+        np.testing.assert_allclose(f["truth"][:, 0, 0], res["query_followed"].astype(np.float32), equal_nan=True)
+        assert (f["input_end_time"][:] == res["query_end_time"]).all()
+        assert np.all(np.diff(f["session"][:]) >= 0)                   # a session's windows together
+    code = main.main(["backtest", "--prices", str(market["path"]), "--price-column", "close", "--predictions",
+                      str(tmp_path / "analog.h5"), "--out", str(tmp_path / "bt"), "--no-plots", "--no-tensorboard",
+                      "--k", "2"])
+    assert code == 0
+    report = json.loads((tmp_path / "bt" / "report.json").read_text())
+    assert report["signal_analysis"]["coverage"]["periods_with_signal"] > 0
+
+
+def test_random_neighbours_follow_the_same_rules(market, tmp_path):
+    pairs = _random_queries(market["prices"], 20, seed=9)
+    _, out = _query(market["index"], tmp_path, queries=str(_queries_csv(tmp_path / "q.csv", pairs)), k=5,
+                    random=True, seed=1)
+    res, attrs = _results(out)
+    assert attrs["random"]
+    found = res["neighbour_session"] >= 0
+    assert (res["neighbour_end_time"][found] < np.repeat(res["query_end_time"][:, None], 5, 1)[found]).all()
+
+
+def test_csv_output_and_single_query_print(market, tmp_path, capsys):
+    t = str(market["prices"].index[200].date())
+    code = main.main(["similar", "query", "--index", str(market["index"]), "--session", "A03", "--time", t,
+                      "--price-column", "close", "--k", "4", "--out", str(tmp_path / "r.csv"), "--plot",
+                      str(tmp_path / "r.png")])
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "query A03 window ending" in text and text.count("\n") >= 7
+    frame = pd.read_csv(tmp_path / "r.csv")
+    assert len(frame) == 4 and list(frame["rank"]) == [1, 2, 3, 4] and (frame["query_session"] == "A03").all()
+    assert (tmp_path / "r.png").stat().st_size > 10_000
+
+
+def test_stride_and_split_limit_the_indexed_windows(market, tmp_path):
+    s = _index(market["path"], tmp_path / "train", L, 5, "train")
+    idx = SimilarIndex(tmp_path / "train")
+    try:
+        rows = np.asarray(idx.end_row)
+        assert s["windows"] == idx.n and s["split"] == "train" and s["stride"] == 5
+        first = np.asarray(idx.session)
+        for sid in np.unique(first):
+            assert (np.diff(rows[first == sid]) == 5).all()            # every 5th window end
+        assert rows.max() < 0.7 * len(market["prices"])                # train rows only
+    finally:
+        idx.close()
+
+
+@pytest.fixture(scope="module")
+def gru_run(demo_path, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("gru")
+    run_module.train(small_config(demo_path, tmp, "training.epochs=1", "output.tensorboard=false"), tmp / "run")
+    return tmp / "run"
+
+
+def test_run_index_holds_the_models_embeddings(gru_run, tmp_path):
+    config = _config()
+    windows = open_windows(config, run=str(gru_run), stride=50)
+    s = build_index(windows, config.similar, tmp_path / "emb", progress=False)
+    assert s["vectors"] == "model" and s["model"] == "gru" and s["dim"] == 8
+    loaded = run_module.load_run(gru_run)
+    idx = SimilarIndex(tmp_path / "emb")
+    try:
+        for i in (0, idx.n // 2, idx.n - 1):
+            session = loaded.prepared.catalog.sessions[int(idx.session[i])]
+            e = int(idx.end_row[i])
+            x = torch.from_numpy(session.read_rows(e - 15, e + 1))[None]
+            x = loaded.prepared.normalizer.normalize_features(x)
+            with torch.no_grad():
+                expect = loaded.model.embed(x)[0].numpy()
+            np.testing.assert_allclose(idx.vectors[i], expect, atol=1e-5)
+    finally:
+        idx.close()
+    summary, out = _query(tmp_path / "emb", tmp_path, split="test", k=3, price_column=None,
+                          return_column="next_log_return")
+    assert summary["queries"] > 0 and summary["neighbours_found"] > 0
+
+
+def _error(capsys, argv):
+    code = main.main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("error: ") and len(err.splitlines()) == 1, err
+    return err
+
+
+def test_bad_queries_are_one_line(market, tmp_path, capsys):
+    idx, prices = str(market["index"]), market["prices"]
+    base = ["similar", "query", "--index", idx, "--price-column", "close"]
+    assert "not in the index" in _error(capsys, base + ["--session", "NOPE", "--time", "2020-06-01"])
+    assert "before the first full window" in _error(capsys, base + ["--session", "A01", "--time",
+                                                                    str(prices.index[3].date())])
+    assert "after session" in _error(capsys, base + ["--session", "A01", "--time", "2031-01-01"])
+    assert "is not a time" in _error(capsys, base + ["--session", "A01", "--time", "soon"])
+    assert "built on ['close']" in _error(capsys, base + ["--session", "A01", "--time", "2020-06-01", "--columns", "open"])
+    assert "holds 10-row windows" in _error(capsys, base + ["--session", "A01", "--time", "2020-06-01", "--lookback", "20"])
+    assert "ask for fewer" in _error(capsys, base + ["--session", "A01", "--time", "2020-06-01", "--k", "10000000"])
+    assert "one way" in _error(capsys, base + ["--session", "A01", "--time", "2020-06-01", "--split", "test"])
+    assert "--price-column" in _error(capsys, ["similar", "query", "--index", idx, "--split", "test", "--out",
+                                               str(tmp_path / "x.h5")])
+    assert "need an output" in _error(capsys, base + ["--split", "test"])
+    (tmp_path / "bad.csv").write_text("name,when\nA01,2020-06-01\n")
+    assert "session,time" in _error(capsys, base + ["--queries", str(tmp_path / "bad.csv"), "--out", str(tmp_path / "y.h5")])
+    (tmp_path / "exists.h5").write_text("keep")
+    assert "--overwrite" in _error(capsys, base + ["--split", "test", "--out", str(tmp_path / "exists.h5")])
+    assert (tmp_path / "exists.h5").read_text() == "keep"
+    assert "no such index folder" in _error(capsys, ["similar", "query", "--index", str(tmp_path / "none"),
+                                                     "--session", "A01", "--time", "2020-06-01", "--price-column", "close"])
+    assert not (tmp_path / "x.h5").exists() and not (tmp_path / "y.h5").exists()
+
+
+def test_damaged_or_stale_indexes_are_refused(market, tmp_path, capsys):
+    import shutil
+    query = ["--session", "A01", "--time", str(market["prices"].index[100].date()), "--price-column", "close"]
+    for damage, expect in (("truncate", "damaged or truncated"), ("settings", "settings.json: damaged"),
+                           ("missing", "windows.h5 missing"), ("garbage", "FAISS cannot read it")):
+        bad = tmp_path / damage
+        shutil.copytree(market["index"], bad)
+        if damage == "truncate":
+            with open(bad / "windows.h5", "r+b") as f:
+                f.truncate(1000)
+        elif damage == "settings":
+            (bad / "settings.json").write_text("{not json")
+        elif damage == "missing":
+            (bad / "windows.h5").unlink()
+        else:
+            size = (bad / "index.faiss").stat().st_size
+            (bad / "index.faiss").write_bytes(b"\0" * size)
+        assert expect in _error(capsys, ["similar", "query", "--index", str(bad)] + query)
+    # data rewritten after indexing: rows would no longer match the ids
+    data = tmp_path / "data.h5"
+    shutil.copy(market["path"], data)
+    _index(data, tmp_path / "stale")
+    write_prices(data, random_prices(n_dates=200, n_assets=8, seed=4))
+    assert "changed since index" in _error(capsys, ["similar", "query", "--index", str(tmp_path / "stale")] + query)
+
+
+def test_bad_index_requests_are_one_line(market, tmp_path, capsys, gru_run):
+    base = ["similar", "index", "--data", str(market["path"]), "--lookback", "10"]
+    assert "--columns" in _error(capsys, base + ["--out", str(tmp_path / "a")])
+    assert "no column 'open'" in _error(capsys, base + ["--columns", "open", "--out", str(tmp_path / "b")])
+    assert "already exists" in _error(capsys, base + ["--columns", "close", "--out", str(market["index"])])
+    assert "full window" in _error(capsys, ["similar", "index", "--data", str(market["path"]), "--lookback", "400",
+                                            "--columns", "close", "--out", str(tmp_path / "c")])
+    assert "trained on" in _error(capsys, ["similar", "index", "--run", str(gru_run), "--columns", "close", "--out",
+                                           str(tmp_path / "d")])
+    assert "reads 16 rows" in _error(capsys, ["similar", "index", "--run", str(gru_run), "--lookback", "20", "--out",
+                                              str(tmp_path / "e")])
+    assert not any((tmp_path / n).exists() for n in "abcde")
+
+
+def test_nan_windows_are_left_out_of_the_index(tmp_path):
+    prices = random_prices(n_dates=120, n_assets=3, seed=1)
+    path = tmp_path / "p.h5"
+    with h5py.File(path, "w") as f:
+        for name in prices.columns:
+            values = prices[name].to_numpy().copy()
+            if name == "A01":
+                values[50] = np.nan
+            write_session(f, name, values[:, None], feature_names=["close"],
+                          timestamps=prices.index.to_numpy().astype("datetime64[ns]").astype(np.int64))
+    s = _index(path, tmp_path / "idx")
+    assert s["skipped_nonfinite"] == L and s["windows"] == 3 * (120 - L + 1) - L
+    idx = SimilarIndex(tmp_path / "idx")
+    try:
+        a01 = np.asarray(idx.end_row)[np.asarray(idx.session) == 1]
+        assert not ((a01 >= 50) & (a01 < 50 + L)).any()
+    finally:
+        idx.close()
+
+
+def test_embed_is_what_the_head_reads():
+    from models import Shapes, build_model
+    from config import ModelConfig
+    shapes = Shapes(lookback=16, horizon=2, n_features=3, n_targets=1)
+    x = torch.randn(4, 16, 3)
+    for name in ("gru", "lstm", "tcn", "patchtst"):
+        model = build_model(ModelConfig(name=name), shapes).eval()
+        with torch.no_grad():
+            h = model.embed(x)
+            assert h.dim() == 2 and h.shape[0] == 4
+            if name != "patchtst":
+                assert torch.allclose(model.head(h), model(x))
+    # a PatchTST checkpoint from before embed(x) (the patch projection was called `embed`) still loads
+    model = build_model(ModelConfig(name="patchtst"), shapes)
+    state = {k.replace("patch_embed.", "embed."): v for k, v in model.state_dict().items()}
+    build_model(ModelConfig(name="patchtst"), shapes).load_state_dict(state)
+
