@@ -11,11 +11,17 @@
     frame = h5series.read_predictions("next.h5")
     report = h5series.run_backtest(h5series.BacktestConfig(prices=["data/"], price_column="close",
                                                            predictions="test.h5", out="report/"))
+    settings = h5series.build_index(h5series.open_windows(config, columns=["close"]), config.similar, "index/")
+    summary = h5series.run_query(h5series.QueryConfig(index="index/", split="test", price_column="close",
+                                                      forecast="analog.h5"), config.similar)
 
 Each name is the function the command line itself uses; this module only gathers them.
 """
 
 from analysis.backtest import BacktestConfig, run_backtest
+from analysis.similar_index import build_index
+from analysis.similar_query import QueryConfig, run_query
+from analysis.similar_source import open_windows
 from config import load_config
 from data.catalog import open_catalog
 from data.dataloader import LoaderConfig, build_loader
@@ -28,4 +34,4 @@ from trainers.trainer import Trainer
 
 __all__ = ["load_config", "open_catalog", "prepare_data", "LoaderConfig", "build_loader", "make_demo", "Trainer",
            "train", "evaluate", "load_run", "predict", "read_predictions",
-           "BacktestConfig", "run_backtest"]
+           "BacktestConfig", "run_backtest", "open_windows", "build_index", "QueryConfig", "run_query"]

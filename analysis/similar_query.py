@@ -234,6 +234,7 @@ def run_query(cfg, similar_cfg):
                 from analysis.similar_plot import draw
                 with atomic_path(cfg.plot) as tmp:
                     draw(shown, windows, cfg, tmp)
+        timings["faiss_s"] = searcher.faiss_seconds
         timings["total_s"] = time.perf_counter() - t_start
         summary = {"queries": n_queries, "k": cfg.k, "neighbours_found": found,
                    "queries_short_of_k": short,

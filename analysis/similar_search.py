@@ -16,6 +16,7 @@ The null of an analog forecast, `random`, draws the candidates uniformly from th
 
 import dataclasses
 import math
+import time
 
 import numpy as np
 
@@ -27,11 +28,16 @@ class Neighbours:
     ids: np.ndarray           # (Q, k) int64 vector ids, -1 where fewer than k were found
     distance: np.ndarray      # (Q, k) float64, NaN where none
     returns: np.ndarray       # (Q, k) float64, what followed each neighbour (NaN: not known)
-    known_at: np.ndarray      # (Q, k) int64 ns, when that was known (NAT: not in the data)
+    known_at: np.ndarray      # (Q, k) int64 ns: NAT (what followed a neighbour is not dated: past only checks it)
 
     @property
     def found(self):
         return (self.ids >= 0).sum(1)
+
+
+BRUTE_MAX = 65_536      # a query with at most this many past windows is searched exactly over them, by numpy
+MAX_WANT = 65_536       # most candidates one FAISS search asks for per query
+CELLS = 1 << 21         # (queries x candidates) handled at once: bounds the memory of a search round
 
 
 class Searcher:
@@ -45,56 +51,87 @@ class Searcher:
         if nprobe and hasattr(index.index, "nprobe"):
             index.index.nprobe = nprobe
         self.padded = index.index.d
+        self.faiss_seconds = 0.0
 
     def search(self, vectors, q_session, q_end_row, q_end_time):
         """Neighbours of each query (vectors (Q, D) float32 and the queries' ids (Q,))."""
         Q, k = len(vectors), self.k
         out = Neighbours(np.full((Q, k), -1, np.int64), np.full((Q, k), np.nan), np.full((Q, k), np.nan),
                          np.full((Q, k), NAT, np.int64))
+        past = self._past_counts(q_end_time) if self.past_only else None     # (Q, S) windows ended before
+        ask = dict(q_session=q_session, q_end_row=q_end_row, q_end_time=q_end_time, past=past)
+        pending = np.arange(Q)
+        if past is not None and not self.random:
+            # Few past windows (early queries): exact search over exactly those, no FAISS.
+            small = np.flatnonzero(past.sum(1) <= BRUTE_MAX)
+            for q in small:
+                ids = self._past_ids(past[q])
+                self._store(out, [q], *self._ranked(vectors[[q]], ids[None]), ask)
+            pending = np.setdiff1d(pending, small)
         stride = int(self.index.settings.get("stride", 1))
         fetch = 2 * k + math.ceil((2 * self.lookback - 1) / stride)     # room for the overlapping windows
-        pending = np.arange(Q)
         while len(pending):
-            ids, dist, exhausted = self._candidates(vectors[pending], fetch)
-            got = self._filter(ids, dist, q_session[pending], q_end_row[pending], q_end_time[pending])
-            done = (got.ids >= 0).all(1) | exhausted
-            for name in ("ids", "distance", "returns", "known_at"):
-                getattr(out, name)[pending[done]] = getattr(got, name)[done]
-            pending = pending[~done]
+            want = min(self.index.n, fetch * self.rerank, MAX_WANT)
+            step = max(1, CELLS // want)
+            short = []
+            for part in (pending[i:i + step] for i in range(0, len(pending), step)):
+                ids, dist, exhausted = self._candidates(vectors[part], want)
+                got = self._store(out, part, ids, dist, ask)
+                exhausted |= want >= MAX_WANT
+                short.append(part[(got.ids < 0).any(1) & ~exhausted])
+            pending = np.concatenate(short)
             fetch *= 4
         return out
 
-    def _candidates(self, q, fetch):
+    def _store(self, out, rows, ids, dist, ask):
+        rows = np.asarray(rows)
+        got = self._filter(ids, dist, *(None if v is None else v[rows] for v in ask.values()))
+        for name in ("ids", "distance", "returns", "known_at"):
+            getattr(out, name)[rows] = getattr(got, name)
+        return got
+
+    def _past_counts(self, q_end_time):
+        """(Q, S): windows of each session that ended before each query's time (a prefix of the session's
+        ids: they are in time order)."""
+        offsets = self.index.offsets
+        counts = np.empty((len(q_end_time), len(offsets) - 1), np.int64)
+        for s in range(len(offsets) - 1):
+            counts[:, s] = np.searchsorted(self.index.end_time[offsets[s]:offsets[s + 1]], q_end_time, side="left")
+        return counts
+
+    def _past_ids(self, counts):
+        starts = self.index.offsets[:-1]
+        return np.concatenate([np.arange(a, a + c) for a, c in zip(starts, counts) if c] or [np.zeros(0, np.int64)])
+
+    def _ranked(self, q, ids):
+        dist = self._exact(q, ids)
+        order = np.lexsort((ids, dist), axis=1)               # by distance, ties by id
+        return np.take_along_axis(ids, order, 1), np.take_along_axis(dist, order, 1)
+
+    def _candidates(self, q, want):
         """(ids (Q, C), exact distances (Q, C), exhausted (Q,)): candidates ordered by exact distance
         (random draws in draw order); exhausted where asking for more cannot give more."""
         n = self.index.n
         if self.random:
-            size = min(fetch, n)
-            ids = np.stack([self.rng.choice(n, size, replace=False) for _ in range(len(q))]).astype(np.int64)
-            return ids, self._exact(q, ids), np.full(len(q), size >= n)
-        want = min(n, fetch * self.rerank)
+            ids = np.stack([self.rng.choice(n, want, replace=False) for _ in range(len(q))]).astype(np.int64)
+            return ids, self._exact(q, ids), np.full(len(q), want >= n)
         padded = q if q.shape[1] == self.padded else np.pad(q, ((0, 0), (0, self.padded - q.shape[1])))
+        t0 = time.perf_counter()
         _, ids = self.index.index.search(np.ascontiguousarray(padded, np.float32), want)
-        ids = ids.astype(np.int64)
-        dist = self._exact(q, ids)
-        order = np.lexsort((ids, dist), axis=1)               # by distance, ties by id
-        ids, dist = np.take_along_axis(ids, order, 1), np.take_along_axis(dist, order, 1)
+        self.faiss_seconds += time.perf_counter() - t0
+        ids, dist = self._ranked(q, ids.astype(np.int64))
         # IVF-PQ probes some clusters only: when they held fewer than asked, more would not help.
         exhausted = (want >= n) | (ids < 0).any(1)
         return ids, dist, exhausted
-
     def _exact(self, q, ids):
         """Exact L2 distances (Q, C) float64 of the queries to the candidate vectors; inf for id -1."""
         valid = ids >= 0
-        flat = np.where(valid, ids, 0).ravel()
-        order = np.argsort(flat, kind="stable")            # sorted reads of the memory-mapped vectors
-        stored = np.empty((len(flat), q.shape[1]), np.float32)
-        stored[order] = self.index.vectors[flat[order]]
+        stored = self.index.vectors.take(np.where(valid, ids, 0).ravel())
         diff = stored.reshape(ids.shape + (q.shape[1],)).astype(np.float64) - q[:, None, :].astype(np.float64)
         dist = np.sqrt((diff * diff).sum(-1))
         return np.where(valid, dist, np.inf)
 
-    def _filter(self, ids, dist, q_session, q_end_row, q_end_time):
+    def _filter(self, ids, dist, q_session, q_end_row, q_end_time, past):
         """The first k candidates of each query that the rules keep, with what followed them."""
         Q, k = len(ids), self.k
         valid = ids >= 0
@@ -102,34 +139,25 @@ class Searcher:
         session = np.asarray(self.index.session[safe.ravel()]).reshape(ids.shape)
         end_row = np.asarray(self.index.end_row[safe.ravel()]).reshape(ids.shape)
         keep = valid & ~((session == q_session[:, None]) & (np.abs(end_row - q_end_row[:, None]) < self.lookback))
-        if self.past_only:
-            end_time = np.asarray(self.index.end_time[safe.ravel()]).reshape(ids.shape)
-            keep &= end_time < q_end_time[:, None]
-        # What followed is read for the first 2k kept candidates (reads cost; most pass), for more
-        # where too few of those pass.
-        returns = np.full(ids.shape, np.nan)
-        known_at = np.full(ids.shape, NAT, np.int64)
-        rank = np.cumsum(keep, 1)
-        read = np.zeros(ids.shape, bool)
-        limit, rows = 2 * k, np.ones((Q, 1), bool)
-        while True:
-            new = keep & (rank <= limit) & ~read & rows
-            r, c = np.nonzero(new)
+        if past is not None:
+            # Ended before the query: among the first past[q, s] windows of its session.
+            first = self.index.offsets[session]
+            keep &= safe < first + past[np.arange(Q)[:, None], session]
+            # What followed known by then: surely so when row end + ahead is at or before the last indexed
+            # window end before the query (its time is earlier); else that row's time is read.
+            last_past = first + past[np.arange(Q)[:, None], session] - 1
+            last_row = np.asarray(self.index.end_row[np.maximum(last_past, 0).ravel()]).reshape(ids.shape)
+            ahead = self.outcomes.ahead
+            # (few: the windows within `ahead` rows of that end, per session and query)
+            r, c = np.nonzero(keep & (end_row + ahead > last_row))
             if len(r):
-                returns[r, c], known_at[r, c] = self.outcomes.read(session[r, c], end_row[r, c])
-            read |= new
-            look = read.copy()
-            if self.past_only:
-                look &= (known_at != NAT) & (known_at <= q_end_time[:, None])
-            short = (look.sum(1) < k) & (rank[:, -1] > limit) if ids.shape[1] else np.zeros(Q, bool)
-            if not short.any():
-                break
-            limit, rows = limit * 4, short[:, None]
-        take = look & (np.cumsum(look, 1) <= k)
+                t = self.outcomes.times_at(session[r, c], end_row[r, c] + ahead)
+                keep[r, c] = (t != NAT) & (t <= q_end_time[r])
+        take = keep & (np.cumsum(keep, 1) <= k)
         got = Neighbours(np.full((Q, k), -1, np.int64), np.full((Q, k), np.nan), np.full((Q, k), np.nan),
                          np.full((Q, k), NAT, np.int64))
         r, c = np.nonzero(take)
         slot = np.cumsum(take, 1)[r, c] - 1
         got.ids[r, slot], got.distance[r, slot] = ids[r, c], dist[r, c]
-        got.returns[r, slot], got.known_at[r, slot] = returns[r, c], known_at[r, c]
+        got.returns[r, slot], got.known_at[r, slot] = self.outcomes.read(session[r, c], end_row[r, c], times=False)
         return got
