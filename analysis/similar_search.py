@@ -37,7 +37,7 @@ class Neighbours:
 
 BRUTE_MAX = 65_536      # a query with at most this many past windows is searched exactly over them, by numpy
 MAX_WANT = 65_536       # most candidates one FAISS search asks for per query
-CELLS = 1 << 21         # (queries x candidates) handled at once: bounds the memory of a search round
+CELLS = 1 << 19         # (queries x candidates) handled at once: bounds a search round (x D x 12 bytes)
 
 
 class Searcher:

@@ -30,7 +30,8 @@ import pandas as pd
 from backtest import WORK, gru_predictions, measured, stock_prices
 from common import machine, save_json, table
 
-SPLIT = ["data.split.method=timestamps", "data.split.val_start=2016-07-01", "data.split.test_start=2017-04-01"]
+SPLIT = ["data.split.method=timestamps", "data.split.val_start=2016-07-01", "data.split.test_start=2017-04-01",
+         "data.split.inputs_before_border=true"]        # benchmarks/stocks.py's split: the GRU's test days
 OUT = WORK / "similar"
 
 
