@@ -94,6 +94,20 @@ def brute_force_recall(index_dir, results, ids, k=10, piece=1 << 16):
     return float(np.mean(hits))
 
 
+def queries_best_of_3(query, out, what, rows):
+    """The query command 3 times: best times (the summary's and the whole command's), peak PSS."""
+    summaries, runs = [], []
+    for attempt in range(3):
+        row, text = run(cli(*query, "--out", out), f"{what} (run {attempt + 1})", rows)
+        summaries.append(json.loads(text))
+        runs.append(row)
+    best = {f"{name}_seconds_best": min(s["timings"][key] for s in summaries)
+            for name, key in (("search", "search_s"), ("faiss", "faiss_s"), ("query", "total_s"))}
+    return {**best, "command_seconds_best": min(r["seconds"] for r in runs),
+            "peak_pss_mb": max(r["peak_pss_mb"] for r in runs),
+            "neighbours_found": summaries[-1]["neighbours_found"], "queries_short_of_k": summaries[-1]["queries_short_of_k"]}
+
+
 def rank_ic(report_dir):
     r = json.loads((Path(report_dir) / "report.json").read_text())["signal_analysis"]["rank_ic"]
     return {"rank_ic_mean": r["mean"], "rank_ic_t": r["t_stat"], "days": r["periods"],
@@ -124,18 +138,8 @@ def stage_stocks(args):
     frame.to_csv(OUT / "queries_600.csv", index=False)
     query = ["query", "--index", full, "--queries", OUT / "queries_600.csv", "--price-column", "close", "--k", 10,
              "--json", "--overwrite"]
-    summaries = []
-    for attempt in range(3):
-        _, out = run(cli(*query, "--out", OUT / "q600.h5"), f"600 queries past-only (run {attempt + 1})", rows)
-        summaries.append(json.loads(out))
-    result["queries_600"] = {"search_seconds_best": min(s["timings"]["search_s"] for s in summaries),
-                             "faiss_seconds_best": min(s["timings"]["faiss_s"] for s in summaries),
-                             "query_seconds_best": min(s["timings"]["total_s"] for s in summaries),
-                             "neighbours_found": summaries[-1]["neighbours_found"],
-                             "queries_short_of_k": summaries[-1]["queries_short_of_k"],
-                             "command_seconds_best": min(r["seconds"] for r in rows if r["what"].startswith("600")),
-                             "peak_pss_mb": max(r["peak_pss_mb"] for r in rows if r["what"].startswith("600")),
-                             "old_thread_pool_seconds": "1200-1800 (users' report)"}
+    result["queries_600"] = queries_best_of_3(query, OUT / "q600.h5", "600 queries past-only", rows)
+    result["queries_600"]["old_thread_pool_seconds"] = "1200-1800 (users' report)"
     result["queries_600"]["speedup_vs_20_min"] = round(1200 / result["queries_600"]["search_seconds_best"])
     _, out = run(cli(*query[:-2], "--all-times", "--json", "--overwrite", "--out", OUT / "q600_all.h5"),
                  "600 queries all times (recall)", rows)
@@ -189,16 +193,7 @@ def stage_minute(args):
     frame.to_csv(OUT / "minute_queries.csv", index=False)
     query = ["query", "--index", index, "--queries", OUT / "minute_queries.csv", "--return-column", "next_log_return",
              "--k", 10, "--json", "--overwrite"]
-    summaries = []
-    for attempt in range(3):
-        _, out = run(cli(*query, "--out", OUT / "minute_q600.h5"), f"600 queries (run {attempt + 1})", rows)
-        summaries.append(json.loads(out))
-    result["queries_600"] = {"search_seconds_best": min(s["timings"]["search_s"] for s in summaries),
-                             "faiss_seconds_best": min(s["timings"]["faiss_s"] for s in summaries),
-                             "query_seconds_best": min(s["timings"]["total_s"] for s in summaries),
-                             "command_seconds_best": min(r["seconds"] for r in rows if r["what"].startswith("600")),
-                             "peak_pss_mb": max(r["peak_pss_mb"] for r in rows if r["what"].startswith("600")),
-                             "queries_short_of_k": summaries[-1]["queries_short_of_k"]}
+    result["queries_600"] = queries_best_of_3(query, OUT / "minute_q600.h5", "600 queries", rows)
     sample = frame.iloc[:100]
     sample.to_csv(OUT / "minute_queries_100.csv", index=False)
     run(cli("query", "--index", index, "--queries", OUT / "minute_queries_100.csv", "--return-column",
