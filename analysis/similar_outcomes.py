@@ -16,6 +16,8 @@ from data.session import ChunkCache, HandlePool, scratch_copy
 from errors import InputError
 
 MERGE_ROWS = 256      # windows of a session closer than this are read in one slice (dense: few rows wasted)
+ONE_READ_ROWS = 8192  # a session's windows within this span are read in one slice whatever their gaps
+                      # (daily stocks: one read per session instead of one per neighbour)
 
 
 class Outcomes:
@@ -55,7 +57,7 @@ class Outcomes:
             where = np.flatnonzero(session == s)
             order = where[np.argsort(end_row[where], kind="stable")]
             rows = end_row[order]
-            breaks = np.flatnonzero(np.diff(rows) > MERGE_ROWS) + 1
+            breaks = np.flatnonzero(np.diff(rows) > MERGE_ROWS) + 1 if rows[-1] - rows[0] > ONE_READ_ROWS else []
             for part in np.split(np.arange(len(rows)), breaks):
                 returns[order[part]], known_at[order[part]] = self._piece(self.sessions[int(s)], rows[part], times)
         return returns, known_at
