@@ -87,17 +87,6 @@ class _Writer:
         self.file.close()
 
 
-def _times(catalog, session, end_row):
-    """end_time of each window: the timestamp of its end row, read per session in one slice."""
-    out = np.empty(len(session), np.int64)
-    for s in np.unique(session):
-        where = np.flatnonzero(session == s)
-        rows = end_row[where]
-        stamps = catalog.sessions[int(s)].read_timestamps(int(rows.min()), int(rows.max()) + 1)
-        out[where] = stamps[rows - rows.min()]
-    return out
-
-
 def build_index(windows, similar_cfg, out, *, overwrite=False, progress=True, seed=0):
     """Index every window of `windows` (analysis.similar_source.WindowSet) into the folder `out`.
     Returns the settings dict (also written to out/settings.json)."""
@@ -138,7 +127,7 @@ def build_index(windows, similar_cfg, out, *, overwrite=False, progress=True, se
                        disable=None if progress else True)
             pending = []
             for session, end_row, vectors in windows.batches(table):
-                writer.add(session, end_row, _times(windows.catalog, session, end_row), vectors)
+                writer.add(session, end_row, windows.end_times(session, end_row), vectors)
                 pending.append(vectors)
                 if sum(map(len, pending)) >= ADD_VECTORS:
                     index.add(_pad(np.concatenate(pending), padded))

@@ -127,17 +127,17 @@ def _resolve(windows, pairs, where):
         except (InputError, ValueError):
             raise InputError(f"{where}: time {text!r} of session {name!r} is not a time; write e.g. 2017-06-01 or "
                              "2017-06-01T15:30") from None
-        last_time = int(s.read_timestamps(s.n_rows - 1, s.n_rows)[0])
-        if t > last_time:
-            raise InputError(f"{where}: time {text} is after session {name!r}'s last bar ({time_text(last_time)}); "
-                             "its newest window ends there")
         row = s.timestamp_row(t + 1) - 1                  # the last bar at or before t
+        row_time = int(s.read_timestamps(row, row + 1)[0]) if row >= 0 else None
+        if row == s.n_rows - 1 and row_time < t:
+            raise InputError(f"{where}: time {text} is after session {name!r}'s last bar ({time_text(row_time)}); "
+                             "its newest window ends there")
         if row < L - 1:
             first = int(s.read_timestamps(L - 1, L)[0]) if s.n_rows >= L else None
             raise InputError(f"{where}: time {text} is before the first full window of session {name!r} "
                              + (f"(its first {L}-row window ends at {time_text(first)})" if first is not None
                                 else f"(it has {s.n_rows} rows, fewer than the lookback {L})"))
-        out.append((names[name], row, int(s.read_timestamps(row, row + 1)[0])))
+        out.append((names[name], row, row_time))
     out.sort()
     return tuple(np.array(col, dtype) for col, dtype in zip(zip(*out), (np.int32, np.int64, np.int64)))
 
@@ -157,16 +157,18 @@ def _read_csv(path):
 def _query_batches(windows, cfg):
     """(session, end row, end time, vectors) of the queries, in batches."""
     L = windows.window.lookback
+    resolved = None
     if cfg.split is not None:
         table = windows.plan(windows.ranges(cfg.split))
     else:
         pairs = [(cfg.session, cfg.time)] if cfg.queries is None else _read_csv(cfg.queries)
-        where = cfg.queries or "--time"
-        session, end_row, end_time = _resolve(windows, pairs, where)
+        session, end_row, end_time = _resolve(windows, pairs, cfg.queries or "--time")
         table = np.stack([session, end_row - (L - 1), np.ones_like(end_row)], 1)
+        resolved = dict(zip(zip(session.tolist(), end_row.tolist()), end_time.tolist()))
     pending = []
     for session, end_row, vectors in windows.batches(table):
-        times = _end_times(windows, session, end_row)
+        times = windows.end_times(session, end_row) if resolved is None else \
+            np.array([resolved[key] for key in zip(session.tolist(), end_row.tolist())], np.int64)
         pending.append((session, end_row, times, vectors))
         if sum(len(p[0]) for p in pending) >= cfg.batch:
             yield tuple(np.concatenate(c) for c in zip(*pending))
@@ -176,11 +178,6 @@ def _query_batches(windows, cfg):
     if cfg.split is None and windows.skipped:
         raise InputError(f"{cfg.queries or '--time'}: {windows.skipped} query window(s) hold NaN/Inf (e.g. in "
                          f"session {windows.catalog.sessions[int(table[0, 0])].name!r}); choose other times")
-
-
-def _end_times(windows, session, end_row):
-    from analysis.similar_index import _times
-    return _times(windows.catalog, session, end_row)
 
 
 def run_query(cfg, similar_cfg):
@@ -253,10 +250,8 @@ class _Batch:
         self.q_session, self.q_row, self.q_time, self.truth, self.truth_at = q_session, q_row, q_time, truth, truth_at
         self.got = got
         ids = np.where(got.ids >= 0, got.ids, 0).ravel()
-        none = got.ids < 0
-        self.n_session = np.where(none, -1, np.asarray(index.session[ids]).reshape(got.ids.shape))
-        self.n_row = np.where(none, -1, np.asarray(index.end_row[ids]).reshape(got.ids.shape))
-        self.n_time = np.where(none, NAT, np.asarray(index.end_time[ids]).reshape(got.ids.shape))
+        self.n_session, self.n_row = got.session, got.end_row
+        self.n_time = np.where(got.ids < 0, NAT, np.asarray(index.end_time[ids]).reshape(got.ids.shape))
         r = got.returns
         known = np.isfinite(r)
         count = known.sum(1)

@@ -28,7 +28,13 @@ class Neighbours:
     ids: np.ndarray           # (Q, k) int64 vector ids, -1 where fewer than k were found
     distance: np.ndarray      # (Q, k) float64, NaN where none
     returns: np.ndarray       # (Q, k) float64, what followed each neighbour (NaN: not known)
-    known_at: np.ndarray      # (Q, k) int64 ns: NAT (what followed a neighbour is not dated: past only checks it)
+    session: np.ndarray       # (Q, k) int32 session index of each neighbour, -1 where none
+    end_row: np.ndarray       # (Q, k) int64 its end row, -1 where none
+
+    @classmethod
+    def empty(cls, Q, k):
+        return cls(np.full((Q, k), -1, np.int64), np.full((Q, k), np.nan), np.full((Q, k), np.nan),
+                   np.full((Q, k), -1, np.int32), np.full((Q, k), -1, np.int64))
 
     @property
     def found(self):
@@ -56,8 +62,7 @@ class Searcher:
     def search(self, vectors, q_session, q_end_row, q_end_time):
         """Neighbours of each query (vectors (Q, D) float32 and the queries' ids (Q,))."""
         Q, k = len(vectors), self.k
-        out = Neighbours(np.full((Q, k), -1, np.int64), np.full((Q, k), np.nan), np.full((Q, k), np.nan),
-                         np.full((Q, k), NAT, np.int64))
+        out = Neighbours.empty(Q, k)
         past = self._past_counts(q_end_time) if self.past_only else None     # (Q, S) windows ended before
         ask = dict(q_session=q_session, q_end_row=q_end_row, q_end_time=q_end_time, past=past)
         pending = np.arange(Q)
@@ -86,7 +91,7 @@ class Searcher:
     def _store(self, out, rows, ids, dist, ask):
         rows = np.asarray(rows)
         got = self._filter(ids, dist, *(None if v is None else v[rows] for v in ask.values()))
-        for name in ("ids", "distance", "returns", "known_at"):
+        for name in ("ids", "distance", "returns", "session", "end_row"):
             getattr(out, name)[rows] = getattr(got, name)
         return got
 
@@ -154,10 +159,10 @@ class Searcher:
                 t = self.outcomes.times_at(session[r, c], end_row[r, c] + ahead)
                 keep[r, c] = (t != NAT) & (t <= q_end_time[r])
         take = keep & (np.cumsum(keep, 1) <= k)
-        got = Neighbours(np.full((Q, k), -1, np.int64), np.full((Q, k), np.nan), np.full((Q, k), np.nan),
-                         np.full((Q, k), NAT, np.int64))
+        got = Neighbours.empty(Q, k)
         r, c = np.nonzero(take)
         slot = np.cumsum(take, 1)[r, c] - 1
         got.ids[r, slot], got.distance[r, slot] = ids[r, c], dist[r, c]
-        got.returns[r, slot], got.known_at[r, slot] = self.outcomes.read(session[r, c], end_row[r, c], times=False)
+        got.session[r, slot], got.end_row[r, slot] = session[r, c], end_row[r, c]
+        got.returns[r, slot], _ = self.outcomes.read(session[r, c], end_row[r, c], times=False)
         return got

@@ -153,6 +153,16 @@ class WindowSet:
                 session, end, vectors = session[finite], end[finite], vectors[finite]
             yield session, end, vectors
 
+    def end_times(self, session, end_row):
+        """The time of each window (its end row's timestamp), read per session in one slice."""
+        out = np.empty(len(session), np.int64)
+        for s in np.unique(session):
+            where = np.flatnonzero(session == s)
+            rows = end_row[where]
+            stamps = self.catalog.sessions[int(s)].read_timestamps(int(rows.min()), int(rows.max()) + 1)
+            out[where] = stamps[rows - rows.min()]
+        return out
+
     def describe(self):
         w = self.window
         return {"vectors": self.vectors.kind, "columns": self.columns, "lookback": w.lookback, "stride": w.stride,
