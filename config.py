@@ -299,21 +299,21 @@ class SimilarConfig:
     nlist: int = 0
     """IVF-PQ: coarse clusters; 0 = the power of 2 nearest sqrt(windows), within [16, 4096]."""
     pq_m: int = 0
-    """IVF-PQ: sub-quantizers (bytes per window's code); 0 = a quarter of the dimensions, at most 64;
-    vectors are padded with zeros to a multiple of it."""
-    nprobe: int = 32
-    """IVF-PQ: clusters searched per query (more: better recall, slower)."""
-    rerank: int = 4
-    """IVF-PQ: candidates per wanted neighbour that are re-ranked with exact distances from the
-    stored vectors (0 = PQ distances only)."""
+    """IVF-PQ: 4-bit sub-quantizers (half a byte each per window's code); 0 = one per dimension, at
+    most 64; vectors are padded with zeros to a multiple of it."""
+    nprobe: int = 0
+    """IVF-PQ: clusters searched per query (more: better recall, slower); 0 = 1/32 of them, at least 32."""
+    rerank: int = 1
+    """IVF-PQ: candidates per wanted neighbour (x the 2k + overlapping windows a query asks for) whose
+    exact distances are computed from the stored vectors; every reported distance is exact."""
     train_vectors: int = 0
     """IVF-PQ: windows sampled to train it; 0 = 40 per cluster (FAISS's k-means asks 39), at least 32,768."""
     batch_windows: int = 4096
     """Windows turned into vectors at a time (model embeddings: a forward pass each)."""
 
     def __post_init__(self):
-        _check_at_least_one("similar", self, ("flat_max_vectors", "nprobe", "batch_windows"))
-        for name in ("segments", "nlist", "pq_m", "rerank", "train_vectors"):
+        _check_at_least_one("similar", self, ("flat_max_vectors", "rerank", "batch_windows"))
+        for name in ("segments", "nlist", "pq_m", "nprobe", "train_vectors"):
             if getattr(self, name) < 0:
                 raise InputError(f"similar.{name} must be >= 0 (0 = automatic), got {getattr(self, name)}")
 

@@ -8,8 +8,11 @@ An index folder holds
                  float32 for exact distances (contiguous datasets, memory-mapped on query)
   settings.json  what was indexed and how: data files (with size and mtime, checked on load),
                  columns, lookback, stride, vector kind, FAISS settings, counts
-Flat (exact) up to similar.flat_max_vectors windows; above it IVF-PQ, trained on a sample of blocks
-and then filled block by block, so memory holds the codes, not the vectors.
+Flat (exact) up to similar.flat_max_vectors windows; above it IVF-PQ with FAISS's fast-scan codes
+(4-bit, one sub-quantizer per dimension: 16 levels learned per dimension, scanned with SIMD),
+trained on a sample of blocks and then filled block by block, so memory holds the codes, not the
+vectors. Against 8-bit codes of 4 dimensions (same family, 8 bytes for 32 dimensions) on 4M minute
+windows: 600 queries 0.14 s instead of 1.4 s at nprobe 128, recall@10 0.91 instead of 0.73.
 """
 
 import json
@@ -30,7 +33,7 @@ from errors import InputError
 FORMAT_NAME = "h5series-similar-index"
 FORMAT_VERSION = 1
 FILES = ("index.faiss", "windows.h5", "settings.json")
-PQ_BITS = 8
+PQ_BITS = 4            # fast-scan codes
 ADD_VECTORS = 65_536    # vectors per FAISS add: IVF-PQ adds of 4,096 took 2.2x as long (3.9 vs 1.8 s for 609k)
 
 
@@ -42,10 +45,16 @@ def auto_nlist(n):
 
 
 def auto_pq_m(dim):
-    """Sub-quantizers of 4 dimensions each, at most 64: FAISS trains 2-dimensional ones ~10x slower
-    (11 s against 1.1 s on 41k stock windows, 2 cores) and the exact re-rank makes up the precision
-    (recall@10 0.993 against 0.995)."""
-    return int(max(1, min(64, math.ceil(dim / 4))))
+    """One 4-bit sub-quantizer per dimension, at most 64 (then 2 or more dimensions each): on 4M
+    minute windows (32 dimensions), 16 of 2 dimensions reached recall@10 0.79 where 32 reached 0.93
+    (nprobe 128), 8 of 4 dimensions 0.31."""
+    return int(max(1, min(64, dim)))
+
+
+def auto_nprobe(nlist):
+    """Clusters searched per query: 1/32 of them, at least 32 (recall falls with the share probed:
+    IVF clusters split noise-like windows poorly)."""
+    return int(min(nlist, max(32, nlist // 32)))
 
 
 def _padded(dim, m):
@@ -106,8 +115,9 @@ def build_index(windows, similar_cfg, out, *, overwrite=False, progress=True, se
         m = similar_cfg.pq_m or auto_pq_m(dim)
         padded = _padded(dim, m)
         nlist = similar_cfg.nlist or auto_nlist(planned)
-        index = faiss.IndexIVFPQ(faiss.IndexFlatL2(padded), padded, nlist, m, PQ_BITS)
-        settings.update(nlist=nlist, pq_m=m, pq_bits=PQ_BITS, nprobe=similar_cfg.nprobe, rerank=similar_cfg.rerank)
+        index = faiss.IndexIVFPQFastScan(faiss.IndexFlatL2(padded), padded, nlist, m, PQ_BITS)
+        settings.update(nlist=nlist, pq_m=m, pq_bits=PQ_BITS, fast_scan=True,
+                        nprobe=similar_cfg.nprobe or auto_nprobe(nlist), rerank=similar_cfg.rerank)
     settings["padded_dim"] = padded
     with atomic_dir(out) as work:
         if kind == "ivfpq":

@@ -57,7 +57,7 @@ class Searcher:
         if nprobe and hasattr(index.index, "nprobe"):
             index.index.nprobe = nprobe
         self.padded = index.index.d
-        self.faiss_seconds = 0.0
+        self.seconds = {"faiss_s": 0.0, "rerank_s": 0.0, "outcomes_s": 0.0}     # where search time goes
 
     def search(self, vectors, q_session, q_end_row, q_end_time):
         """Neighbours of each query (vectors (Q, D) float32 and the queries' ids (Q,))."""
@@ -123,17 +123,19 @@ class Searcher:
         padded = q if q.shape[1] == self.padded else np.pad(q, ((0, 0), (0, self.padded - q.shape[1])))
         t0 = time.perf_counter()
         _, ids = self.index.index.search(np.ascontiguousarray(padded, np.float32), want)
-        self.faiss_seconds += time.perf_counter() - t0
+        self.seconds["faiss_s"] += time.perf_counter() - t0
         ids, dist = self._ranked(q, ids.astype(np.int64))
         # IVF-PQ probes some clusters only: when they held fewer than asked, more would not help.
         exhausted = (want >= n) | (ids < 0).any(1)
         return ids, dist, exhausted
     def _exact(self, q, ids):
         """Exact L2 distances (Q, C) float64 of the queries to the candidate vectors; inf for id -1."""
+        t0 = time.perf_counter()
         valid = ids >= 0
         stored = self.index.vectors.take(np.where(valid, ids, 0).ravel())
         diff = stored.reshape(ids.shape + (q.shape[1],)).astype(np.float64) - q[:, None, :].astype(np.float64)
         dist = np.sqrt((diff * diff).sum(-1))
+        self.seconds["rerank_s"] += time.perf_counter() - t0
         return np.where(valid, dist, np.inf)
 
     def _filter(self, ids, dist, q_session, q_end_row, q_end_time, past):
@@ -156,13 +158,17 @@ class Searcher:
             # (few: the windows within `ahead` rows of that end, per session and query)
             r, c = np.nonzero(keep & (end_row + ahead > last_row))
             if len(r):
+                t0 = time.perf_counter()
                 t = self.outcomes.times_at(session[r, c], end_row[r, c] + ahead)
                 keep[r, c] = (t != NAT) & (t <= q_end_time[r])
+                self.seconds["outcomes_s"] += time.perf_counter() - t0
         take = keep & (np.cumsum(keep, 1) <= k)
         got = Neighbours.empty(Q, k)
         r, c = np.nonzero(take)
         slot = np.cumsum(take, 1)[r, c] - 1
         got.ids[r, slot], got.distance[r, slot] = ids[r, c], dist[r, c]
         got.session[r, slot], got.end_row[r, slot] = session[r, c], end_row[r, c]
+        t0 = time.perf_counter()
         got.returns[r, slot], _ = self.outcomes.read(session[r, c], end_row[r, c], times=False)
+        self.seconds["outcomes_s"] += time.perf_counter() - t0
         return got
