@@ -303,9 +303,9 @@ class SimilarConfig:
     most 64; vectors are padded with zeros to a multiple of it."""
     nprobe: int = 0
     """IVF-PQ: clusters searched per query (more: better recall, slower); 0 = 1/32 of them, at least 32."""
-    rerank: int = 1
-    """IVF-PQ: candidates per wanted neighbour (x the 2k + overlapping windows a query asks for) whose
-    exact distances are computed from the stored vectors; every reported distance is exact."""
+    rerank: int = 4
+    """IVF-PQ: candidates per wanted neighbour, among those the query's rules keep, whose exact
+    distances are read from the stored vectors (k x rerank a query); every reported distance is exact."""
     train_vectors: int = 0
     """IVF-PQ: windows sampled to train it; 0 = 40 per cluster (FAISS's k-means asks 39), at least 32,768."""
     batch_windows: int = 4096

@@ -5,9 +5,11 @@ the time that return was known (the time of row end + ahead).
     log-return column  exp(sum of the returns ending at rows e+1 .. e+ahead) - 1; a return ending at
                        row u is stored at row u - lead (the file's target_lead_rows for a target, 0 for
                        a feature), as in analysis/panel.py's PriceFromLogReturns
-Rows past a session's end give NaN and NaT (not known yet). A session's rows are read in one call:
-one slice when its windows lie close together (daily data), else one HDF5 point selection of just
-the rows needed (minute data: ~8 us a row against ~0.3 ms for a slice read per neighbour).
+Rows past a session's end give NaN and NaT (not known yet). A short session (daily data) is read
+whole once and kept (at most KEEP_BYTES in all): a query run looks at each session several times
+(the queries' own outcomes, the neighbours', the past-only check). A long one is read in one call
+per lookup: one slice when its rows lie close together, else one HDF5 point selection of just the
+rows needed (minute data: ~8 us a row against ~0.3 ms for a slice read per neighbour).
 """
 
 import numpy as np
@@ -16,6 +18,7 @@ from data.predictions import NAT
 from errors import InputError
 
 ONE_READ_ROWS = 8192  # a session's rows within this span are read in one slice (dense: few rows wasted)
+KEEP_BYTES = 64 << 20  # whole short sessions kept (505 daily stocks x 5 years: ~10 MB a column)
 
 
 class Outcomes:
@@ -31,6 +34,7 @@ class Outcomes:
         self.column, self.kind, self.ahead = column, kind, ahead
         self.lead = catalog.sessions[0].target_lead if kind == "log_return" and column in catalog.target_names else 0
         self.sessions = catalog.sessions
+        self._kept, self._kept_bytes = {}, 0          # (session index, column) -> whole short session
 
     def times_at(self, session, rows):
         """Timestamps (n,) of rows (n,) of sessions (n,); NAT past a session's end."""
@@ -40,7 +44,7 @@ class Outcomes:
             where = np.flatnonzero(session == s)
             src = self.sessions[int(s)]
             where = where[rows[where] < src.n_rows]
-            out[where] = _read(src, "timestamps", rows[where])
+            out[where] = self._read(int(s), "timestamps", rows[where])
         return out
 
     def read(self, session, end_row, times=True):
@@ -51,33 +55,41 @@ class Outcomes:
         known_at = np.full(len(session), NAT, np.int64)
         for s in np.unique(session[session >= 0]):
             where = np.flatnonzero(session == s)
-            returns[where], known_at[where] = self._session(self.sessions[int(s)], end_row[where], times)
+            returns[where], known_at[where] = self._session(int(s), end_row[where], times)
         return returns, known_at
 
-    def _session(self, src, end_row, times):
-        h = self.ahead
+    def _session(self, s, end_row, times):
+        h, src = self.ahead, self.sessions[s]
         if self.kind == "price":
             rows = np.stack([end_row, end_row + h], 1)                              # (n, 2): p[e], p[e+h]
         else:
             rows = end_row[:, None] + 1 - self.lead + np.arange(h)[None]            # (n, h): returns e+1..e+h
         known = (end_row + h < src.n_rows) & (rows >= 0).all(1) & (rows < src.n_rows).all(1)
         values = np.full(rows.shape, np.nan)
-        values[known] = _read(src, self.column, rows[known].ravel()).reshape(-1, rows.shape[1])
+        values[known] = self._read(s, self.column, rows[known].ravel()).reshape(-1, rows.shape[1])
         with np.errstate(divide="ignore", invalid="ignore"):
             out = values[:, 1] / values[:, 0] - 1.0 if self.kind == "price" else np.expm1(values.sum(1))
         known_at = np.full(len(end_row), NAT, np.int64)
         if times:
-            known_at[known] = _read(src, "timestamps", end_row[known] + h)
+            known_at[known] = self._read(s, "timestamps", end_row[known] + h)
         return out, known_at
 
-
-def _read(src, column, rows):
-    """Values of `column` (or "timestamps") of session `src` at rows (any order, repeats allowed)."""
-    if not len(rows):
-        return np.empty(0, np.int64 if column == "timestamps" else np.float64)
-    unique, where = np.unique(rows, return_inverse=True)
-    lo, hi = int(unique[0]), int(unique[-1]) + 1
-    if hi - lo <= ONE_READ_ROWS:
-        piece = src.read_timestamps(lo, hi) if column == "timestamps" else src.read_column(column, lo, hi)
-        return piece[unique - lo][where]
-    return src.read_points(column, unique)[where]
+    def _read(self, s, column, rows):
+        """Values of `column` (or "timestamps") of session s at rows (any order, repeats allowed)."""
+        src = self.sessions[s]
+        if not len(rows):
+            return np.empty(0, np.int64 if column == "timestamps" else np.float64)
+        whole = self._kept.get((s, column))
+        if whole is None and src.n_rows <= ONE_READ_ROWS and self._kept_bytes < KEEP_BYTES:
+            whole = src.read_timestamps(0, src.n_rows) if column == "timestamps" else \
+                src.read_column(column, 0, src.n_rows)
+            self._kept[(s, column)] = whole
+            self._kept_bytes += whole.nbytes
+        if whole is not None:
+            return whole[rows]
+        unique, where = np.unique(rows, return_inverse=True)
+        lo, hi = int(unique[0]), int(unique[-1]) + 1
+        if hi - lo <= ONE_READ_ROWS:
+            piece = src.read_timestamps(lo, hi) if column == "timestamps" else src.read_column(column, lo, hi)
+            return piece[unique - lo][where]
+        return src.read_points(column, unique)[where]

@@ -118,10 +118,11 @@ def windows_from_settings(settings, similar_cfg):
     return windows
 
 
-def _resolve(windows, pairs, where):
-    """(session index, end row, end time) arrays of (session name, time text) pairs, sorted by session
-    and row; each checked: a known session, a time inside its data, a full window before it. A
-    session's times are looked up together (one coarse read, then each piece once)."""
+def _resolve(windows, index, pairs, where):
+    """(session index, end row, end time, window id: -1 when not indexed) arrays of (session name, time
+    text) pairs, sorted by session and row; each checked: a known session, a time inside its data, a
+    full window before it. The index's own window ends settle most times (_in_index); the rest are
+    looked up in the data, a session's together (one coarse read, then each piece once)."""
     names = {s.name: i for i, s in enumerate(windows.catalog.sessions)}
     L = windows.window.lookback
     session, wanted = np.empty(len(pairs), np.int32), np.empty(len(pairs), np.int64)
@@ -136,14 +137,15 @@ def _resolve(windows, pairs, where):
             raise InputError(f"{where}: time {text!r} of session {name!r} is not a time; write e.g. 2017-06-01 or "
                              "2017-06-01T15:30") from None
         session[i] = names[name]
-    row, row_time = np.empty(len(pairs), np.int64), np.empty(len(pairs), np.int64)
-    for s_index in np.unique(session):
+    row, row_time, ids = _in_index(index, session, wanted)
+    for s_index in np.unique(session[row < 0]):
         s = windows.catalog.sessions[int(s_index)]
-        mine = np.flatnonzero(session == s_index)
+        mine = np.flatnonzero((session == s_index) & (row < 0))
         row[mine] = s.timestamp_rows(wanted[mine] + 1) - 1               # the last bar at or before each time
         found = mine[row[mine] >= 0]
         unique, back = np.unique(row[found], return_inverse=True)
         row_time[found] = s.read_points("timestamps", unique)[back]
+        ids[mine] = _window_id(index, int(s_index), row[mine])
     for i, (name, text) in enumerate(pairs):
         s = windows.catalog.sessions[session[i]]
         if row[i] == s.n_rows - 1 and row_time[i] < wanted[i]:
@@ -155,7 +157,52 @@ def _resolve(windows, pairs, where):
                              + (f"(its first {L}-row window ends at {time_text(first)})" if first is not None
                                 else f"(it has {s.n_rows} rows, fewer than the lookback {L})"))
     order = np.lexsort((row, session))
-    return session[order], row[order], row_time[order]
+    return session[order], row[order], row_time[order], ids[order]
+
+
+def _in_index(index, session, wanted):
+    """(end row, end time, window id) of each query whose time the index alone settles, -1 elsewhere:
+    the last indexed window of its session ending at or before the time, when its end row is surely the
+    session's last bar at or before it: it ends exactly then, or the next indexed window ends one row
+    later (no bar in between). Other times (between strided windows, past the last indexed window,
+    before the first) are looked up in the data."""
+    row, row_time, ids = (np.full(len(session), -1, np.int64) for _ in range(3))
+    for s in np.unique(session):
+        a, b = int(index.offsets[s]), int(index.offsets[s + 1])
+        if a == b:
+            continue
+        times, rows = np.asarray(index.end_time[a:b]), np.asarray(index.end_row[a:b])
+        mine = np.flatnonzero(session == s)
+        j = np.searchsorted(times, wanted[mine], side="right") - 1            # last window ending at or before
+        jj = np.clip(j, 0, b - a - 1)
+        nxt = np.minimum(jj + 1, b - a - 1)
+        sure = (j >= 0) & ((times[jj] == wanted[mine]) | ((jj + 1 < b - a) & (rows[nxt] == rows[jj] + 1)))
+        row[mine[sure]], row_time[mine[sure]], ids[mine[sure]] = rows[jj[sure]], times[jj[sure]], a + jj[sure]
+    return row, row_time, ids
+
+
+def _times_at(index, outcomes, session, rows):
+    """Timestamps of rows of sessions (NaT past a session's end): the end time of the indexed window
+    ending at the row where there is one, else read from the data."""
+    out = np.empty(len(rows), np.int64)
+    ids = np.full(len(rows), -1, np.int64)
+    for s in np.unique(session):
+        mine = np.flatnonzero(session == s)
+        ids[mine] = _window_id(index, int(s), rows[mine])
+    out[ids >= 0] = np.asarray(index.end_time[ids[ids >= 0]])
+    other = ids < 0
+    out[other] = outcomes.times_at(session[other], rows[other])
+    return out
+
+
+def _window_id(index, s, rows):
+    """Index ids of session s's windows ending at rows (-1 where not indexed)."""
+    a, b = int(index.offsets[s]), int(index.offsets[s + 1])
+    if a == b:
+        return np.full(len(rows), -1, np.int64)
+    ends = np.asarray(index.end_row[a:b])
+    j = np.minimum(np.searchsorted(ends, rows), b - a - 1)
+    return np.where(ends[j] == rows, a + j, -1)
 
 
 def _read_csv(path):
@@ -170,30 +217,38 @@ def _read_csv(path):
     return pairs
 
 
-def _query_batches(windows, cfg):
-    """(session, end row, end time, vectors) of the queries, in batches."""
+def _query_batches(windows, index, cfg):
+    """(session, end row, end time, vectors) of the queries, in batches. A query window the index holds
+    takes its stored vector (the same vectorizer on the same rows); others are read and vectorized."""
     L = windows.window.lookback
-    resolved = None
     if cfg.split is not None:
-        table = windows.plan(windows.ranges(cfg.split))
-    else:
-        pairs = [(cfg.session, cfg.time)] if cfg.queries is None else _read_csv(cfg.queries)
-        session, end_row, end_time = _resolve(windows, pairs, cfg.queries or "--time")
-        table = np.stack([session, end_row - (L - 1), np.ones_like(end_row)], 1)
-        resolved = dict(zip(zip(session.tolist(), end_row.tolist()), end_time.tolist()))
-    pending = []
-    for session, end_row, vectors in windows.batches(table):
-        times = windows.end_times(session, end_row) if resolved is None else \
-            np.array([resolved[key] for key in zip(session.tolist(), end_row.tolist())], np.int64)
-        pending.append((session, end_row, times, vectors))
-        if sum(len(p[0]) for p in pending) >= cfg.batch:
+        pending = []
+        for session, end_row, vectors in windows.batches(windows.plan(windows.ranges(cfg.split))):
+            pending.append((session, end_row, windows.end_times(session, end_row), vectors))
+            if sum(len(p[0]) for p in pending) >= cfg.batch:
+                yield tuple(np.concatenate(c) for c in zip(*pending))
+                pending = []
+        if pending:
             yield tuple(np.concatenate(c) for c in zip(*pending))
-            pending = []
-    if pending:
-        yield tuple(np.concatenate(c) for c in zip(*pending))
-    if cfg.split is None and windows.skipped:
-        raise InputError(f"{cfg.queries or '--time'}: {windows.skipped} query window(s) hold NaN/Inf (e.g. in "
-                         f"session {windows.catalog.sessions[int(table[0, 0])].name!r}); choose other times")
+        return
+    pairs = [(cfg.session, cfg.time)] if cfg.queries is None else _read_csv(cfg.queries)
+    session, end_row, end_time, ids = _resolve(windows, index, pairs, cfg.queries or "--time")
+    for a in range(0, len(session), cfg.batch):
+        part = slice(a, a + cfg.batch)
+        vectors = np.empty((len(session[part]), windows.vectors.dim), np.float32)
+        stored = ids[part] >= 0
+        vectors[stored] = index.vectors.take(ids[part][stored])
+        read = np.flatnonzero(~stored)
+        if len(read):
+            table = np.stack([session[part][read], end_row[part][read] - (L - 1), np.ones(len(read), np.int64)], 1)
+            got = {}
+            for s, e, v in windows.batches(table):
+                got.update(zip(zip(s.tolist(), e.tolist()), v))
+            if windows.skipped:
+                raise InputError(f"{cfg.queries or '--time'}: {windows.skipped} query window(s) hold NaN/Inf (e.g. "
+                                 f"in session {windows.catalog.sessions[int(table[0, 0])].name!r}); choose other times")
+            vectors[read] = [got[key] for key in zip(session[part][read].tolist(), end_row[part][read].tolist())]
+        yield session[part], end_row[part], end_time[part], vectors
 
 
 def run_query(cfg, similar_cfg):
@@ -223,12 +278,13 @@ def run_query(cfg, similar_cfg):
             n_queries, found, short, shown = 0, 0, 0, []
             bar = tqdm(desc="similar query", unit="query", disable=None if cfg.progress else True)
             t0 = time.perf_counter()
-            for q_session, q_row, q_time, q_vectors in _query_batches(windows, cfg):
+            for q_session, q_row, q_time, q_vectors in _query_batches(windows, index, cfg):
                 timings["vectors_s"] += time.perf_counter() - t0
                 t1 = time.perf_counter()
                 got = searcher.search(q_vectors, q_session, q_row, q_time)
                 t2 = time.perf_counter()
-                truth, truth_at = outcomes.read(q_session, q_row)
+                truth, _ = outcomes.read(q_session, q_row, times=False)
+                truth_at = _times_at(index, outcomes, q_session, q_row + cfg.ahead)
                 searcher.seconds["outcomes_s"] += time.perf_counter() - t2
                 timings["search_s"] += time.perf_counter() - t1
                 batch = _Batch(q_session, q_row, q_time, truth, truth_at, got, index)

@@ -1,17 +1,21 @@
 """Batched neighbour search with the rules an analog forecast needs.
 
 For a batch of queries (vectors, and each query's session, end row and end time) FAISS returns
-candidates for all of them in one call; then, with numpy over (queries, candidates) arrays:
-  - every candidate's distance is recomputed exactly (float64, from the stored vectors) and the
-    candidates re-sorted by it: exact results for a flat index, re-ranked PQ candidates for IVF-PQ;
+candidates for all of them in one call, in its order (exact for a flat index, PQ-approximate for
+IVF-PQ); then, with numpy over (queries, candidates) arrays:
   - windows of the query's own session that share a row with it (end rows closer than the lookback)
     are dropped;
   - past only: a candidate must have ended before the query's time and what followed it (its end
     row + ahead) must be known at the query's time (its time <= the query's end time);
-  - the first k candidates left are the neighbours.
-A query left with fewer than k asks again, with 4x the candidates, until it has k or the index
-has no more to give (then its missing neighbours are -1 / NaN).
-The null of an analog forecast, `random`, draws the candidates uniformly from the index instead.
+  - the first k x similar.rerank candidates left get exact distances (float64, from the stored
+    vectors) and are re-sorted by them; the first k are the neighbours.
+The rules come first because they need only the memory-mapped ids: a query late in the data keeps
+most candidates, one early in it few, so FAISS is asked for more candidates the smaller the share
+of the index a query may use (its past), and only the kept ones are read from disk.
+A query left with fewer than k x rerank asks again, with 4x the candidates, until it has them or the
+index has no more to give (then its missing neighbours are -1 / NaN).
+The null of an analog forecast, `random`, draws the candidates uniformly from the index instead and
+keeps the first k the rules allow, in draw order.
 """
 
 import dataclasses
@@ -61,7 +65,7 @@ class Searcher:
 
     def search(self, vectors, q_session, q_end_row, q_end_time):
         """Neighbours of each query (vectors (Q, D) float32 and the queries' ids (Q,))."""
-        Q, k = len(vectors), self.k
+        Q, k, n = len(vectors), self.k, self.index.n
         out = Neighbours.empty(Q, k)
         past = self._past_counts(q_end_time) if self.past_only else None     # (Q, S) windows ended before
         ask = dict(q_session=q_session, q_end_row=q_end_row, q_end_time=q_end_time, past=past)
@@ -70,30 +74,68 @@ class Searcher:
             # Few past windows (early queries): exact search over exactly those, no FAISS.
             small = np.flatnonzero(past.sum(1) <= BRUTE_MAX)
             for q in small:
-                ids = self._past_ids(past[q])
-                self._store(out, [q], *self._ranked(vectors[[q]], ids[None]), ask)
+                ids = self._past_ids(past[q])[None]
+                dist = self._exact(vectors[[q]], ids)
+                order = np.lexsort((ids, dist), axis=1)               # by distance, ties by id
+                self._pick(out, np.array([q]), vectors[[q]], np.take_along_axis(ids, order, 1), ask,
+                           dist=np.take_along_axis(dist, order, 1))
             pending = np.setdiff1d(pending, small)
+        keep = k if self.random else k * self.rerank
         stride = int(self.index.settings.get("stride", 1))
-        fetch = 2 * k + math.ceil((2 * self.lookback - 1) / stride)     # room for the overlapping windows
+        overlap = math.ceil((2 * self.lookback - 1) / stride)              # windows sharing a row with the query
+        share = past.sum(1) / n if past is not None else np.ones(Q)        # of the index a query may use
+        want = np.minimum(2 * keep / np.maximum(share, 1e-9) + overlap, MAX_WANT)
         while len(pending):
-            want = min(self.index.n, fetch * self.rerank, MAX_WANT)
-            step = max(1, CELLS // want)
+            # Queries asking about as many candidates go to FAISS together (one k per call).
+            bucket = np.minimum(2 ** np.ceil(np.log2(want[pending])).astype(np.int64), min(n, MAX_WANT))
             short = []
-            for part in (pending[i:i + step] for i in range(0, len(pending), step)):
-                ids, dist, exhausted = self._candidates(vectors[part], want)
-                got = self._store(out, part, ids, dist, ask)
-                exhausted |= want >= MAX_WANT
-                short.append(part[(got.ids < 0).any(1) & ~exhausted])
+            for size in np.unique(bucket):
+                group = pending[bucket == size]
+                step = max(1, CELLS // int(size))
+                for part in (group[i:i + step] for i in range(0, len(group), step)):
+                    ids, exhausted = self._candidates(vectors[part], int(size))
+                    allowed = self._pick(out, part, vectors[part], ids, ask)
+                    exhausted |= size >= min(n, MAX_WANT)
+                    short.append(part[(allowed < keep) & ~exhausted])
             pending = np.concatenate(short)
-            fetch *= 4
+            want[pending] *= 4
+        # What followed each neighbour: one read per session for the whole batch.
+        t0 = time.perf_counter()
+        r, c = np.nonzero(out.ids >= 0)
+        out.returns[r, c], _ = self.outcomes.read(out.session[r, c], out.end_row[r, c], times=False)
+        self.seconds["outcomes_s"] += time.perf_counter() - t0
         return out
 
-    def _store(self, out, rows, ids, dist, ask):
-        rows = np.asarray(rows)
-        got = self._filter(ids, dist, *(None if v is None else v[rows] for v in ask.values()))
-        for name in ("ids", "distance", "returns", "session", "end_row"):
+    def _pick(self, out, rows, q, ids, ask, dist=None):
+        """Store in `out` (rows) the neighbours (what followed them is read once, after the last round)
+        among candidates `ids` (P, C), in their order (FAISS's, a
+        random draw's, or exact when `dist` is given with them): the rules first, then exact distances
+        for the first k x rerank kept, the k nearest. Returns the number of candidates the rules kept (P,)."""
+        k = self.k
+        keep = self._allowed(ids, *(None if v is None else v[rows] for v in ask.values()))
+        limit = k if (self.random or dist is not None) else k * self.rerank
+        rank = np.cumsum(keep, 1)
+        r, c = np.nonzero(keep & (rank <= limit))
+        cand = np.full((len(ids), limit), -1, np.int64)
+        cand[r, rank[r, c] - 1] = ids[r, c]
+        if dist is not None:
+            cand_dist = np.full(cand.shape, np.inf)
+            cand_dist[r, rank[r, c] - 1] = dist[r, c]
+        else:
+            cand_dist = self._exact(q, cand)
+        if not self.random:
+            order = np.lexsort((cand, cand_dist), axis=1)[:, :k]       # by distance, ties by id
+            cand, cand_dist = np.take_along_axis(cand, order, 1), np.take_along_axis(cand_dist, order, 1)
+        got = Neighbours.empty(len(ids), k)
+        found = cand[:, :k] >= 0
+        got.ids[:] = cand[:, :k]
+        got.distance[:] = np.where(found, cand_dist[:, :k], np.nan)
+        r, c = np.nonzero(found)
+        got.session[r, c] = np.asarray(self.index.session[got.ids[r, c]])
+        got.end_row[r, c] = np.asarray(self.index.end_row[got.ids[r, c]])
+        for name in ("ids", "distance", "session", "end_row"):
             getattr(out, name)[rows] = getattr(got, name)
-        return got
+        return keep.sum(1)
 
     def _past_counts(self, q_end_time):
         """(Q, S): windows of each session that ended before each query's time (a prefix of the session's
@@ -108,26 +150,20 @@ class Searcher:
         starts = self.index.offsets[:-1]
         return np.concatenate([np.arange(a, a + c) for a, c in zip(starts, counts) if c] or [np.zeros(0, np.int64)])
 
-    def _ranked(self, q, ids):
-        dist = self._exact(q, ids)
-        order = np.lexsort((ids, dist), axis=1)               # by distance, ties by id
-        return np.take_along_axis(ids, order, 1), np.take_along_axis(dist, order, 1)
-
     def _candidates(self, q, want):
-        """(ids (Q, C), exact distances (Q, C), exhausted (Q,)): candidates ordered by exact distance
-        (random draws in draw order); exhausted where asking for more cannot give more."""
+        """(ids (Q, want), exhausted (Q,)): FAISS's candidates in its order (random draws in draw
+        order); exhausted where asking for more cannot give more."""
         n = self.index.n
         if self.random:
             ids = np.stack([self.rng.choice(n, want, replace=False) for _ in range(len(q))]).astype(np.int64)
-            return ids, self._exact(q, ids), np.full(len(q), want >= n)
+            return ids, np.full(len(q), want >= n)
         padded = q if q.shape[1] == self.padded else np.pad(q, ((0, 0), (0, self.padded - q.shape[1])))
         t0 = time.perf_counter()
         _, ids = self.index.index.search(np.ascontiguousarray(padded, np.float32), want)
         self.seconds["faiss_s"] += time.perf_counter() - t0
-        ids, dist = self._ranked(q, ids.astype(np.int64))
         # IVF-PQ probes some clusters only: when they held fewer than asked, more would not help.
-        exhausted = (want >= n) | (ids < 0).any(1)
-        return ids, dist, exhausted
+        return ids.astype(np.int64), (want >= n) | (ids < 0).any(1)
+
     def _exact(self, q, ids):
         """Exact L2 distances (Q, C) float64 of the queries to the candidate vectors; inf for id -1."""
         t0 = time.perf_counter()
@@ -138,9 +174,9 @@ class Searcher:
         self.seconds["rerank_s"] += time.perf_counter() - t0
         return np.where(valid, dist, np.inf)
 
-    def _filter(self, ids, dist, q_session, q_end_row, q_end_time, past):
-        """The first k candidates of each query that the rules keep, with what followed them."""
-        Q, k = len(ids), self.k
+    def _allowed(self, ids, q_session, q_end_row, q_end_time, past):
+        """(P, C) bool: the candidates the rules keep (a real id, no row shared with the query, and past
+        only: ended before the query, what followed known by then)."""
         valid = ids >= 0
         safe = np.where(valid, ids, 0)
         session = np.asarray(self.index.session[safe.ravel()]).reshape(ids.shape)
@@ -148,6 +184,7 @@ class Searcher:
         keep = valid & ~((session == q_session[:, None]) & (np.abs(end_row - q_end_row[:, None]) < self.lookback))
         if past is not None:
             # Ended before the query: among the first past[q, s] windows of its session.
+            Q = len(ids)
             first = self.index.offsets[session]
             keep &= safe < first + past[np.arange(Q)[:, None], session]
             # What followed known by then: surely so when row end + ahead is at or before the last indexed
@@ -162,13 +199,4 @@ class Searcher:
                 t = self.outcomes.times_at(session[r, c], end_row[r, c] + ahead)
                 keep[r, c] = (t != NAT) & (t <= q_end_time[r])
                 self.seconds["outcomes_s"] += time.perf_counter() - t0
-        take = keep & (np.cumsum(keep, 1) <= k)
-        got = Neighbours.empty(Q, k)
-        r, c = np.nonzero(take)
-        slot = np.cumsum(take, 1)[r, c] - 1
-        got.ids[r, slot], got.distance[r, slot] = ids[r, c], dist[r, c]
-        got.session[r, slot], got.end_row[r, slot] = session[r, c], end_row[r, c]
-        t0 = time.perf_counter()
-        got.returns[r, slot], _ = self.outcomes.read(session[r, c], end_row[r, c], times=False)
-        self.seconds["outcomes_s"] += time.perf_counter() - t0
-        return got
+        return keep

@@ -363,3 +363,95 @@ def test_embed_is_what_the_head_reads():
     state = {k.replace("patch_embed.", "embed."): v for k, v in model.state_dict().items()}
     build_model(ModelConfig(name="patchtst"), shapes).load_state_dict(state)
 
+
+
+def _minute_file(path, rows=20_000, sessions=2, lead=1):
+    """Long sessions (more rows than one outcome read spans): a price, its log return as a feature and
+    the next row's log return as a target (row t describes t + lead, as convert's next_* targets)."""
+    from data import layout
+    from data.catalog import write_index
+    rng = np.random.default_rng(7)
+    with h5py.File(path, "w") as f:
+        for s in range(sessions):
+            price = 100 * np.exp(np.cumsum(rng.normal(0, 0.001, rows)))
+            lr = np.concatenate([[np.nan], np.diff(np.log(price))])
+            nxt = np.concatenate([lr[lead:], np.full(lead, np.nan)])
+            w = layout.SessionWriter(f, f"m{s}", ["close", "lr"], ["next_lr"], with_timestamps=True,
+                                     feature_dtype=np.float64, target_dtype=np.float64)
+            w.append(np.stack([price, lr], 1), nxt[:, None], np.arange(rows, dtype=np.int64) * 60_000_000_000)
+            w.set_attrs(**{layout.ATTR_TARGET_LEAD: lead})
+            w.close()
+    write_index(path)
+    return path
+
+
+def test_point_reads_equal_slices(tmp_path):
+    from data.catalog import open_catalog
+    session = open_catalog(_minute_file(tmp_path / "m.h5")).sessions[1]
+    rows = np.array([0, 5, 8191, 8192, 15_000, 19_999])
+    np.testing.assert_array_equal(session.read_points("close", rows), session.read_column("close", 0, 20_000)[rows])
+    np.testing.assert_array_equal(session.read_points("next_lr", rows), session.read_column("next_lr", 0, 20_000)[rows])
+    np.testing.assert_array_equal(session.read_points("timestamps", rows), rows * 60_000_000_000)
+    with pytest.raises(IndexError):
+        session.read_points("close", [5, 3])                   # not increasing
+    with pytest.raises(IndexError):
+        session.read_points("close", [20_000])                 # past the end
+    np.testing.assert_array_equal(session.timestamp_rows(np.array([-5, 0, 1, 60_000_000_001, 8192 * 60_000_000_000, 10**18], np.int64)),
+                                  [0, 0, 1, 2, 8192, 20_000])
+
+
+@pytest.mark.parametrize("kind, column, ahead", [("price", "close", 1), ("log_return", "lr", 3),
+                                                 ("log_return", "next_lr", 2)])
+def test_outcomes_of_far_apart_windows_equal_the_formula(tmp_path, kind, column, ahead):
+    """Windows far apart in long sessions are read as points (minute data); both ways equal the formula,
+    the target's lead included, and rows past the end are NaN / NaT."""
+    from analysis.similar_outcomes import ONE_READ_ROWS, Outcomes
+    from data.catalog import open_catalog
+    catalog = open_catalog(_minute_file(tmp_path / "m.h5"))
+    price = {s.name: s.read_column("close", 0, s.n_rows) for s in catalog.sessions}
+    session = np.array([0, 1, 0, 1, 0, 1, 1])
+    end = np.array([40, 9, 19_990, 15_000, 19_999 - ahead, 19_999, 100])     # span > ONE_READ_ROWS: points
+    assert end.max() - end.min() > ONE_READ_ROWS
+    returns, known_at = Outcomes(catalog, column, kind, ahead).read(session, end)
+    for i, (s, e) in enumerate(zip(session, end)):
+        p = price[catalog.sessions[s].name]
+        if e + ahead < len(p):
+            assert returns[i] == pytest.approx(p[e + ahead] / p[e] - 1, rel=1e-9, abs=1e-12)
+            assert known_at[i] == (e + ahead) * 60_000_000_000
+        else:
+            assert np.isnan(returns[i]) and known_at[i] == np.datetime64("NaT").astype(np.int64)
+    near = Outcomes(catalog, column, kind, ahead).read(np.array([0, 0]), np.array([40, 90]))    # one slice
+    assert near[0] == pytest.approx([price["m0"][40 + ahead] / price["m0"][40] - 1,
+                                     price["m0"][90 + ahead] / price["m0"][90] - 1], rel=1e-9)
+
+
+@pytest.mark.parametrize("stride, split", [(1, "all"), (3, "all"), (1, "train")])
+def test_query_times_resolved_from_the_index_equal_the_data(market, tmp_path, stride, split):
+    """Most query times are settled by the index's own window ends (no data read); every answer equals
+    the data's last bar at or before the time, and the window's vector equals the one read from data."""
+    from analysis.similar_query import _in_index, _resolve, windows_from_settings
+    prices = market["prices"]
+    built = _index(market["path"], tmp_path / "ix", L, stride, split, "data.split.method=fractions")
+    index = SimilarIndex(tmp_path / "ix")
+    windows = windows_from_settings(built, SimilarConfig())
+    rng = np.random.default_rng(11)
+    stamps = prices.index.to_numpy().astype("datetime64[ns]").astype(np.int64)
+    exact = stamps[rng.integers(L - 1, len(stamps), 40)]                       # bar times
+    between = exact + rng.integers(1, 3 * 86_400 * 10**9, 40)                   # between bars, weekends
+    times = np.concatenate([exact, between[between <= stamps[-1]]])
+    names = rng.choice(prices.columns, len(times))
+    pairs = [(n, str(pd.Timestamp(t))) for n, t in zip(names, times)]
+    session, row, row_time, ids = _resolve(windows, index, pairs, "x")
+    settled = _in_index(index, np.array([list(prices.columns).index(n) for n in names]), times)[0] >= 0
+    assert settled.all() if (stride, split) == (1, "all") else 0 < settled.sum() < len(times)
+    expect = sorted((list(prices.columns).index(n), int(np.searchsorted(stamps, t, side="right") - 1))
+                    for n, t in zip(names, times))
+    assert list(zip(session.tolist(), row.tolist())) == expect
+    np.testing.assert_array_equal(row_time, stamps[row])
+    assert (ids >= 0).any() and (stride == 1 and split == "all") == (ids >= 0).all()
+    table = np.stack([session, row - (L - 1), np.ones_like(row)], 1)
+    read = np.concatenate([v for _, _, v in windows.batches(table)])
+    stored = ids >= 0
+    np.testing.assert_allclose(index.vectors.take(ids[stored]), read[stored], rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(index.end_row[ids[stored]]), row[stored])
+    index.close()
