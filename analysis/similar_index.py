@@ -34,6 +34,9 @@ FORMAT_NAME = "h5series-similar-index"
 FORMAT_VERSION = 1
 FILES = ("index.faiss", "windows.h5", "settings.json")
 PQ_BITS = 4            # fast-scan codes
+# The codes memory-mapped, not read (FAISS's "in-place" mmap): 0.21 s to open the 419 MB minute index
+# against 0.58 s, the same search time; pages are shared with the page cache.
+READ_FLAGS = getattr(faiss, "IO_FLAG_MMAP_IFC", faiss.IO_FLAG_READ_ONLY)
 ADD_VECTORS = 65_536    # vectors per FAISS add: IVF-PQ adds of 4,096 took 2.2x as long (3.9 vs 1.8 s for 609k)
 
 
@@ -228,7 +231,7 @@ class SimilarIndex:
                 raise InputError(f"{where}/{name}: {now:,} bytes but {size:,} were written; the file is damaged or "
                                  "truncated: build the index again")
         try:
-            self.index = faiss.read_index(str(self.path / "index.faiss"), faiss.IO_FLAG_READ_ONLY)
+            self.index = faiss.read_index(str(self.path / "index.faiss"), READ_FLAGS)
         except RuntimeError as exc:
             raise InputError(f"{where}/index.faiss: FAISS cannot read it ({str(exc).splitlines()[0][:120]}); "
                              "build the index again") from None

@@ -284,7 +284,9 @@ def run_query(cfg, similar_cfg):
                 got = searcher.search(q_vectors, q_session, q_row, q_time)
                 t2 = time.perf_counter()
                 truth, _ = outcomes.read(q_session, q_row, times=False)
-                truth_at = _times_at(index, outcomes, q_session, q_row + cfg.ahead)
+                # when what followed a query was known: the forecast file's target time (only it needs it)
+                truth_at = _times_at(index, outcomes, q_session, q_row + cfg.ahead) if cfg.forecast else \
+                    np.full(len(q_row), NAT, np.int64)
                 searcher.seconds["outcomes_s"] += time.perf_counter() - t2
                 timings["search_s"] += time.perf_counter() - t1
                 batch = _Batch(q_session, q_row, q_time, truth, truth_at, got, index)
