@@ -4,7 +4,7 @@ A window is `lookback` rows of the chosen columns ending at row e (its end row; 
 time of row e). Windows stream through the block loader (data/dataloader.py) in plan order: every
 window once, session after session, rows increasing. Queries go through the same loader with
 one-window blocks, so an index window and a query window are read and turned into vectors the
-same way.
+same way (a query window the index holds takes its stored vector: analysis/similar_query.py).
 
 Two kinds of vector:
   raw    each column of the window z-normalized over its own rows, then reduced by piecewise
