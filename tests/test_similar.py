@@ -152,7 +152,7 @@ def test_past_only_never_returns_a_window_or_outcome_after_the_query(market, tmp
 
 
 def test_ivfpq_recall_at_10_against_the_flat_index(tmp_path):
-    """50k windows: the default IVF-PQ finds at least 90% of the exact 10 nearest (measured ~0.99)."""
+    """50k windows: the default IVF-PQ finds at least 90% of the exact 10 nearest (measured 0.98)."""
     prices = random_prices(n_dates=5009, n_assets=10, seed=5)
     path = write_prices(tmp_path / "p.h5", prices)
     exact = _index(path, tmp_path / "flat", 10, 1, "all", "similar.flat_max_vectors=100000")
