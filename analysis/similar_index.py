@@ -268,6 +268,15 @@ class SimilarIndex:
                 raise InputError(f"{path}: changed since index {self.path} was built ({size:,} -> {now[0]:,} bytes or "
                                  "rewritten); windows and their rows would no longer match: build the index again")
 
+    def window_ids(self, s, end_rows):
+        """Ids of session s's indexed windows ending at end_rows (-1 where none is indexed)."""
+        a, b = int(self.offsets[s]), int(self.offsets[s + 1])
+        if a == b:
+            return np.full(len(end_rows), -1, np.int64)
+        ends = np.asarray(self.end_row[a:b])
+        j = np.minimum(np.searchsorted(ends, end_rows), b - a - 1)
+        return np.where(ends[j] == end_rows, a + j, -1)
+
     @property
     def lookback(self):
         return int(self.settings["lookback"])

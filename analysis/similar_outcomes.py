@@ -14,6 +14,7 @@ rows needed (minute data: ~8 us a row against ~0.3 ms for a slice read per neigh
 
 import numpy as np
 
+from data.layout import TIMESTAMPS
 from data.predictions import NAT
 from errors import InputError
 
@@ -44,21 +45,20 @@ class Outcomes:
             where = np.flatnonzero(session == s)
             src = self.sessions[int(s)]
             where = where[rows[where] < src.n_rows]
-            out[where] = self._read(int(s), "timestamps", rows[where])
+            out[where] = self._read(int(s), TIMESTAMPS, rows[where])
         return out
 
-    def read(self, session, end_row, times=True):
-        """(returns (n,) float64, known_at (n,) int64 ns, NAT where not in the data; all NAT when not
-        `times`: the reads of neighbours skip them) for windows ending at end_row (n,) of sessions (n,)."""
+    def read(self, session, end_row):
+        """Returns (n,) float64 (NaN where not in the data) of windows ending at end_row (n,) of sessions
+        (n,); when each was known is times_at(session, end_row + ahead)."""
         session, end_row = np.asarray(session), np.asarray(end_row, np.int64)
         returns = np.full(len(session), np.nan)
-        known_at = np.full(len(session), NAT, np.int64)
         for s in np.unique(session[session >= 0]):
             where = np.flatnonzero(session == s)
-            returns[where], known_at[where] = self._session(int(s), end_row[where], times)
-        return returns, known_at
+            returns[where] = self._session(int(s), end_row[where])
+        return returns
 
-    def _session(self, s, end_row, times):
+    def _session(self, s, end_row):
         h, src = self.ahead, self.sessions[s]
         if self.kind == "price":
             rows = np.stack([end_row, end_row + h], 1)                              # (n, 2): p[e], p[e+h]
@@ -68,28 +68,25 @@ class Outcomes:
         values = np.full(rows.shape, np.nan)
         values[known] = self._read(s, self.column, rows[known].ravel()).reshape(-1, rows.shape[1])
         with np.errstate(divide="ignore", invalid="ignore"):
-            out = values[:, 1] / values[:, 0] - 1.0 if self.kind == "price" else np.expm1(values.sum(1))
-        known_at = np.full(len(end_row), NAT, np.int64)
-        if times:
-            known_at[known] = self._read(s, "timestamps", end_row[known] + h)
-        return out, known_at
+            return values[:, 1] / values[:, 0] - 1.0 if self.kind == "price" else np.expm1(values.sum(1))
 
     def _read(self, s, column, rows):
         """Values of `column` (or "timestamps") of session s at rows (any order, repeats allowed)."""
         src = self.sessions[s]
         if not len(rows):
-            return np.empty(0, np.int64 if column == "timestamps" else np.float64)
+            return np.empty(0, np.int64 if column == TIMESTAMPS else np.float64)
         whole = self._kept.get((s, column))
         if whole is None and src.n_rows <= ONE_READ_ROWS and self._kept_bytes < KEEP_BYTES:
-            whole = src.read_timestamps(0, src.n_rows) if column == "timestamps" else \
-                src.read_column(column, 0, src.n_rows)
-            self._kept[(s, column)] = whole
+            whole = self._kept[(s, column)] = _slice(src, column, 0, src.n_rows)
             self._kept_bytes += whole.nbytes
         if whole is not None:
             return whole[rows]
         unique, where = np.unique(rows, return_inverse=True)
         lo, hi = int(unique[0]), int(unique[-1]) + 1
         if hi - lo <= ONE_READ_ROWS:
-            piece = src.read_timestamps(lo, hi) if column == "timestamps" else src.read_column(column, lo, hi)
-            return piece[unique - lo][where]
+            return _slice(src, column, lo, hi)[unique - lo][where]
         return src.read_points(column, unique)[where]
+
+
+def _slice(src, column, lo, hi):
+    return src.read_timestamps(lo, hi) if column == TIMESTAMPS else src.read_column(column, lo, hi)

@@ -145,7 +145,7 @@ def _resolve(windows, index, pairs, where):
         found = mine[row[mine] >= 0]
         unique, back = np.unique(row[found], return_inverse=True)
         row_time[found] = s.read_points("timestamps", unique)[back]
-        ids[mine] = _window_id(index, int(s_index), row[mine])
+        ids[mine] = index.window_ids(int(s_index), row[mine])
     for i, (name, text) in enumerate(pairs):
         s = windows.catalog.sessions[session[i]]
         if row[i] == s.n_rows - 1 and row_time[i] < wanted[i]:
@@ -188,21 +188,11 @@ def _times_at(index, outcomes, session, rows):
     ids = np.full(len(rows), -1, np.int64)
     for s in np.unique(session):
         mine = np.flatnonzero(session == s)
-        ids[mine] = _window_id(index, int(s), rows[mine])
+        ids[mine] = index.window_ids(int(s), rows[mine])
     out[ids >= 0] = np.asarray(index.end_time[ids[ids >= 0]])
     other = ids < 0
     out[other] = outcomes.times_at(session[other], rows[other])
     return out
-
-
-def _window_id(index, s, rows):
-    """Index ids of session s's windows ending at rows (-1 where not indexed)."""
-    a, b = int(index.offsets[s]), int(index.offsets[s + 1])
-    if a == b:
-        return np.full(len(rows), -1, np.int64)
-    ends = np.asarray(index.end_row[a:b])
-    j = np.minimum(np.searchsorted(ends, rows), b - a - 1)
-    return np.where(ends[j] == rows, a + j, -1)
 
 
 def _read_csv(path):
@@ -283,7 +273,7 @@ def run_query(cfg, similar_cfg):
                 t1 = time.perf_counter()
                 got = searcher.search(q_vectors, q_session, q_row, q_time)
                 t2 = time.perf_counter()
-                truth, _ = outcomes.read(q_session, q_row, times=False)
+                truth = outcomes.read(q_session, q_row)
                 # when what followed a query was known: the forecast file's target time (only it needs it)
                 truth_at = _times_at(index, outcomes, q_session, q_row + cfg.ahead) if cfg.forecast else \
                     np.full(len(q_row), NAT, np.int64)

@@ -102,7 +102,7 @@ class Searcher:
         # What followed each neighbour: one read per session for the whole batch.
         t0 = time.perf_counter()
         r, c = np.nonzero(out.ids >= 0)
-        out.returns[r, c], _ = self.outcomes.read(out.session[r, c], out.end_row[r, c], times=False)
+        out.returns[r, c] = self.outcomes.read(out.session[r, c], out.end_row[r, c])
         self.seconds["outcomes_s"] += time.perf_counter() - t0
         return out
 

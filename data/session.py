@@ -300,16 +300,19 @@ class SessionData:
                              "choose target columns from the features instead")
         return self._read(dataset, start, stop, out, "targets")
 
+    def _column(self, name):
+        """(dataset, column index, dataset kind) of a named feature or target column."""
+        if name in self.feature_names:
+            return self._dataset(layout.FEATURES), self.feature_names.index(name), layout.FEATURES
+        if name in self.target_names:
+            return self._dataset(layout.TARGETS), self.target_names.index(name), layout.TARGETS
+        raise InputError(f"{self.path}: session {self.name!r} has no column {name!r}; it has features "
+                         f"{self.feature_names}" + (f" and targets {self.target_names}" if self.target_names else ""))
+
     def read_column(self, name, start, stop):
         """One named column (a feature or a target) of rows [start, stop) as (n,) float64, read alone
         (analysis/ reads prices and signals this way)."""
-        if name in self.feature_names:
-            dataset, col, what = self._dataset(layout.FEATURES), self.feature_names.index(name), "features"
-        elif name in self.target_names:
-            dataset, col, what = self._dataset(layout.TARGETS), self.target_names.index(name), "targets"
-        else:
-            raise InputError(f"{self.path}: session {self.name!r} has no column {name!r}; it has features "
-                             f"{self.feature_names}" + (f" and targets {self.target_names}" if self.target_names else ""))
+        dataset, col, what = self._column(name)
         # Whole rows, then the column: rows are contiguous in a chunk, one column is strided, and HDF5
         # reads a strided selection of a chunk it does not cache element by element (~10x slower).
         return self._read(dataset, start, stop, None, what, dtype=np.float64)[:, col]
@@ -319,15 +322,10 @@ class SessionData:
         (increasing, inside the session), in one HDF5 point selection: rows far apart cost ~8 us each
         against ~30 us for a slice read apiece (the neighbours of similar-window queries)."""
         rows = np.asarray(rows, np.int64)
-        if name == "timestamps":
-            dataset, col, what, dtype = self._dataset(layout.TIMESTAMPS), None, "timestamps", np.int64
-        elif name in self.feature_names:
-            dataset, col, what, dtype = self._dataset(layout.FEATURES), self.feature_names.index(name), "features", np.float64
-        elif name in self.target_names:
-            dataset, col, what, dtype = self._dataset(layout.TARGETS), self.target_names.index(name), "targets", np.float64
+        if name == layout.TIMESTAMPS:
+            dataset, col, what, dtype = self._dataset(layout.TIMESTAMPS), None, layout.TIMESTAMPS, np.int64
         else:
-            raise InputError(f"{self.path}: session {self.name!r} has no column {name!r}; it has features "
-                             f"{self.feature_names}" + (f" and targets {self.target_names}" if self.target_names else ""))
+            (dataset, col, what), dtype = self._column(name), np.float64
         if dataset is None:
             raise InputError(f"{self.path}: session {self.name!r} has no `{what}` dataset")
         if len(rows) and not (0 <= rows[0] and rows[-1] < self.n_rows and (np.diff(rows) > 0).all()):
