@@ -15,6 +15,7 @@ Queries are processed in (session, time) order: prediction files keep a session'
 import contextlib
 import csv
 import dataclasses
+import itertools
 import json
 import time
 import types
@@ -257,29 +258,39 @@ def run_query(cfg, similar_cfg):
         if cfg.k > index.n:
             raise InputError(f"--k {cfg.k}: the index holds {index.n} windows; ask for fewer neighbours")
         windows = windows_from_settings(s, similar_cfg)
-        opened_s = time.perf_counter() - t_start
         kind = "price" if cfg.price_column else "log_return"
         outcomes = Outcomes(windows.catalog, cfg.price_column or cfg.return_column, kind, cfg.ahead)
         searcher = Searcher(index, outcomes, cfg.k, past_only=cfg.past_only, random=cfg.random, nprobe=cfg.nprobe,
                             seed=cfg.seed)
+        opened_s = time.perf_counter() - t_start
+        # While FAISS reads its file (in its thread): the first batch of queries (resolved: their errors come
+        # before any output is opened), the windows each may use, and the first reads of what followed.
+        batches = _query_batches(windows, index, cfg)
+        first = next(batches, None)
+        vectors_s = time.perf_counter() - t_start - opened_s
+        first_past = searcher.past_counts(first[2]) if first is not None and cfg.past_only else None
+        outcomes.open_while(lambda: not index.loaded)
+        index.index                                        # (its read's errors, too, before any output)
+        ready_s = time.perf_counter() - t_start
         with contextlib.ExitStack() as stack:
             sinks = _open_sinks(stack, cfg, index, windows)
-            timings = {"open_s": opened_s, "vectors_s": 0.0, "search_s": 0.0}
+            timings = {"open_s": opened_s, "index_read_s": index.read_seconds, "ready_s": ready_s,
+                       "vectors_s": vectors_s, "search_s": 0.0}
             n_queries, found, short, shown = 0, 0, 0, []
             bar = tqdm(desc="similar query", unit="query", disable=None if cfg.progress else True)
             t0 = time.perf_counter()
-            for q_session, q_row, q_time, q_vectors in _query_batches(windows, index, cfg):
+            for i, (q_session, q_row, q_time, q_vectors) in enumerate(
+                    itertools.chain([first] if first is not None else [], batches)):
                 timings["vectors_s"] += time.perf_counter() - t0
                 t1 = time.perf_counter()
-                got = searcher.search(q_vectors, q_session, q_row, q_time)
+                got = searcher.search(q_vectors, q_session, q_row, q_time, past=first_past if i == 0 else None)
                 t2 = time.perf_counter()
-                truth = outcomes.read(q_session, q_row)
                 # when what followed a query was known: the forecast file's target time (only it needs it)
                 truth_at = _times_at(index, outcomes, q_session, q_row + cfg.ahead) if cfg.forecast else \
                     np.full(len(q_row), NAT, np.int64)
                 searcher.seconds["outcomes_s"] += time.perf_counter() - t2
                 timings["search_s"] += time.perf_counter() - t1
-                batch = _Batch(q_session, q_row, q_time, truth, truth_at, got, index)
+                batch = _Batch(q_session, q_row, q_time, got.query_returns, truth_at, got, index)
                 for sink in sinks:
                     sink.append(batch)
                 if len(shown) < PLOT_QUERIES:

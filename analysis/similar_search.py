@@ -34,11 +34,12 @@ class Neighbours:
     returns: np.ndarray       # (Q, k) float64, what followed each neighbour (NaN: not known)
     session: np.ndarray       # (Q, k) int32 session index of each neighbour, -1 where none
     end_row: np.ndarray       # (Q, k) int64 its end row, -1 where none
+    query_returns: np.ndarray  # (Q,) float64, what followed each query (NaN: not known yet)
 
     @classmethod
     def empty(cls, Q, k):
         return cls(np.full((Q, k), -1, np.int64), np.full((Q, k), np.nan), np.full((Q, k), np.nan),
-                   np.full((Q, k), -1, np.int32), np.full((Q, k), -1, np.int64))
+                   np.full((Q, k), -1, np.int32), np.full((Q, k), -1, np.int64), np.full(Q, np.nan))
 
     @property
     def found(self):
@@ -58,16 +59,19 @@ class Searcher:
         self.lookback = index.lookback
         self.ivf = index.settings["kind"] == "ivfpq"
         self.rerank = max(1, int(index.settings.get("rerank", 0))) if self.ivf else 1
-        if nprobe and hasattr(index.index, "nprobe"):
-            index.index.nprobe = nprobe
-        self.padded = index.index.d
+        self.nprobe = nprobe
+        self.padded = int(index.settings["padded_dim"])
+        self._faiss = None        # the FAISS index, taken at the first search (its file may still be being read)
         self.seconds = {"faiss_s": 0.0, "rerank_s": 0.0, "outcomes_s": 0.0}     # where search time goes
 
-    def search(self, vectors, q_session, q_end_row, q_end_time):
-        """Neighbours of each query (vectors (Q, D) float32 and the queries' ids (Q,))."""
+    def search(self, vectors, q_session, q_end_row, q_end_time, past=None):
+        """Neighbours of each query (vectors (Q, D) float32 and the queries' ids (Q,)), with what followed
+        them and the queries. `past`: past_counts(q_end_time) when already counted (a query run counts
+        the first batch's while the FAISS index is read)."""
         Q, k, n = len(vectors), self.k, self.index.n
         out = Neighbours.empty(Q, k)
-        past = self._past_counts(q_end_time) if self.past_only else None     # (Q, S) windows ended before
+        if past is None and self.past_only:
+            past = self.past_counts(q_end_time)                              # (Q, S) windows ended before
         ask = dict(q_session=q_session, q_end_row=q_end_row, q_end_time=q_end_time, past=past)
         pending = np.arange(Q)
         if past is not None and not self.random:
@@ -99,10 +103,12 @@ class Searcher:
                     short.append(part[(allowed < keep) & ~exhausted])
             pending = np.concatenate(short)
             want[pending] *= 4
-        # What followed each neighbour: one read per session for the whole batch.
+        # What followed each neighbour and each query: one read per session for the whole batch.
         t0 = time.perf_counter()
         r, c = np.nonzero(out.ids >= 0)
-        out.returns[r, c] = self.outcomes.read(out.session[r, c], out.end_row[r, c])
+        followed = self.outcomes.read(np.concatenate([out.session[r, c], q_session]),
+                                      np.concatenate([out.end_row[r, c], q_end_row]))
+        out.returns[r, c], out.query_returns[:] = followed[:len(r)], followed[len(r):]
         self.seconds["outcomes_s"] += time.perf_counter() - t0
         return out
 
@@ -137,7 +143,7 @@ class Searcher:
             getattr(out, name)[rows] = getattr(got, name)
         return keep.sum(1)
 
-    def _past_counts(self, q_end_time):
+    def past_counts(self, q_end_time):
         """(Q, S): windows of each session that ended before each query's time (a prefix of the session's
         ids: they are in time order)."""
         offsets = self.index.offsets
@@ -158,8 +164,12 @@ class Searcher:
             ids = np.stack([self.rng.choice(n, want, replace=False) for _ in range(len(q))]).astype(np.int64)
             return ids, np.full(len(q), want >= n)
         padded = q if q.shape[1] == self.padded else np.pad(q, ((0, 0), (0, self.padded - q.shape[1])))
+        if self._faiss is None:
+            self._faiss = self.index.index
+            if self.nprobe and hasattr(self._faiss, "nprobe"):
+                self._faiss.nprobe = self.nprobe
         t0 = time.perf_counter()
-        _, ids = self.index.index.search(np.ascontiguousarray(padded, np.float32), want)
+        _, ids = self._faiss.search(np.ascontiguousarray(padded, np.float32), want)
         self.seconds["faiss_s"] += time.perf_counter() - t0
         # IVF-PQ probes some clusters only: when they held fewer than asked, more would not help.
         return ids.astype(np.int64), (want >= n) | (ids < 0).any(1)

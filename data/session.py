@@ -334,7 +334,7 @@ class SessionData:
         if not len(rows):
             return out
         self.check_unchanged()
-        coords = np.empty((len(rows), dataset.ndim), np.uint64)
+        coords = np.empty((len(rows), 1 if col is None else 2), np.uint64)     # (dataset.ndim: ~30 us)
         coords[:, 0] = rows
         if col is not None:
             coords[:, 1] = col

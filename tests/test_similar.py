@@ -151,6 +151,20 @@ def test_past_only_never_returns_a_window_or_outcome_after_the_query(market, tmp
     assert np.isnan(res["query_followed"][last]).all() and np.isfinite(res["query_followed"][~last]).all()
 
 
+def test_small_batches_give_what_one_batch_gives(market, tmp_path):
+    """The first batch is resolved and counted while FAISS reads its file; later ones in the loop: the
+    same queries in batches of 7 and in one give the same neighbours and outcomes."""
+    queries = str(_queries_csv(tmp_path / "q.csv", _random_queries(market["prices"], 40, seed=5)))
+    one, out_one = _query(market["index"], tmp_path, "one.h5", queries=queries, k=4, ahead=2)
+    many, out_many = _query(market["index"], tmp_path, "many.h5", queries=queries, k=4, ahead=2, batch=7)
+    assert one["queries"] == many["queries"] == 40 and one["neighbours_found"] == many["neighbours_found"]
+    a, b = _results(out_one)[0], _results(out_many)[0]
+    assert a.keys() == b.keys()
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    assert set(one["timings"]) >= {"open_s", "index_read_s", "ready_s", "search_s", "faiss_s", "total_s"}
+
+
 def test_ivfpq_recall_at_10_against_the_flat_index(tmp_path):
     """50k windows: the default IVF-PQ finds at least 90% of the exact 10 nearest (measured 0.98)."""
     prices = random_prices(n_dates=5009, n_assets=10, seed=5)
@@ -303,7 +317,9 @@ def test_damaged_or_stale_indexes_are_refused(market, tmp_path, capsys):
         else:
             size = (bad / "index.faiss").stat().st_size
             (bad / "index.faiss").write_bytes(b"\0" * size)
-        assert expect in _error(capsys, ["similar", "query", "--index", str(bad)] + query)
+        out = tmp_path / f"{damage}.h5"
+        assert expect in _error(capsys, ["similar", "query", "--index", str(bad), "--out", str(out)] + query)
+        assert not out.exists() and not list(tmp_path.glob(f"*{damage}.h5*"))    # FAISS's read fails in a thread
     # data rewritten after indexing: rows would no longer match the ids
     data = tmp_path / "data.h5"
     shutil.copy(market["path"], data)
