@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from analysis.similar_index import SimilarIndex
 from analysis.similar_outcomes import Outcomes
-from analysis.similar_search import Searcher
+from analysis.similar_search import Searcher, times_at
 from atomic import atomic_path, check_output
 from data.catalog import time_text
 from data.predictions import NAT, PredictionWriter
@@ -182,20 +182,6 @@ def _in_index(index, session, wanted):
     return row, row_time, ids
 
 
-def _times_at(index, outcomes, session, rows):
-    """Timestamps of rows of sessions (NaT past a session's end): the end time of the indexed window
-    ending at the row where there is one, else read from the data."""
-    out = np.empty(len(rows), np.int64)
-    ids = np.full(len(rows), -1, np.int64)
-    for s in np.unique(session):
-        mine = np.flatnonzero(session == s)
-        ids[mine] = index.window_ids(int(s), rows[mine])
-    out[ids >= 0] = np.asarray(index.end_time[ids[ids >= 0]])
-    other = ids < 0
-    out[other] = outcomes.times_at(session[other], rows[other])
-    return out
-
-
 def _read_csv(path):
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
@@ -286,7 +272,7 @@ def run_query(cfg, similar_cfg):
                 got = searcher.search(q_vectors, q_session, q_row, q_time, past=first_past if i == 0 else None)
                 t2 = time.perf_counter()
                 # when what followed a query was known: the forecast file's target time (only it needs it)
-                truth_at = _times_at(index, outcomes, q_session, q_row + cfg.ahead) if cfg.forecast else \
+                truth_at = times_at(index, outcomes, q_session, q_row + cfg.ahead) if cfg.forecast else \
                     np.full(len(q_row), NAT, np.int64)
                 searcher.seconds["outcomes_s"] += time.perf_counter() - t2
                 timings["search_s"] += time.perf_counter() - t1

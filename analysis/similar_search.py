@@ -206,7 +206,21 @@ class Searcher:
             r, c = np.nonzero(keep & (end_row + ahead > last_row))
             if len(r):
                 t0 = time.perf_counter()
-                t = self.outcomes.times_at(session[r, c], end_row[r, c] + ahead)
+                t = times_at(self.index, self.outcomes, session[r, c], end_row[r, c] + ahead)
                 keep[r, c] = (t != NAT) & (t <= q_end_time[r])
                 self.seconds["outcomes_s"] += time.perf_counter() - t0
         return keep
+
+
+def times_at(index, outcomes, session, rows):
+    """Timestamps of rows of sessions (NaT past a session's end): the end time of the indexed window
+    ending at the row where there is one, else read from the data."""
+    out = np.empty(len(rows), np.int64)
+    ids = np.full(len(rows), -1, np.int64)
+    for s in np.unique(session):
+        mine = np.flatnonzero(session == s)
+        ids[mine] = index.window_ids(int(s), rows[mine])
+    out[ids >= 0] = np.asarray(index.end_time[ids[ids >= 0]])
+    other = ids < 0
+    out[other] = outcomes.times_at(session[other], rows[other])
+    return out
