@@ -446,7 +446,8 @@ def test_outcomes_of_far_apart_windows_equal_the_formula(tmp_path, kind, column,
 def test_query_times_resolved_from_the_index_equal_the_data(market, tmp_path, stride, split):
     """Most query times are settled by the index's own window ends (no data read); every answer equals
     the data's last bar at or before the time, and the window's vector equals the one read from data."""
-    from analysis.similar_query import _in_index, _resolve, _times_at, windows_from_settings
+    from analysis.similar_query import _in_index, _resolve, windows_from_settings
+    from analysis.similar_search import times_at
     prices = market["prices"]
     built = _index(market["path"], tmp_path / "ix", L, stride, split, "data.split.method=fractions")
     index = SimilarIndex(tmp_path / "ix")
@@ -474,7 +475,7 @@ def test_query_times_resolved_from_the_index_equal_the_data(market, tmp_path, st
     # the time what followed a query is known at (row + ahead): from the index where it holds that row
     from analysis.similar_outcomes import Outcomes
     for ahead in (1, 4):
-        at = _times_at(index, Outcomes(windows.catalog, "close", "price", ahead), session, row + ahead)
+        at = times_at(index, Outcomes(windows.catalog, "close", "price", ahead), session, row + ahead)
         inside = row + ahead < len(stamps)
         np.testing.assert_array_equal(at[inside], stamps[(row + ahead)[inside]])
         assert (at[~inside] == np.datetime64("NaT").astype(np.int64)).all()
