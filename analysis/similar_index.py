@@ -251,8 +251,9 @@ class SimilarIndex:
             self._check_data()
         # FAISS reads its file in a thread (it lets go of the GIL): the minute index's 419 MB take ~0.45 s,
         # in which a query opens its data and what it reads first (`loaded`; `index` waits for it).
-        self._reading = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="faiss-read")
-        self._faiss = self._reading.submit(self._read_faiss)
+        reading = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="faiss-read")
+        self._faiss = reading.submit(self._read_faiss)
+        reading.shutdown(wait=False)     # its thread ends with the read (no idle thread left when workers fork)
 
     def _read_faiss(self):
         where, s = self.path, self.settings
@@ -309,6 +310,6 @@ class SimilarIndex:
         return self.settings["sessions"]
 
     def close(self):
-        self._reading.shutdown(wait=True)
+        concurrent.futures.wait([self._faiss])
         self.vectors.close()
         self.file.close()
