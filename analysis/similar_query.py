@@ -253,8 +253,10 @@ def run_query(cfg, similar_cfg):
         # before any output is opened), the windows each may use, and the first reads of what followed.
         batches = _query_batches(windows, index, cfg)
         first = next(batches, None)
+        if first is None:
+            raise InputError(f"split {cfg.split!r} of the index's data has no window to query")
         vectors_s = time.perf_counter() - t_start - opened_s
-        first_past = searcher.past_counts(first[2]) if first is not None and cfg.past_only else None
+        first_past = searcher.past_counts(first[2]) if cfg.past_only else None
         outcomes.open_while(lambda: not index.loaded)
         index.index                                        # (its read's errors, too, before any output)
         ready_s = time.perf_counter() - t_start
@@ -265,8 +267,7 @@ def run_query(cfg, similar_cfg):
             n_queries, found, short, shown = 0, 0, 0, []
             bar = tqdm(desc="similar query", unit="query", disable=None if cfg.progress else True)
             t0 = time.perf_counter()
-            for i, (q_session, q_row, q_time, q_vectors) in enumerate(
-                    itertools.chain([first] if first is not None else [], batches)):
+            for i, (q_session, q_row, q_time, q_vectors) in enumerate(itertools.chain([first], batches)):
                 timings["vectors_s"] += time.perf_counter() - t0
                 t1 = time.perf_counter()
                 got = searcher.search(q_vectors, q_session, q_row, q_time, past=first_past if i == 0 else None)
@@ -287,8 +288,6 @@ def run_query(cfg, similar_cfg):
                 bar.update(len(q_session))
                 t0 = time.perf_counter()
             bar.close()
-            if n_queries == 0:
-                raise InputError(f"split {cfg.split!r} of the index's data has no window to query")
             for sink in sinks:
                 sink.finish()
             if cfg.plot:

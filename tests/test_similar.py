@@ -275,6 +275,15 @@ def _error(capsys, argv):
     return err
 
 
+def test_an_empty_query_split_is_one_line_before_any_output(market, tmp_path, capsys):
+    _index(market["path"], tmp_path / "ix", L, 1, "all", "data.split.fractions=[0.9,0.1,0.0]")
+    out = tmp_path / "res.h5"
+    err = _error(capsys, ["similar", "query", "--index", str(tmp_path / "ix"), "--split", "test", "--price-column",
+                          "close", "--out", str(out)])
+    assert "split 'test'" in err and "no window to query" in err
+    assert not out.exists() and not list(tmp_path.glob("*res.h5*"))
+
+
 def test_bad_queries_are_one_line(market, tmp_path, capsys):
     idx, prices = str(market["index"]), market["prices"]
     base = ["similar", "query", "--index", idx, "--price-column", "close"]
