@@ -10,6 +10,9 @@ Outputs (each written to a temporary file and renamed when complete):
                   --predictions P.h5` and the rank-IC report take it as is
   --plot P.png    the first queries and their neighbours, z-normalized, with what followed
 Queries are processed in (session, time) order: prediction files keep a session's windows together.
+FAISS reads the index file in a thread (SimilarIndex) while the run opens the data, reads the first
+batch of query windows, counts the windows each may use and makes the first read of each session's
+outcome column; the search starts when the index is in memory (`ready_s` of the timings).
 """
 
 import contextlib
