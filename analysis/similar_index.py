@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from atomic import atomic_dir, check_output_dir
 from data.session import file_stamp
+from data.windows import WindowSpec
 from errors import InputError
 
 FORMAT_NAME = "h5series-similar-index"
@@ -40,6 +41,12 @@ PQ_BITS = 4            # fast-scan codes
 # peak PSS rose from 1.03 to 1.41 GB.
 READ_FLAGS = faiss.IO_FLAG_READ_ONLY
 ADD_VECTORS = 65_536    # vectors per FAISS add: IVF-PQ adds of 4,096 took 2.2x as long (3.9 vs 1.8 s for 609k)
+
+
+def index_window(lookback, stride):
+    """The windows an index holds: horizon 1 at the last input row (target_offset 0), so a window spans
+    exactly its lookback rows and every window up to a session's last row is indexed, the newest too."""
+    return WindowSpec(lookback, 1, stride, target_offset=0)
 
 
 def auto_nlist(n):

@@ -28,14 +28,14 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
-from analysis.similar_index import SimilarIndex
+from analysis.similar_index import SimilarIndex, index_window
 from analysis.similar_outcomes import Outcomes
 from analysis.similar_search import Searcher, times_at
 from atomic import atomic_path, check_output
-from data.catalog import time_text
+from data.catalog import open_catalog, time_text
 from data.predictions import NAT, PredictionWriter
 from data.session import ChunkCache, HandlePool, scratch_copy
-from data.splits import SPLITS, to_ns
+from data.splits import SPLITS, SplitSpec, to_ns
 from errors import InputError
 
 RESULTS_FORMAT = "h5series-similar-results"
@@ -96,30 +96,67 @@ def _check(cfg):
 
 
 def windows_from_settings(settings, similar_cfg):
-    """The WindowSet an index was built from, rebuilt from its settings (to read query windows)."""
-    from analysis.similar_source import raw_windows, run_windows
-    from config import DataConfig
-    from data.splits import SplitSpec
+    """The windows an index was built from, for queries: every session of its data open in one pool with
+    no chunk cache (queries jump between sessions: through the data's LRU of 64 open sessions, 600
+    queries over 500 stocks reopened ~0.25 ms per dataset per read)."""
     spec = SplitSpec(**settings["split_spec"])
     if settings["vectors"] == "model":
+        from analysis.similar_source import run_windows
         windows = run_windows(settings["run"], similar_cfg, data=settings["data"] if settings["other_data"] else None,
                               stride=settings["stride"], checkpoint=settings["checkpoint"])
+        windows.split_spec = spec
+        sessions = windows.catalog.sessions
+        sessions[0].pool.close()
+        pool = HandlePool(ChunkCache(nbytes=0), max_open=1 << 30)
+        sessions[:] = [scratch_copy(session, pool) for session in sessions]
     else:
-        data_cfg = DataConfig(paths=settings["data"], lookback=settings["lookback"], stride=settings["stride"],
-                              feature_columns=settings["columns"])
-        similar_cfg = dataclasses.replace(similar_cfg, segments=settings["segments"])
-        windows = raw_windows(data_cfg, similar_cfg, settings["columns"])
-    windows.split_spec = spec
-    sessions = windows.catalog.sessions
-    if [s.name for s in sessions] != settings["sessions"]:
+        windows = _RawWindows(settings, similar_cfg, spec)
+    if [s.name for s in windows.catalog.sessions] != settings["sessions"]:
         raise InputError(f"{settings['data'][0]}: its sessions are not the ones indexed; build the index again")
-    # Queries jump between sessions (their windows, times and what followed each neighbour): every
-    # session stays open, in one pool, with no chunk cache (a few small reads each). Through the data's
-    # LRU of 64 open sessions, 600 queries over 500 stocks reopened ~0.25 ms per dataset per read.
-    sessions[0].pool.close()
-    pool = HandlePool(ChunkCache(nbytes=0), max_open=1 << 30)
-    sessions[:] = [scratch_copy(session, pool) for session in sessions]
     return windows
+
+
+class _RawWindows:
+    """The raw windows of an index's data for queries, without torch until a window must be read: the
+    catalog, window shape, columns and vector size come from the index's settings; reading windows (a
+    query the index does not hold, `--split`) builds the block loader's WindowSet (similar_source,
+    torch: ~2.7 s and ~180 MB to import) on first use, on these same sessions."""
+
+    def __init__(self, settings, similar_cfg, spec):
+        self.settings, self.similar_cfg, self.split_spec = settings, similar_cfg, spec
+        self.catalog = open_catalog(settings["data"], pool=HandlePool(ChunkCache(nbytes=0), max_open=1 << 30))
+        self.window = index_window(settings["lookback"], settings["stride"])
+        self.columns = list(settings["columns"])
+        self.vectors = types.SimpleNamespace(dim=int(settings["dim"]))
+        self._loader_windows = None
+
+    def _read(self):
+        if self._loader_windows is None:
+            from analysis.similar_source import raw_windows
+            from config import DataConfig
+            s = self.settings
+            data_cfg = DataConfig(paths=s["data"], lookback=s["lookback"], stride=s["stride"], feature_columns=s["columns"])
+            windows = raw_windows(data_cfg, dataclasses.replace(self.similar_cfg, segments=s["segments"]), s["columns"])
+            windows.split_spec = self.split_spec
+            windows.catalog.sessions[:] = self.catalog.sessions
+            self._loader_windows = windows
+        return self._loader_windows
+
+    @property
+    def skipped(self):
+        return self._loader_windows.skipped if self._loader_windows is not None else 0
+
+    def ranges(self, split=None):
+        return self._read().ranges(split)
+
+    def plan(self, ranges, block_rows=None):
+        return self._read().plan(ranges, block_rows)
+
+    def batches(self, table):
+        return self._read().batches(table)
+
+    def end_times(self, session, end_row):
+        return self._read().end_times(session, end_row)
 
 
 def _resolve(windows, index, pairs, where):

@@ -21,12 +21,13 @@ import math
 import numpy as np
 import torch
 
+from analysis.similar_index import index_window
 from data.catalog import open_catalog
 from data.dataloader import LoaderConfig, WindowLoader
 from data.dataset import PreparedData, make_pool
 from data.normalize import Normalizer
 from data.splits import SPLITS, SplitSpec, split_ranges
-from data.windows import WindowSpec, block_windows_for, plan_blocks, resolve_columns
+from data.windows import block_windows_for, plan_blocks, resolve_columns
 from errors import InputError
 
 STD_FLOOR = 1e-7        # a column whose window std is below this is constant: its z-values are 0 (as stumpy)
@@ -172,12 +173,6 @@ class WindowSet:
                 "nan_policy": self.prepared.nan_policy}
 
 
-def _index_window(lookback, stride):
-    # horizon 1 at the last input row (target_offset 0): a window spans exactly its lookback rows, so
-    # every window up to a session's last row is indexed, including the newest ones.
-    return WindowSpec(lookback, 1, stride, target_offset=0)
-
-
 def raw_windows(data_cfg, similar_cfg, columns, split="all"):
     """The windows of data_cfg.paths (columns, lookback, stride, split and reading settings from it)."""
     catalog = open_catalog(data_cfg.paths, pool=make_pool(data_cfg), allow_external_links=data_cfg.allow_external_links)
@@ -186,7 +181,7 @@ def raw_windows(data_cfg, similar_cfg, columns, split="all"):
         raise InputError(f"give the columns windows are made of: --columns NAME ... (features of the data: "
                          f"{', '.join(catalog.feature_names[:10])})")
     cols = resolve_columns(catalog, columns, columns[:1])
-    window = _index_window(data_cfg.lookback, data_cfg.stride)
+    window = index_window(data_cfg.lookback, data_cfg.stride)
     segments = similar_cfg.segments or min(data_cfg.lookback, 32)
     vectors = RawVectors(data_cfg.lookback, len(columns), segments)
     normalizer = Normalizer("none", cols.feature_names, cols.target_names, None, None)
@@ -220,7 +215,7 @@ def run_windows(run_dir, similar_cfg, data=None, columns=None, lookback=None, st
         raise InputError(f"run {run_dir} uses known-future columns; its embedding needs values beyond the "
                          "window: index raw windows instead (leave out --run)")
     vectors = ModelVectors(run.model, config.model.name, config.data.lookback, len(own))
-    window = _index_window(config.data.lookback, stride)
+    window = index_window(config.data.lookback, stride)
     policy = "ffill" if prepared.nan_policy == "ffill" else "drop"
     view = dataclasses.replace(prepared, window=window, nan_policy=policy, blocks={})
     return _checked(WindowSet(view, vectors, config.data.split, split, config.data.block_rows,

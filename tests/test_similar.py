@@ -284,6 +284,28 @@ def test_an_empty_query_split_is_one_line_before_any_output(market, tmp_path, ca
     assert not out.exists() and not list(tmp_path.glob("*res.h5*"))
 
 
+@pytest.mark.parametrize("stride", [1, 3])
+def test_queries_of_indexed_windows_start_without_torch(market, tmp_path, stride):
+    """A raw-window index's queries read no window the index holds, so the command imports no torch
+    (~2.7 s and ~180 MB here); a query between strided windows reads its window (torch then)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    index = market["index"] if stride == 1 else tmp_path / "ix"
+    if stride != 1:
+        _index(market["path"], index, L, stride)
+    code = ("import sys, main; code = main.main(sys.argv[1:]); "
+            "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH'); sys.exit(code)")
+    day = str(market["prices"].index[101].date())               # row 101: not a window end at stride 3
+    argv = ["similar", "query", "--index", str(index), "--session", "A01", "--time", day, "--price-column", "close",
+            "--k", "3"]
+    done = subprocess.run([sys.executable, "-c", code, *argv], cwd=Path(__file__).resolve().parents[1],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == ("NO-TORCH" if stride == 1 else "TORCH")
+    assert f"query A01 window ending {day}" in done.stdout
+
+
 def test_bad_queries_are_one_line(market, tmp_path, capsys):
     idx, prices = str(market["index"]), market["prices"]
     base = ["similar", "query", "--index", idx, "--price-column", "close"]
