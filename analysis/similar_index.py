@@ -304,7 +304,7 @@ class SimilarIndex:
         a, b = int(self.offsets[s]), int(self.offsets[s + 1])
         if a == b:
             return np.full(len(end_rows), -1, np.int64)
-        ends = np.asarray(self.end_row[a:b])
+        ends = self.end_row[a:b]
         j = np.minimum(np.searchsorted(ends, end_rows), b - a - 1)
         return np.where(ends[j] == end_rows, a + j, -1)
 

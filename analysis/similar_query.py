@@ -107,13 +107,18 @@ def windows_from_settings(settings, similar_cfg):
         windows.split_spec = spec
         sessions = windows.catalog.sessions
         sessions[0].pool.close()
-        pool = HandlePool(ChunkCache(nbytes=0), max_open=1 << 30)
+        pool = _query_pool()
         sessions[:] = [scratch_copy(session, pool) for session in sessions]
     else:
         windows = _RawWindows(settings, similar_cfg, spec)
     if [s.name for s in windows.catalog.sessions] != settings["sessions"]:
         raise InputError(f"{settings['data'][0]}: its sessions are not the ones indexed; build the index again")
     return windows
+
+
+def _query_pool():
+    """Every session open at once (no LRU eviction), no chunk cache: a few small reads per session."""
+    return HandlePool(ChunkCache(nbytes=0), max_open=1 << 30)
 
 
 class _RawWindows:
@@ -124,7 +129,7 @@ class _RawWindows:
 
     def __init__(self, settings, similar_cfg, spec):
         self.settings, self.similar_cfg, self.split_spec = settings, similar_cfg, spec
-        self.catalog = open_catalog(settings["data"], pool=HandlePool(ChunkCache(nbytes=0), max_open=1 << 30))
+        self.catalog = open_catalog(settings["data"], pool=_query_pool())
         self.window = index_window(settings["lookback"], settings["stride"])
         self.columns = list(settings["columns"])
         self.vectors = types.SimpleNamespace(dim=int(settings["dim"]))
@@ -212,7 +217,7 @@ def _in_index(index, session, wanted):
         a, b = int(index.offsets[s]), int(index.offsets[s + 1])
         if a == b:
             continue
-        times, rows = np.asarray(index.end_time[a:b]), np.asarray(index.end_row[a:b])
+        times, rows = index.end_time[a:b], index.end_row[a:b]
         mine = np.flatnonzero(session == s)
         j = np.searchsorted(times, wanted[mine], side="right") - 1            # last window ending at or before
         jj = np.clip(j, 0, b - a - 1)
@@ -354,7 +359,7 @@ class _Batch:
         self.got = got
         ids = np.where(got.ids >= 0, got.ids, 0).ravel()
         self.n_session, self.n_row = got.session, got.end_row
-        self.n_time = np.where(got.ids < 0, NAT, np.asarray(index.end_time[ids]).reshape(got.ids.shape))
+        self.n_time = np.where(got.ids < 0, NAT, index.end_time[ids].reshape(got.ids.shape))
         r = got.returns
         known = np.isfinite(r)
         count = known.sum(1)

@@ -137,8 +137,8 @@ class Searcher:
         got.ids[:] = cand[:, :k]
         got.distance[:] = np.where(found, cand_dist[:, :k], np.nan)
         r, c = np.nonzero(found)
-        got.session[r, c] = np.asarray(self.index.session[got.ids[r, c]])
-        got.end_row[r, c] = np.asarray(self.index.end_row[got.ids[r, c]])
+        got.session[r, c] = self.index.session[got.ids[r, c]]
+        got.end_row[r, c] = self.index.end_row[got.ids[r, c]]
         for name in ("ids", "distance", "session", "end_row"):
             getattr(out, name)[rows] = getattr(got, name)
         return keep.sum(1)
@@ -189,8 +189,8 @@ class Searcher:
         only: ended before the query, what followed known by then)."""
         valid = ids >= 0
         safe = np.where(valid, ids, 0)
-        session = np.asarray(self.index.session[safe.ravel()]).reshape(ids.shape)
-        end_row = np.asarray(self.index.end_row[safe.ravel()]).reshape(ids.shape)
+        session = self.index.session[safe.ravel()].reshape(ids.shape)
+        end_row = self.index.end_row[safe.ravel()].reshape(ids.shape)
         keep = valid & ~((session == q_session[:, None]) & (np.abs(end_row - q_end_row[:, None]) < self.lookback))
         if past is not None:
             # Ended before the query: among the first past[q, s] windows of its session.
@@ -200,7 +200,7 @@ class Searcher:
             # What followed known by then: surely so when row end + ahead is at or before the last indexed
             # window end before the query (its time is earlier); else that row's time is read.
             last_past = first + past[np.arange(Q)[:, None], session] - 1
-            last_row = np.asarray(self.index.end_row[np.maximum(last_past, 0).ravel()]).reshape(ids.shape)
+            last_row = self.index.end_row[np.maximum(last_past, 0).ravel()].reshape(ids.shape)
             ahead = self.outcomes.ahead
             # (few: the windows within `ahead` rows of that end, per session and query)
             r, c = np.nonzero(keep & (end_row + ahead > last_row))
@@ -220,7 +220,7 @@ def times_at(index, outcomes, session, rows):
     for s in np.unique(session):
         mine = np.flatnonzero(session == s)
         ids[mine] = index.window_ids(int(s), rows[mine])
-    out[ids >= 0] = np.asarray(index.end_time[ids[ids >= 0]])
+    out[ids >= 0] = index.end_time[ids[ids >= 0]]
     other = ids < 0
     out[other] = outcomes.times_at(session[other], rows[other])
     return out
