@@ -30,7 +30,7 @@ from common import ROOT, machine, save_json, table
 from atomic import atomic_path
 from config import load_config
 from data.catalog import write_index
-from data.layout import write_session
+from data.layout import ATTR_TARGET_LEAD, INDEX, write_session
 from data.predictions import read_predictions
 from trainers import run as run_module
 from trainers.predict import predict
@@ -69,11 +69,21 @@ def build_sessions(source_dir, out_path):
                 if len(frame) == 0:
                     continue
                 stamps = frame["date"].to_numpy("datetime64[ns]").astype(np.int64)
-                write_session(f, path.stem.replace("_data", ""), frame[FEATURES].to_numpy(np.float32),
-                              frame[["target"]].to_numpy(np.float32), stamps,
-                              feature_names=FEATURES, target_names=["next_log_return"])
+                writer = write_session(f, path.stem.replace("_data", ""), frame[FEATURES].to_numpy(np.float32),
+                                       frame[["target"]].to_numpy(np.float32), stamps,
+                                       feature_names=FEATURES, target_names=["next_log_return"])
+                writer.set_attrs(**{ATTR_TARGET_LEAD: 1})      # row t's target is day t + 1's return
         write_index(tmp)
     return len(files)
+
+
+def sessions_current(path):
+    """The session file exists and was written by this version (files from before the target's lead was
+    recorded date every prediction a day early: rebuilt)."""
+    if not path.exists():
+        return False
+    with h5py.File(path, "r") as f:
+        return INDEX in f and int(f[INDEX].attrs.get(ATTR_TARGET_LEAD, 0)) == 1
 
 
 def rank_ic(frame, column):
@@ -122,7 +132,7 @@ def main():
     work.mkdir(parents=True, exist_ok=True)
     h5_path = work / "sp500_daily.h5"
     t0 = time.perf_counter()
-    if not h5_path.exists():
+    if not sessions_current(h5_path):
         build_sessions(args.dir, h5_path)
     overrides = [f"data.paths=[{h5_path}]", f"data.lookback={args.lookback}", "data.horizon=1",
                  "data.split.method=timestamps", f"data.split.val_start={SPLIT['val_start']}",
