@@ -85,7 +85,8 @@ def _check(cfg):
     if cfg.ahead < 1:
         raise InputError(f"--ahead {cfg.ahead}: give the rows after a window to measure (1 or more)")
     if cfg.queries is not None and not Path(cfg.queries).is_file():
-        raise InputError(f"{cfg.queries}: no such file; --queries takes a CSV with columns session,time")
+        what = "is a folder" if Path(cfg.queries).is_dir() else "no such file"
+        raise InputError(f"{cfg.queries}: {what}; --queries takes a CSV with columns session,time")
     if cfg.out is not None and Path(cfg.out).suffix.lower() not in (".h5", ".hdf5", ".csv"):
         raise InputError(f"--out {cfg.out}: name a .h5 or a .csv file")
     if cfg.out is None and cfg.forecast is None and cfg.session is None:
@@ -228,12 +229,15 @@ def _in_index(index, session, wanted):
 
 
 def _read_csv(path):
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        if not reader.fieldnames or not {"session", "time"} <= set(reader.fieldnames):
-            raise InputError(f"{path}: needs a header with columns session,time (got {reader.fieldnames}); one "
-                             "query per row")
-        pairs = [(row["session"], row["time"]) for row in reader]
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:        # (a spreadsheet's byte-order mark)
+            reader = csv.DictReader(f)
+            if not reader.fieldnames or not {"session", "time"} <= set(reader.fieldnames):
+                raise InputError(f"{path}: needs a header with columns session,time (got {reader.fieldnames}); "
+                                 "one query per row")
+            pairs = [(row["session"], row["time"]) for row in reader]
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: is not UTF-8 text (byte {exc.start}); save the CSV as UTF-8") from None
     if not pairs:
         raise InputError(f"{path}: holds no query rows; one (session, time) per row")
     return pairs

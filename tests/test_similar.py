@@ -16,6 +16,7 @@ from analysis.similar_source import open_windows
 from config import SimilarConfig, load_config
 from data.layout import write_session
 from data.predictions import read_attrs
+from errors import InputError
 from tests.conftest import small_config
 from tests.helpers.market import random_prices, write_prices
 from trainers import run as run_module
@@ -329,6 +330,47 @@ def test_bad_queries_are_one_line(market, tmp_path, capsys):
     assert "no such index folder" in _error(capsys, ["similar", "query", "--index", str(tmp_path / "none"),
                                                      "--session", "A01", "--time", "2020-06-01", "--price-column", "close"])
     assert not (tmp_path / "x.h5").exists() and not (tmp_path / "y.h5").exists()
+
+
+def test_query_csvs_from_spreadsheets_and_bad_times(market, tmp_path, capsys):
+    """A UTF-8 byte-order mark (Excel's "CSV UTF-8") is read; a time with a UTC offset is taken in UTC;
+    an empty time, NaT, a short row, a file not in UTF-8 or a folder is one line naming it."""
+    prices = market["prices"]
+    day = prices.index[100]
+    base = ["similar", "query", "--index", str(market["index"]), "--price-column", "close", "--k", "3"]
+    plain, bom = tmp_path / "plain.csv", tmp_path / "bom.csv"
+    plain.write_text(f"session,time\nA01,{day.date()}\n")
+    bom.write_bytes(b"\xef\xbb\xbf" + plain.read_bytes())
+    before = tmp_path / "before.csv"
+    before.write_text(f"session,time\nA01,{prices.index[99].date()}\n")
+    offset = tmp_path / "offset.csv"            # 01:00 at +02:00 is 23:00 UTC the day before: the bar before
+    offset.write_text(f"session,time\nA01,{day.date()}T01:00:00+02:00\n")
+    results = {}
+    for path in (plain, bom, before, offset):
+        assert main.main(base + ["--queries", str(path), "--out", str(tmp_path / f"{path.stem}.h5")]) == 0
+        results[path.stem] = _results(tmp_path / f"{path.stem}.h5")[0]
+    for same, as_ in (("bom", "plain"), ("offset", "before")):
+        for name in ("query_end_row", "neighbour_end_row", "neighbour_session"):
+            assert np.array_equal(results[same][name], results[as_][name])
+    assert results["plain"]["query_end_row"][0] == results["before"]["query_end_row"][0] + 1
+    for name, body in (("empty", b"session,time\nA01,\n"), ("nat", b"session,time\nA01,NaT\n"),
+                       ("short", b"session,time\nA01\n")):
+        (tmp_path / f"{name}.csv").write_bytes(body)
+        assert "is not a time" in _error(capsys, base + ["--queries", str(tmp_path / f"{name}.csv"),
+                                                         "--out", str(tmp_path / f"{name}.h5")])
+    (tmp_path / "latin1.csv").write_bytes(b"session,time\nA0\xe9,2020-06-01\n")
+    assert "not UTF-8" in _error(capsys, base + ["--queries", str(tmp_path / "latin1.csv"), "--out", str(tmp_path / "l.h5")])
+    assert "is a folder" in _error(capsys, base + ["--queries", str(tmp_path), "--out", str(tmp_path / "d.h5")])
+    assert not any((tmp_path / f"{n}.h5").exists() for n in ("empty", "nat", "short", "l", "d"))
+
+
+def test_times_parse_as_iso_utc_and_refuse_nat():
+    from data.splits import to_ns
+    assert to_ns("2020-06-01T02:00+02:00") == to_ns("2020-06-01") == to_ns("2020-06-01T00:00:00Z")
+    assert to_ns("2020-06-01 09:30:00.000000001") == to_ns("2020-06-01T09:30") + 1
+    for bad in ("", " ", "NaT", "nat", "2020-13-01", "soon", "2020-06-01T00:00+25:00"):
+        with pytest.raises(InputError):
+            to_ns(bad)
 
 
 def test_damaged_or_stale_indexes_are_refused(market, tmp_path, capsys):
