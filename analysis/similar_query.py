@@ -287,11 +287,17 @@ def run_query(cfg, similar_cfg):
         if cfg.columns and list(cfg.columns) != list(s["columns"]):
             raise InputError(f"--columns {list(cfg.columns)}: index {cfg.index} was built on {s['columns']}; query "
                              "with its columns or build another index")
-        if cfg.lookback and cfg.lookback != s["lookback"]:
+        if cfg.lookback is not None and cfg.lookback != s["lookback"]:
             raise InputError(f"--lookback {cfg.lookback}: index {cfg.index} holds {s['lookback']}-row windows; query "
                              "with that lookback or build another index")
         if cfg.k > index.n:
             raise InputError(f"--k {cfg.k}: the index holds {index.n} windows; ask for fewer neighbours")
+        if cfg.nprobe and s["kind"] != "ivfpq":
+            raise InputError(f"--nprobe {cfg.nprobe}: index {cfg.index} is exact ({s['kind']}), it searches every "
+                             "window; leave out --nprobe")
+        if cfg.nprobe and not 1 <= cfg.nprobe <= s["nlist"]:
+            raise InputError(f"--nprobe {cfg.nprobe}: index {cfg.index} has {s['nlist']} clusters; give 1 .. "
+                             f"{s['nlist']} (0: the index's {s['nprobe']})")
         windows = windows_from_settings(s, similar_cfg)
         kind = "price" if cfg.price_column else "log_return"
         outcomes = Outcomes(windows.catalog, cfg.price_column or cfg.return_column, kind, cfg.ahead)

@@ -208,7 +208,7 @@ def run_windows(run_dir, similar_cfg, data=None, columns=None, lookback=None, st
     if columns and list(columns) != own:
         raise InputError(f"--columns {list(columns)}: run {run_dir} was trained on {own}; leave out --columns "
                          "(a run's windows are its own inputs)")
-    if lookback and lookback != config.data.lookback:
+    if lookback is not None and lookback != config.data.lookback:
         raise InputError(f"--lookback {lookback}: run {run_dir} reads {config.data.lookback} rows a window; "
                          "leave out --lookback")
     if config.data.known_future_columns:
@@ -242,8 +242,9 @@ def open_windows(config, *, run=None, checkpoint=None, data=None, columns=None, 
     command line's --data / --columns / --lookback / --stride in place of the config's."""
     if run is not None:
         return run_windows(run, config.similar, data=data, columns=columns, lookback=lookback,
-                           stride=stride or 1, split=split, checkpoint=checkpoint)
+                           stride=1 if stride is None else stride, split=split, checkpoint=checkpoint)
+    # (`is not None`: a --lookback or --stride of 0 is refused by the window, never read as "not given")
     changes = {key: value for key, value in (("paths", list(data) if data else None), ("lookback", lookback),
-                                             ("stride", stride)) if value}
+                                             ("stride", stride)) if value is not None}
     data_cfg = dataclasses.replace(config.data, **changes)
     return raw_windows(data_cfg, config.similar, columns, split)

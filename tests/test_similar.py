@@ -182,6 +182,10 @@ def test_ivfpq_recall_at_10_against_the_flat_index(tmp_path):
     recall = np.mean([len(key(ra, i) & key(rb, i)) / 10 for i in range(200)])
     print(f"IVF-PQ recall@10 on 50,000 windows: {recall:.3f}")
     assert recall >= 0.9
+    for nprobe in (-1, approx["nlist"] + 1):        # FAISS would raise OverflowError / silently cap
+        with pytest.raises(InputError, match=f"has {approx['nlist']} clusters"):
+            _query(tmp_path / "ivf", tmp_path, name="c.h5", queries=str(csv_path), nprobe=nprobe)
+    assert not (tmp_path / "c.h5").exists()
 
 
 def test_analog_forecast_is_a_prediction_file_backtest_takes(market, tmp_path):
@@ -318,6 +322,8 @@ def test_bad_queries_are_one_line(market, tmp_path, capsys):
     assert "built on ['close']" in _error(capsys, base + ["--session", "A01", "--time", "2020-06-01", "--columns", "open"])
     assert "holds 10-row windows" in _error(capsys, base + ["--session", "A01", "--time", "2020-06-01", "--lookback", "20"])
     assert "ask for fewer" in _error(capsys, base + ["--session", "A01", "--time", "2020-06-01", "--k", "10000000"])
+    assert "holds 10-row windows" in _error(capsys, base + ["--session", "A01", "--time", "2020-06-01", "--lookback", "0"])
+    assert "leave out --nprobe" in _error(capsys, base + ["--session", "A01", "--time", "2020-06-01", "--nprobe", "4"])
     assert "one way" in _error(capsys, base + ["--session", "A01", "--time", "2020-06-01", "--split", "test"])
     assert "--price-column" in _error(capsys, ["similar", "query", "--index", idx, "--split", "test", "--out",
                                                str(tmp_path / "x.h5")])
@@ -412,7 +418,16 @@ def test_bad_index_requests_are_one_line(market, tmp_path, capsys, gru_run):
                                            str(tmp_path / "d")])
     assert "reads 16 rows" in _error(capsys, ["similar", "index", "--run", str(gru_run), "--lookback", "20", "--out",
                                               str(tmp_path / "e")])
-    assert not any((tmp_path / n).exists() for n in "abcde")
+    # 0 is a value, not "not given" (it once fell back to the config's lookback and built that index)
+    raw = ["similar", "index", "--data", str(market["path"]), "--columns", "close"]
+    assert "data.lookback must be at least 1, got 0" in _error(capsys, raw + ["--lookback", "0", "--out", str(tmp_path / "f")])
+    assert "data.stride must be at least 1, got 0" in _error(capsys, raw + ["--lookback", "10", "--stride", "0", "--out",
+                                                                          str(tmp_path / "g")])
+    assert "reads 16 rows" in _error(capsys, ["similar", "index", "--run", str(gru_run), "--lookback", "0", "--out",
+                                              str(tmp_path / "h")])
+    assert "stride must be at least 1" in _error(capsys, ["similar", "index", "--run", str(gru_run), "--stride", "0",
+                                                          "--out", str(tmp_path / "i")])
+    assert not any((tmp_path / n).exists() for n in "abcdefghi")
 
 
 def test_nan_windows_are_left_out_of_the_index(tmp_path):
