@@ -84,8 +84,15 @@ def _check(cfg):
             raise InputError(f"{name} {value}: must be at least {low}")
     if cfg.capital <= 0 or not math.isfinite(cfg.capital):
         raise InputError(f"--capital {cfg.capital:g}: give a positive starting value")
-    if cfg.periods_per_year is not None and not cfg.periods_per_year > 0:
+    if cfg.periods_per_year is not None and not 0 < cfg.periods_per_year < math.inf:
         raise InputError(f"--periods-per-year {cfg.periods_per_year:g}: give a positive number (252 for days)")
+    if cfg.block_rows < 0:
+        raise InputError(f"--block-rows {cfg.block_rows}: give the time rows per block (0: from --memory-mb)")
+    if not 0 < cfg.memory_mb < math.inf:
+        raise InputError(f"--memory-mb {cfg.memory_mb:g}: give the memory for the time blocks in MB (e.g. 64)")
+    for name, value in (("--long-above", cfg.long_above), ("--short-below", cfg.short_below)):
+        if value is not None and not math.isfinite(value):
+            raise InputError(f"{name} {value:g}: give a finite signal level")
     unknown = [s for s in cfg.strategies if s not in STRATEGIES]
     if unknown:
         raise InputError(f"--strategy {unknown[0]!r} is unknown; choose from {', '.join(STRATEGIES)}")

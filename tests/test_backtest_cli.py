@@ -111,6 +111,10 @@ DAY = 86_400 * 10**9
     ("bad_spec", "--signal 'rsi:x:30:70'"),
     ("bad_rsi", "RSI thresholds need 0 <= LOW < HIGH <= 100"),
     ("exists", "already exists; pass --overwrite"),
+    ("negative_block_rows", "--block-rows -5: give the time rows per block"),
+    ("zero_memory", "--memory-mb 0: give the memory"),
+    ("infinite_year", "--periods-per-year inf: give a positive number"),
+    ("nan_threshold", "--long-above nan: give a finite signal level"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, files, capsys, case, expect):
     price_path, pred, prices, signal = files
@@ -130,6 +134,10 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, files, capsys, case,
         "bad_spec": base + ["--signal", "rsi:x:30:70"],
         "bad_rsi": base + ["--signal", "rsi:14:70:30"],
         "exists": base + ["--predictions", pred],
+        "negative_block_rows": base + ["--predictions", pred, "--block-rows", "-5"],
+        "zero_memory": base + ["--predictions", pred, "--memory-mb", "0"],
+        "infinite_year": base + ["--predictions", pred, "--periods-per-year", "inf"],
+        "nan_threshold": base + ["--predictions", pred, "--strategy", "threshold", "--long-above", "nan"],
     }[case]
     if case == "exists":
         out.mkdir()
