@@ -252,6 +252,12 @@ class TrainingConfig:
                              f"{self.checkpoint_every_steps} / {self.checkpoint_every_minutes}")
         if self.num_workers < -1:
             raise InputError(f"training.num_workers must be -1 (auto) or >= 0, got {self.num_workers}")
+        if self.early_stopping_patience < 0:
+            raise InputError(f"training.early_stopping_patience must be >= 0 (0 = never stop early), "
+                             f"got {self.early_stopping_patience}")
+        if self.max_nonfinite_steps < 1:
+            raise InputError(f"training.max_nonfinite_steps must be at least 1 (non-finite losses in a row before "
+                             f"the run stops), got {self.max_nonfinite_steps}")
         if self.learning_rate <= 0:
             raise InputError(f"training.learning_rate must be > 0, got {self.learning_rate}")
         if self.weight_decay < 0:
@@ -337,6 +343,8 @@ class Config:
     def __post_init__(self):
         if self.memory_budget_mb < 64:
             raise InputError(f"memory_budget_mb must be at least 64, got {self.memory_budget_mb}")
+        if not 0 <= self.seed < 2**32:          # numpy's and torch's seeds; (a run adds its rank to it)
+            raise InputError(f"seed must be within 0 .. 4294967295, got {self.seed}")
         if (self.training.loss == "quantile") != bool(self.model.quantiles):
             raise InputError("training.loss=quantile and model.quantiles go together: "
                              + (f"training.loss is {self.training.loss!r} but model.quantiles is {self.model.quantiles}; set "

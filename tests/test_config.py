@@ -101,6 +101,11 @@ def test_dates_stay_strings():
     ("training.grad_clip=-1", r"training.grad_clip must be >= 0 \(0 = no clipping\), got -1.0"),
     ("data.split.fractions=[.nan, 0.5, 0.5]", r"split.fractions is \[nan, 0.5, 0.5\]; give three finite shares"),
     ("data.split.fractions=[a, b, c]", r"split.fractions is \['a', 'b', 'c'\]; give three finite shares"),
+    # a traceback after the run directory was written; accepted and meaningless
+    ("seed=-1", r"seed must be within 0 .. 4294967295, got -1"),
+    ("seed=4294967296", r"seed must be within 0 .. 4294967295, got 4294967296"),
+    ("training.early_stopping_patience=-1", r"training.early_stopping_patience must be >= 0 \(0 = never stop early\)"),
+    ("training.max_nonfinite_steps=0", r"training.max_nonfinite_steps must be at least 1"),
 ])
 def test_non_finite_and_out_of_range_numbers_are_refused(override, message):
     # Issue 10, case 10: learning_rate=.inf trained to all-NaN metrics with exit 0.
