@@ -283,7 +283,14 @@ def _parse_time(series, path):
     if pd.api.types.is_integer_dtype(series):
         return series.to_numpy(np.int64)
     try:
-        stamps = pd.to_datetime(series)
+        try:
+            stamps = pd.to_datetime(series)
+        except ValueError as exc:
+            if "Mixed timezones" not in str(exc):
+                raise
+            # Offsets that change within the file (summer time: +01:00 then +02:00): all taken in UTC,
+            # as a single offset is (a naive time among them stays an error: its clock is unknown).
+            stamps = pd.to_datetime(series, utc=True)
     except (ValueError, TypeError) as exc:
         raise InputError(f"{path}: time column {series.name!r} has values that are not dates "
                          f"({str(exc).splitlines()[0]}); fix them or pass --time-column ''") from None

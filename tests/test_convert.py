@@ -203,6 +203,22 @@ def test_rows_out_of_time_order_are_refused(tmp_path, monkeypatch):
         convert([tmp_path / "a.csv"], tmp_path / "o.h5")
 
 
+def test_times_with_offsets_are_stored_in_utc_across_a_summer_time_change(tmp_path):
+    # Local times with their offset, the clocks going forward between rows 1 and 2: one instant an hour.
+    stamps = ["2021-03-28T00:30:00+01:00", "2021-03-28T01:30:00+01:00", "2021-03-28T03:30:00+02:00",
+              "2021-03-28T04:30:00+02:00"]
+    pd.DataFrame({"date": stamps, "close": [1.0, 2.0, 3.0, 4.0]}).to_csv(tmp_path / "a.csv", index=False)
+    convert([tmp_path / "a.csv"], tmp_path / "o.h5")
+    got = open_catalog(tmp_path / "o.h5").session("a").read_timestamps(0, 4)
+    want = np.datetime64("2021-03-27T23:30", "ns").astype(np.int64) + np.arange(4) * 3_600 * 10**9
+    np.testing.assert_array_equal(got, want)
+    # a time without an offset among them has no known clock: refused
+    pd.DataFrame({"date": stamps[:2] + ["2021-03-28T03:30:00"], "close": [1.0, 2.0, 3.0]}).to_csv(
+        tmp_path / "b.csv", index=False)
+    with pytest.raises(InputError, match=r"b\.csv: time column 'date' has values that are not dates"):
+        convert([tmp_path / "b.csv"], tmp_path / "p.h5")
+
+
 @pytest.mark.parametrize("where", ["alone", "among_clean_files", "in_a_later_chunk"])
 def test_one_text_cell_in_a_numeric_column_is_named(tmp_path, monkeypatch, where):
     # Issue 10, case 8: the column was dropped with exit 0 (an INFO line); in a folder of clean
