@@ -38,11 +38,39 @@ def write_json(path, obj):
             f.write("\n")
 
 
-def check_output(path, overwrite=False):
+def check_not_input(path, reads, folder=False):
+    """Refuse an output that would replace what the command reads (--overwrite or not): one of the input
+    files or folders `reads`, or, for an output folder (replaced whole), a folder holding one of them."""
+    from errors import InputError
+    out = Path(path).resolve()
+    for source in reads:
+        source = Path(source).resolve()
+        if out == source:
+            raise InputError(f"{path}: is {source}, which this command reads; write the output elsewhere")
+        if folder and out in source.parents:
+            raise InputError(f"{path}: holds {source}, which this command reads, and would be replaced whole; "
+                             "write the output elsewhere")
+
+
+def check_outputs_distinct(named):
+    """Refuse two outputs of one command on the same path ({flag: path}, None for one not asked for)."""
+    from errors import InputError
+    seen = {}
+    for flag, path in named.items():
+        if path is None:
+            continue
+        key = Path(path).resolve()
+        if key in seen:
+            raise InputError(f"{seen[key]} and {flag} are both {path}; give each output its own path")
+        seen[key] = flag
+
+
+def check_output(path, overwrite=False, reads=()):
     """Refuse an output path before any work is done: a directory, an existing file without
-    `overwrite`, or a folder that cannot be written. Returns the path."""
+    `overwrite`, one of the command's inputs `reads`, or a folder that cannot be written. Returns the path."""
     from errors import InputError
     path = Path(path)
+    check_not_input(path, reads)
     if path.is_dir():
         raise InputError(f"{path}: is a directory; give a file name for the output, e.g. {path / 'out.h5'}")
     if path.exists() and not overwrite:
@@ -54,11 +82,13 @@ def check_output(path, overwrite=False):
     return path
 
 
-def check_output_dir(path, overwrite=False, what="report"):
+def check_output_dir(path, overwrite=False, what="report", reads=()):
     """`check_output` for an output folder (a backtest report, a similar-window index): refused when it
-    exists without `overwrite`, is a file, or cannot be written. Returns the path."""
+    exists without `overwrite`, is a file, is or holds one of the command's inputs `reads`, or cannot be
+    written. Returns the path."""
     from errors import InputError
     path = Path(path)
+    check_not_input(path, reads, folder=True)
     if path.exists() and not overwrite:
         raise InputError(f"{path}: already exists; pass --overwrite to replace it (replaced only once the new "
                          f"{what} is complete)")

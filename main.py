@@ -360,7 +360,7 @@ def cmd_similar(args):
         from atomic import check_output_dir
         from config import load_config
         config = load_config(args.profile, args.config_file, args.overrides)
-        check_output_dir(args.out, args.overwrite, "index")
+        check_output_dir(args.out, args.overwrite, "index", reads=(args.data or []) + ([args.run] if args.run else []))
         windows = open_windows(config, run=args.run, checkpoint=args.checkpoint, data=args.data, columns=args.columns,
                                lookback=args.lookback, stride=args.stride, split=args.split)
         s = build_index(windows, config.similar, args.out, overwrite=args.overwrite, seed=config.seed)

@@ -96,7 +96,7 @@ def _check(cfg):
     unknown = [s for s in cfg.strategies if s not in STRATEGIES]
     if unknown:
         raise InputError(f"--strategy {unknown[0]!r} is unknown; choose from {', '.join(STRATEGIES)}")
-    check_output_dir(cfg.out, cfg.overwrite, "report")
+    check_output_dir(cfg.out, cfg.overwrite, "report", reads=list(cfg.prices) + ([cfg.predictions] if cfg.predictions else []))
 
 
 def run_backtest(cfg):

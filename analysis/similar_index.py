@@ -111,7 +111,8 @@ class _Writer:
 def build_index(windows, similar_cfg, out, *, overwrite=False, progress=True, seed=0):
     """Index every window of `windows` (analysis.similar_source.WindowSet) into the folder `out`.
     Returns the settings dict (also written to out/settings.json)."""
-    check_output_dir(out, overwrite, "index")
+    reads = list(windows.catalog.paths) + ([windows.run] if windows.run else [])
+    check_output_dir(out, overwrite, "index", reads=reads)
     t0 = time.perf_counter()
     table = windows.plan(windows.ranges())
     planned = int(table[:, 2].sum())

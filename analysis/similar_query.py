@@ -28,10 +28,10 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
-from analysis.similar_index import SimilarIndex, index_window
+from analysis.similar_index import FILES, SimilarIndex, index_window
 from analysis.similar_outcomes import Outcomes
 from analysis.similar_search import Searcher, times_at
-from atomic import atomic_path, check_output
+from atomic import atomic_path, check_not_input, check_output, check_outputs_distinct
 from data.catalog import open_catalog, time_text
 from data.predictions import NAT, PredictionWriter
 from data.session import ChunkCache, HandlePool, scratch_copy
@@ -91,9 +91,12 @@ def _check(cfg):
         raise InputError(f"--out {cfg.out}: name a .h5 or a .csv file")
     if cfg.out is None and cfg.forecast is None and cfg.session is None:
         raise InputError("many queries need an output: --out FILE.h5|.csv and/or --forecast PRED.h5")
-    for path in (cfg.out, cfg.forecast, cfg.plot):
+    outputs = {"--out": cfg.out, "--forecast": cfg.forecast, "--plot": cfg.plot}
+    check_outputs_distinct(outputs)
+    reads = [Path(cfg.index) / name for name in FILES] + ([cfg.queries] if cfg.queries else [])
+    for path in outputs.values():
         if path is not None:
-            check_output(path, cfg.overwrite)
+            check_output(path, cfg.overwrite, reads=reads)
 
 
 def windows_from_settings(settings, similar_cfg):
@@ -284,6 +287,9 @@ def run_query(cfg, similar_cfg):
     index = SimilarIndex(cfg.index)
     try:
         s = index.settings
+        for path in (cfg.out, cfg.forecast, cfg.plot):
+            if path is not None:
+                check_not_input(path, s["data"])             # the data the index was built from
         if cfg.columns and list(cfg.columns) != list(s["columns"]):
             raise InputError(f"--columns {list(cfg.columns)}: index {cfg.index} was built on {s['columns']}; query "
                              "with its columns or build another index")

@@ -9,7 +9,6 @@ failed conversion leaves nothing behind and never replaces an existing file.
 """
 
 import logging
-import os
 import re
 from pathlib import Path
 
@@ -307,9 +306,7 @@ def convert(inputs, out, *, features=(), targets=(), time_column=None, session_c
     if compression not in COMPRESSIONS:
         raise InputError(f"--compression {compression!r} is unknown; choose {', '.join(COMPRESSIONS)}")
     files = expand_inputs(inputs)
-    out = check_output(out, overwrite)
-    if any(os.path.abspath(f) == os.path.abspath(out) for f in files):
-        raise InputError(f"{out}: the output is also an input; choose another --out")
+    out = check_output(out, overwrite, reads=files)
     summary = {"out": str(out), "sessions": {}, "inputs": len(files)}
     plan = None
     with atomic_path(out) as tmp:

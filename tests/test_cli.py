@@ -215,3 +215,28 @@ def test_a_failed_start_leaves_no_runs_folder_either(tmp_path):
                            f"output.runs_dir={runs}"], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 2 and "missing.h5: no such file or directory" in proc.stderr
     assert not runs.exists()
+
+
+def test_no_output_replaces_an_input(tmp_path, capsys):
+    """convert, backtest and train --overwrite never write over (or remove the folder of) what they read."""
+    data = tmp_path / "proj" / "d.h5"
+    data.parent.mkdir()
+    generate(data, sessions=2, rows=300, features=3, progress=False)
+    before = data.read_bytes()
+    code, _, err = run(["convert", data, "--out", data, "--overwrite"], capsys)
+    assert_one_line_error(code, err, "which this command reads")
+    code, _, err = run(["backtest", "--prices", data, "--price-column", "ret", "--signal", "momentum:5",
+                        "--out", data.parent, "--overwrite"], capsys)
+    assert_one_line_error(code, err, "holds", "would be replaced whole")
+    # A project folder holding its data and a config.yaml is not a run to remove.
+    (data.parent / "config.yaml").write_text("training:\n  epochs: 1\n")
+    code, _, err = run(["train", "--profile", "quick_demo", "--run-dir", data.parent, "--overwrite",
+                        f"data.paths=[{data}]"], capsys)
+    assert_one_line_error(code, err, f"holds {data}")
+    elsewhere = tmp_path / "elsewhere.h5"
+    generate(elsewhere, sessions=2, rows=300, features=3, progress=False)
+    proc = subprocess.run([sys.executable, str(ROOT / "main.py"), "train", "--profile", "quick_demo", "--run-dir", ".",
+                           "--overwrite", f"data.paths=[{elsewhere}]"],
+                          cwd=data.parent, capture_output=True, text=True)
+    assert proc.returncode == 2 and "is the folder this command runs in" in proc.stderr, proc.stderr[-2000:]
+    assert data.read_bytes() == before and (data.parent / "config.yaml").exists()

@@ -180,6 +180,22 @@ def test_bad_predict_requests_are_one_line(demo_run, tmp_path, make_file, rng):
     assert main.main(["predict", "--run", str(demo_run), "--out", str(out), "--data", short, "--latest"]) == 2
 
 
+def test_no_prediction_replaces_what_predict_reads(demo_run, demo_path, tmp_path):
+    """--overwrite replaces an earlier output, never the data, the run's config, normalizer or checkpoint
+    (the atomic rename would have put predictions in their place)."""
+    import hashlib
+    digest = lambda p: hashlib.sha256(p.read_bytes()).hexdigest()  # noqa: E731
+    data = tmp_path / "copy.h5"
+    data.write_bytes(demo_path.read_bytes())
+    for out, extra in ((demo_path, []), (data, ["--data", data]), (demo_run / "config.yaml", []),
+                       (demo_run / "normalizer.json", []), (demo_run / "checkpoints" / "best.pt", [])):
+        before = digest(out)
+        assert main.main(["predict", "--run", str(demo_run), "--out", str(out), "--overwrite", *map(str, extra)]) == 2
+        assert digest(out) == before, out
+    with pytest.raises(InputError, match="which this command reads"):
+        predict(demo_run, demo_run / "checkpoints" / "last.pt", overwrite=True)
+
+
 def test_the_reader_refuses_other_files(tmp_path, make_file, rng):
     path = make_file({"a": rng.normal(size=(10, 2)).astype(np.float32)})
     with pytest.raises(InputError, match="not a prediction file"):

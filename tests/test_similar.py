@@ -430,6 +430,31 @@ def test_bad_index_requests_are_one_line(market, tmp_path, capsys, gru_run):
     assert not any((tmp_path / n).exists() for n in "abcdefghi")
 
 
+def test_no_output_replaces_the_index_or_its_data(market, tmp_path, capsys, gru_run):
+    """--overwrite or not, a query never writes over the index's files or its data, two outputs never share
+    a path, and an index never replaces its data or run (or a folder holding them)."""
+    import hashlib
+    import shutil
+    index = tmp_path / "index"
+    shutil.copytree(market["index"], index)
+    digest = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in [*index.iterdir(), market["path"]]}
+    base = ["similar", "query", "--index", str(index), "--session", "A01", "--time",
+            str(market["prices"].index[100].date()), "--price-column", "close", "--overwrite"]
+    for flag, path in (("--out", index / "windows.h5"), ("--forecast", index / "index.faiss"),
+                       ("--plot", index / "settings.json"), ("--out", market["path"])):
+        assert "which this command reads" in _error(capsys, base + [flag, str(path)])
+    assert "give each output its own path" in _error(capsys, base + ["--out", str(tmp_path / "a.h5"), "--forecast",
+                                                                     str(tmp_path / "a.h5")])
+    assert not (tmp_path / "a.h5").exists()
+    assert digest == {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in digest}
+    build = ["similar", "index", "--data", str(market["path"]), "--columns", "close", "--lookback", "10", "--overwrite"]
+    assert "which this command reads" in _error(capsys, build + ["--out", str(market["path"])])
+    assert "would be replaced whole" in _error(capsys, build + ["--out", str(market["path"].parent)])
+    assert "which this command reads" in _error(capsys, ["similar", "index", "--run", str(gru_run), "--overwrite",
+                                                         "--out", str(gru_run)])
+    assert market["path"].exists() and (gru_run / "config.yaml").exists()
+
+
 def test_nan_windows_are_left_out_of_the_index(tmp_path):
     prices = random_prices(n_dates=120, n_assets=3, seed=1)
     path = tmp_path / "p.h5"

@@ -16,7 +16,7 @@ import h5py
 import numpy as np
 import torch
 
-from atomic import atomic_path, check_output
+from atomic import atomic_path, check_not_input, check_output
 from data import quality
 from data.dataloader import build_loader
 from data.dataset import prepare_new_data
@@ -42,13 +42,19 @@ def predict(run_dir, out, split=None, *, data=None, latest=False, fit_new_sessio
         raise InputError("--fit-new-sessions fits statistics of sessions in --data files; give --data")
     if plot < 0:
         raise InputError(f"--plot {plot}: give the number of sessions to draw (1 or more)")
-    check_output(out, overwrite)            # before the work, not after it (issue 10, case 14)
+    # What the run directory holds that predict reads (its own predictions files are outputs to replace)
+    reads = [Path(run_dir) / name for name in ("config.yaml", "normalizer.json")] + \
+        sorted((Path(run_dir) / "checkpoints").glob("*")) + list(data or [])
+    check_output(out, overwrite, reads=reads)       # before the work, not after it (issue 10, case 14)
     picture = Path(out).with_suffix(".png") if plot else None
     if picture is not None:
-        check_output(picture, overwrite)
+        check_output(picture, overwrite, reads=reads)
     split = split or "test"
     run = load_run(run_dir, checkpoint)
     config, prepared = run.config, run.prepared
+    for path in (out, picture):
+        if path is not None:
+            check_not_input(path, prepared.catalog.paths)         # the run's own data
     if data is not None:
         prepared = prepare_new_data(config.data, data, prepared.normalizer, fit_new_sessions=fit_new_sessions,
                                     progress=False)

@@ -150,6 +150,7 @@ def _train(config, run_dir, resume, group, overwrite):
         if not overwrite:
             raise InputError(f"{run_dir}: already holds a run; continue it with `train --resume {run_dir}`, "
                              "train into another --run-dir, or pass --overwrite to replace it")
+        _check_replaceable(run_dir, config.data.paths)
         shutil.rmtree(run_dir)
     created = not resume and not run_dir.exists()
     try:
@@ -186,6 +187,18 @@ def _train(config, run_dir, resume, group, overwrite):
     if group.is_main:
         hparams_monitor(config, run_dir, result)
     return {"run_dir": str(run_dir), "test": result}
+
+
+def _check_replaceable(run_dir, data_paths):
+    """--overwrite removes the whole run directory: never one holding the data the run reads (data kept
+    beside a run's config.yaml), nor the folder the command runs in or one above it."""
+    from atomic import check_not_input
+    from data.catalog import resolve_paths
+    check_not_input(run_dir, resolve_paths(data_paths), folder=True)
+    here, target = Path.cwd().resolve(), Path(run_dir).resolve()
+    if target == here or target in here.parents:
+        raise InputError(f"{run_dir}: is the folder this command runs in (or one above it); --overwrite would "
+                         "remove it whole: give the run its own --run-dir")
 
 
 def hparams_monitor(config, run_dir, result):
