@@ -185,6 +185,7 @@ def build_parser():
     p.add_argument("--features", type=int, default=None)
     p.add_argument("--compression", default="none", help="none, lzf, gzip or blosc-lz4")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
 
     p = sub.add_parser("inspect", help="sessions, rows, columns, dtypes, chunking, compression, size")
     p.add_argument("paths", nargs="+")
@@ -207,6 +208,8 @@ def cmd_make_demo(args):
         from errors import InputError
         raise InputError(f"--preset {args.preset!r} is unknown; choose {', '.join(PRESETS)}")
     sizes = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in preset.items()}
+    from atomic import check_output
+    check_output(args.out, args.overwrite)          # a file of the user's is not replaced by demo data unasked
     summary = generate(args.out, seed=args.seed, compression=args.compression, **sizes)
     print(f"wrote {summary['sessions']} sessions x {summary['rows']} rows x "
           f"{len(summary['features'])} features to {summary['out']}")

@@ -29,7 +29,7 @@ def train_run(directory, stride):
     if (run / "checkpoints" / "best.pt").exists():
         return run
     small = Path(directory) / "predict_train_small.h5"
-    subprocess.run([sys.executable, "main.py", "make-demo", "--out", str(small), "--sessions", "4", "--rows",
+    subprocess.run([sys.executable, "main.py", "make-demo", "--overwrite", "--out", str(small), "--sessions", "4", "--rows",
                     "50000", "--features", "16"], cwd=ROOT, check=True)
     subprocess.run([sys.executable, "main.py", "train", "--profile", "default", f"data.paths=[{small}]",
                     "data.lookback=64", f"data.stride={stride}", "model.name=dlinear", "training.epochs=1",

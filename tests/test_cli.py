@@ -42,6 +42,13 @@ def test_make_demo_inspect_json(tmp_path, capsys):
     assert info["n_sessions"] == 3 and info["n_rows"] == 1500 and info["target_names"] == ["next_log_return"]
     code, stdout, _ = run(["inspect", out], capsys)
     assert code == 0 and "stock_0002" in stdout and "3 sessions, 1,500 rows" in stdout
+    # An existing file (the user's data, perhaps) is replaced only with --overwrite.
+    before = out.read_bytes()
+    code, _, err = run(["make-demo", "--out", out, "--sessions", 2, "--rows", 300, "--features", 2], capsys)
+    assert_one_line_error(code, err, "already exists; pass --overwrite")
+    assert out.read_bytes() == before
+    code, stdout, _ = run(["make-demo", "--out", out, "--sessions", 2, "--rows", 300, "--features", 2, "--overwrite"], capsys)
+    assert code == 0 and "2 sessions x 300 rows" in stdout
 
 
 def test_prepare_writes_run_dir(tmp_path, capsys):
