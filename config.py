@@ -4,7 +4,7 @@ Precedence, lowest to highest (stated here once, tested in tests/test_config.py)
     dataclass defaults -> profile YAML (configs/<profile>.yaml) -> --config FILE
     -> key=value overrides on the command line.
 Unknown keys are rejected with the valid ones listed; bad values are rejected
-naming the field. YAML is read with yaml.safe_load only.
+naming the field. YAML is read with yaml's SafeLoader only (dates left as text).
 """
 
 import dataclasses
@@ -468,6 +468,21 @@ def to_dict(config):
     return clean(dataclasses.asdict(config))
 
 
+class _PlainLoader(yaml.SafeLoader):
+    """yaml.safe_load's loader without its date/time resolver: a split border stays the text the user
+    wrote (data.splits.to_ns reads it, one parser for every time), and 2020-13-01 is refused by name
+    instead of raising out of YAML."""
+
+
+_PlainLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+
+
+def _load_yaml(stream):
+    return yaml.load(stream, Loader=_PlainLoader)       # (a SafeLoader: no Python objects are built)
+
+
 def read_yaml(path):
     """A YAML mapping from a file, with one-line errors for missing or malformed files."""
     path = Path(path)
@@ -475,7 +490,7 @@ def read_yaml(path):
         raise InputError(f"{path}: config file not found; check the path")
     try:
         with open(path) as f:
-            values = yaml.safe_load(f)
+            values = _load_yaml(f)
     except yaml.constructor.ConstructorError as exc:
         # A tag such as !!python/object/apply: safe_load refuses to build objects on purpose.
         mark = getattr(exc, "problem_mark", None)
@@ -501,7 +516,7 @@ def parse_override(text):
         raise InputError(f"override {text!r} is not key=value; write e.g. data.lookback=128")
     key, raw = text.split("=", 1)
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = _load_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     nested = value

@@ -61,6 +61,14 @@ class SplitSpec:
         if self.method == "timestamps" and (self.val_start is None or self.test_start is None):
             raise InputError("split.method is timestamps but split.val_start / split.test_start are "
                              "not both set; give both (ISO dates or int ns)")
+        for name in ("val_start", "test_start", "end"):
+            value = getattr(self, name)
+            if value is not None:
+                try:
+                    to_ns(value)                    # read again where the borders are placed
+                except InputError:
+                    raise InputError(f"split.{name} is {value!r}, not a time; use ISO like 2016-07-01 or an "
+                                     "integer of ns since the epoch") from None
         if self.method == "rows":
             if not self.rows or "train" not in self.rows:
                 raise InputError("split.method is rows but split.rows has no train range; give "

@@ -92,6 +92,11 @@ class Columns:
 def resolve_columns(catalog, feature_columns=(), target_columns=(), known_future_columns=()):
     """Map column names to indices. Empty features = all; empty targets = all of the
     `targets` dataset if the sessions have one, else all features (forecast them)."""
+    for key, given in (("data.feature_columns", feature_columns), ("data.target_columns", target_columns),
+                       ("data.known_future_columns", known_future_columns)):
+        repeated = next((c for i, c in enumerate(given) if c in list(given)[:i]), None)
+        if repeated is not None:
+            raise InputError(f"{key} lists {repeated!r} twice; name each column once")
     available = catalog.feature_names
     feature_columns = list(feature_columns) or list(available)
     feature_index = tuple(_index_of(name, available, "data.feature_columns") for name in feature_columns)

@@ -130,3 +130,16 @@ def test_the_cli_and_the_python_api_share_one_default_profile():
     # Issue 10, case 22: quick_demo for the CLI, default for load_config(), and nothing said which.
     import main
     assert load_config().profile == main.SELECTED_CONFIG == main.parse_args(main.build_parser(), ["train"]).profile
+
+
+def test_split_times_stay_text_and_a_bad_one_is_named():
+    # YAML read 2020-13-01 as a timestamp and raised ValueError (a traceback); dates now stay text.
+    config = load_config("default", overrides=["data.split.method=timestamps", "data.split.val_start=2020-01-15",
+                                               "data.split.test_start=2020-02-01T09:30:00+01:00"])
+    assert config.data.split.val_start == "2020-01-15"
+    assert config.data.split.test_start == "2020-02-01T09:30:00+01:00"
+    for key, value in (("val_start", "2020-13-01"), ("test_start", "NaT"), ("end", "soon")):
+        overrides = ["data.split.method=timestamps", "data.split.val_start=2020-01-15",
+                     "data.split.test_start=2020-02-01", f"data.split.{key}={value}"]
+        with pytest.raises(InputError, match=f"split.{key} is '{value}', not a time"):
+            load_config("default", overrides=overrides)

@@ -76,6 +76,11 @@ def test_resolve_columns(make_file, rng):
         resolve_columns(catalog, [], ["t1", "x"])
     with pytest.raises(InputError, match=r"'nope' is neither a target nor a feature"):
         resolve_columns(catalog, [], ["nope"])
+    # A column named twice (a typo) would be two inputs or two targets, counted twice in the metrics.
+    with pytest.raises(InputError, match=r"data.feature_columns lists 'x' twice"):
+        resolve_columns(catalog, ["x", "z", "x"])
+    with pytest.raises(InputError, match=r"data.target_columns lists 't1' twice"):
+        resolve_columns(catalog, [], ["t1", "t1"])
 
 
 def test_forecast_columns_default_to_all_features(ramp_file):
