@@ -40,9 +40,14 @@ def write_json(path, obj):
 
 def check_not_input(path, reads, folder=False):
     """Refuse an output that would replace what the command reads (--overwrite or not): one of the input
-    files or folders `reads`, or, for an output folder (replaced whole), a folder holding one of them."""
+    files or folders `reads`, or, for an output folder (replaced whole), a folder holding one of them or
+    the folder the command runs in (or one above it)."""
     from errors import InputError
     out = Path(path).resolve()
+    here = Path.cwd().resolve()
+    if folder and (out == here or out in here.parents):
+        raise InputError(f"{path}: is the folder this command runs in (or one above it), and would be replaced "
+                         "whole; write the output elsewhere")
     for source in reads:
         source = Path(source).resolve()
         if out == source:

@@ -246,4 +246,8 @@ def test_no_output_replaces_an_input(tmp_path, capsys):
                            "--overwrite", f"data.paths=[{elsewhere}]"],
                           cwd=data.parent, capture_output=True, text=True)
     assert proc.returncode == 2 and "is the folder this command runs in" in proc.stderr, proc.stderr[-2000:]
+    proc = subprocess.run([sys.executable, str(ROOT / "main.py"), "backtest", "--prices", str(elsewhere), "--price-column",
+                           "ret", "--signal", "momentum:5", "--out", "..", "--overwrite"],
+                          cwd=data.parent, capture_output=True, text=True)
+    assert proc.returncode == 2 and "is the folder this command runs in" in proc.stderr, proc.stderr[-2000:]
     assert data.read_bytes() == before and (data.parent / "config.yaml").exists()

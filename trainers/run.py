@@ -195,10 +195,6 @@ def _check_replaceable(run_dir, data_paths):
     from atomic import check_not_input
     from data.catalog import resolve_paths
     check_not_input(run_dir, resolve_paths(data_paths), folder=True)
-    here, target = Path.cwd().resolve(), Path(run_dir).resolve()
-    if target == here or target in here.parents:
-        raise InputError(f"{run_dir}: is the folder this command runs in (or one above it); --overwrite would "
-                         "remove it whole: give the run its own --run-dir")
 
 
 def hparams_monitor(config, run_dir, result):
