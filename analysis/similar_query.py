@@ -305,6 +305,10 @@ def run_query(cfg, similar_cfg):
             raise InputError(f"--nprobe {cfg.nprobe}: index {cfg.index} has {s['nlist']} clusters; give 1 .. "
                              f"{s['nlist']} (0: the index's {s['nprobe']})")
         windows = windows_from_settings(s, similar_cfg)
+        longest = max(session.n_rows for session in windows.catalog.sessions)
+        if cfg.ahead >= longest:
+            raise InputError(f"--ahead {cfg.ahead}: no session has a row that far after a window (the longest has "
+                             f"{longest:,} rows); give fewer rows ahead")
         kind = "price" if cfg.price_column else "log_return"
         outcomes = Outcomes(windows.catalog, cfg.price_column or cfg.return_column, kind, cfg.ahead)
         searcher = Searcher(index, outcomes, cfg.k, past_only=cfg.past_only, random=cfg.random, nprobe=cfg.nprobe,

@@ -324,6 +324,8 @@ def test_bad_queries_are_one_line(market, tmp_path, capsys):
     assert "ask for fewer" in _error(capsys, base + ["--session", "A01", "--time", "2020-06-01", "--k", "10000000"])
     assert "holds 10-row windows" in _error(capsys, base + ["--session", "A01", "--time", "2020-06-01", "--lookback", "0"])
     assert "leave out --nprobe" in _error(capsys, base + ["--session", "A01", "--time", "2020-06-01", "--nprobe", "4"])
+    assert "no session has a row that far" in _error(capsys, base + ["--session", "A01", "--time", "2020-06-01",
+                                                                     "--ahead", str(len(prices))])
     assert "one way" in _error(capsys, base + ["--session", "A01", "--time", "2020-06-01", "--split", "test"])
     assert "--price-column" in _error(capsys, ["similar", "query", "--index", idx, "--split", "test", "--out",
                                                str(tmp_path / "x.h5")])
