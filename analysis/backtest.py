@@ -112,6 +112,8 @@ def run_backtest(cfg):
     k = cfg.k or max(1, n // 10)
     if "topk" in strategies and k > n:
         raise InputError(f"--k {k}: larger than the universe ({n} sessions in {', '.join(map(str, cfg.prices))})")
+    if cfg.analysis:
+        _check_analysis_fits(cfg, n, max(p.n_rows for p in prices.values()))
     predictions = None
     if cfg.predictions:
         predictions = inputs.Predictions(cfg.predictions, cfg.step, cfg.target)
@@ -181,10 +183,23 @@ def _run(cfg, work, t_start, names, prices, spec, strategies, base, predictions,
     return result
 
 
+def _check_analysis_fits(cfg, n, longest):
+    """The signal analysis's settings against the data: IC decay over more periods than the prices hold,
+    or than one block of the memory budget holds (a block spans the decay: --decay 100000 was killed for
+    memory), are refused by name."""
+    if cfg.decay >= longest:
+        raise InputError(f"--decay {cfg.decay}: the longest session has {longest:,} periods; give fewer periods ahead")
+    need_mb = (cfg.decay + 2) * n * CELL_BYTES / 2**20
+    if need_mb > cfg.memory_mb:
+        raise InputError(f"--decay {cfg.decay}: a block must span {cfg.decay + 2:,} periods of {n} names, "
+                         f"{need_mb:,.0f} MB, over --memory-mb {cfg.memory_mb:g}; lower --decay or raise --memory-mb")
+
+
 def block_rows_for(cfg, n):
+    span = (cfg.decay if cfg.analysis else 1) + 2           # rows a block must hold: the periods looked ahead
     if cfg.block_rows:
-        return max(cfg.block_rows, cfg.decay + 2)
-    return int(min(1 << 14, max(cfg.decay + 2, cfg.memory_mb * 2**20 // (CELL_BYTES * max(n, 1)))))
+        return max(cfg.block_rows, span)
+    return int(min(1 << 14, max(span, cfg.memory_mb * 2**20 // (CELL_BYTES * max(n, 1)))))
 
 
 def infer_periods_per_year(times):

@@ -115,6 +115,8 @@ DAY = 86_400 * 10**9
     ("zero_memory", "--memory-mb 0: give the memory"),
     ("infinite_year", "--periods-per-year inf: give a positive number"),
     ("nan_threshold", "--long-above nan: give a finite signal level"),
+    ("decay_beyond_data", "--decay 1000: the longest session has"),
+    ("decay_beyond_memory", "a block must span 52 periods of 10 names"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, files, capsys, case, expect):
     price_path, pred, prices, signal = files
@@ -138,6 +140,8 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, files, capsys, case,
         "zero_memory": base + ["--predictions", pred, "--memory-mb", "0"],
         "infinite_year": base + ["--predictions", pred, "--periods-per-year", "inf"],
         "nan_threshold": base + ["--predictions", pred, "--strategy", "threshold", "--long-above", "nan"],
+        "decay_beyond_data": base + ["--predictions", pred, "--decay", "1000"],
+        "decay_beyond_memory": base + ["--predictions", pred, "--decay", "50", "--memory-mb", "0.1"],
     }[case]
     if case == "exists":
         out.mkdir()
