@@ -69,12 +69,25 @@ def _known(path):
         return False
 
 
+def _check_header(path, sep):
+    """A column named twice in a CSV header is an error (pandas would rename the second one 'a.1')."""
+    import csv
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        header = next(csv.reader(f, delimiter=sep), [])
+    seen = set()
+    for name in header:
+        if name in seen:
+            raise InputError(f"{path}: the header names column {name!r} twice; give each column its own name")
+        seen.add(name)
+
+
 def _chunks(path, kind, hdf_key):
     """Yield (session name or None, DataFrame chunk) from one input file."""
     stem = re.sub(r"\.(csv|txt|tsv|parquet|pq|h5|hdf5|hdf)(\.\w+)?$", "", Path(path).name, flags=re.I)
     if kind == "csv":
         sep = "\t" if str(path).lower().endswith(".tsv") else ","
         try:
+            _check_header(path, sep)
             for chunk in pd.read_csv(path, chunksize=CHUNK_ROWS, sep=sep):
                 yield stem, chunk
         except pd.errors.EmptyDataError:

@@ -203,6 +203,14 @@ def test_rows_out_of_time_order_are_refused(tmp_path, monkeypatch):
         convert([tmp_path / "a.csv"], tmp_path / "o.h5")
 
 
+def test_a_column_named_twice_in_the_header_is_refused(tmp_path):
+    # pandas renamed the second 'close' to 'close.1' and both became features.
+    (tmp_path / "a.csv").write_text("date,close,close\n2021-01-04,1,2\n2021-01-05,3,4\n")
+    with pytest.raises(InputError, match=r"a\.csv: the header names column 'close' twice"):
+        convert([tmp_path / "a.csv"], tmp_path / "o.h5")
+    assert not (tmp_path / "o.h5").exists()
+
+
 def test_times_with_offsets_are_stored_in_utc_across_a_summer_time_change(tmp_path):
     # Local times with their offset, the clocks going forward between rows 1 and 2: one instant an hour.
     stamps = ["2021-03-28T00:30:00+01:00", "2021-03-28T01:30:00+01:00", "2021-03-28T03:30:00+02:00",
