@@ -236,6 +236,17 @@ def _plan_columns(frame, path, features, targets, time_column, session_column, t
         need(t, "target")
     if target_from:
         need(target_from, "--target-from")
+    for flag, names in (("--features", features), ("--targets", targets)):
+        repeated = next((c for i, c in enumerate(names) if c in list(names)[:i]), None)
+        if repeated is not None:
+            raise InputError(f"{flag} names {repeated!r} twice; name each column once")
+    both = next((c for c in targets if c in features), None)
+    if both is not None:
+        # A `targets` value is the label of its own row: the same column among the features is the answer
+        # in the input. Forecasting a feature's later values needs no stored target.
+        raise InputError(f"--targets {both!r} is also in --features: row t's target would be one of row t's "
+                         f"inputs; leave it out of --targets (data.target_columns=[{both}] forecasts a feature's "
+                         f"next values) or derive one with --target-from {both} --target-transform next_value")
     reserved = {time_column, session_column} | set(targets)
     if features:
         for f in features:

@@ -211,6 +211,17 @@ def test_a_column_named_twice_in_the_header_is_refused(tmp_path):
     assert not (tmp_path / "o.h5").exists()
 
 
+def test_a_target_among_the_features_or_a_column_named_twice_is_refused(tmp_path):
+    frame(20).to_csv(tmp_path / "a.csv", index=False)
+    for kwargs, message in (({"features": ["open", "close"], "targets": ["close"]}, r"--targets 'close' is also in "
+                             r"--features: row t's target would be one of row t's inputs"),
+                            ({"features": ["open", "open"]}, r"--features names 'open' twice"),
+                            ({"targets": ["label", "label"]}, r"--targets names 'label' twice")):
+        with pytest.raises(InputError, match=message):
+            convert([tmp_path / "a.csv"], tmp_path / "o.h5", **kwargs)
+    assert not (tmp_path / "o.h5").exists()
+
+
 def test_times_with_offsets_are_stored_in_utc_across_a_summer_time_change(tmp_path):
     # Local times with their offset, the clocks going forward between rows 1 and 2: one instant an hour.
     stamps = ["2021-03-28T00:30:00+01:00", "2021-03-28T01:30:00+01:00", "2021-03-28T03:30:00+02:00",
