@@ -326,6 +326,14 @@ def _describe_session(path, group_name, name, group, allow_external_links):
 
 def _check_same_schema(sessions):
     first = sessions[0]
+    # Columns are found by name (--price-column, data.target_columns, similar --columns): a name used twice,
+    # or by a feature and a target, would pick one of them silently.
+    names = list(first.feature_names) + list(first.target_names or [])
+    repeated = next((c for i, c in enumerate(names) if c in names[:i]), None)
+    if repeated is not None:
+        raise InputError(f"{first.path}: session {first.name!r} names column {repeated!r} twice (features "
+                         f"{list(first.feature_names)}, targets {list(first.target_names or [])}); rename one "
+                         "(feature_names / target_names attributes) and run `python main.py index` on the file")
     for s in sessions[1:]:
         if s.feature_names != first.feature_names:
             differ = [f"{a}!={b}" for a, b in zip(first.feature_names, s.feature_names) if a != b]

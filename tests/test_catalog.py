@@ -132,6 +132,18 @@ def test_feature_names_differ_between_sessions(tmp_path, rng):
         open_catalog(path)
 
 
+@pytest.mark.parametrize("features,targets", [(["a", "b", "a"], None), (["a", "b"], ["a"]), (["a"], ["y", "y"])])
+def test_a_column_name_used_twice_is_refused(tmp_path, rng, features, targets):
+    # Columns are found by name: a second 'a' (or a target named like a feature) would be picked silently.
+    path = tmp_path / "d.h5"
+    with h5py.File(path, "w") as f:
+        write_session(f, "s", rng.normal(size=(10, len(features))),
+                      None if targets is None else rng.normal(size=(10, len(targets))),
+                      feature_names=features, target_names=targets)
+    with pytest.raises(InputError, match=r"session 's' names column '(a|y)' twice"):
+        open_catalog(path)
+
+
 def test_feature_dtypes_differ_between_sessions(tmp_path, rng):
     path = tmp_path / "d.h5"
     with h5py.File(path, "w") as f:
