@@ -10,3 +10,13 @@ class InputError(Exception):
     """A problem with the user's files, data or configuration (exit code 2)."""
 
     exit_code = 2
+
+
+def first_repeated(items):
+    """The first item that appears again in `items` (a column named twice), or None."""
+    seen = set()
+    for item in items:
+        if item in seen:
+            return item
+        seen.add(item)
+    return None

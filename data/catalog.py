@@ -18,7 +18,7 @@ import numpy as np
 
 from data import layout
 from data.session import ChunkCache, HandlePool, SessionData, file_stamp, open_file, scratch_copy
-from errors import InputError
+from errors import InputError, first_repeated
 
 log = logging.getLogger("h5series")
 
@@ -329,7 +329,7 @@ def _check_same_schema(sessions):
     # Columns are found by name (--price-column, data.target_columns, similar --columns): a name used twice,
     # or by a feature and a target, would pick one of them silently.
     names = list(first.feature_names) + list(first.target_names or [])
-    repeated = next((c for i, c in enumerate(names) if c in names[:i]), None)
+    repeated = first_repeated(names)
     if repeated is not None:
         raise InputError(f"{first.path}: session {first.name!r} names column {repeated!r} twice (features "
                          f"{list(first.feature_names)}, targets {list(first.target_names or [])}); rename one "

@@ -20,7 +20,7 @@ from atomic import atomic_path, check_output
 from data import layout
 from data.catalog import write_index
 from data.layout import COMPRESSIONS, SessionWriter, small_metadata_cache
-from errors import InputError
+from errors import InputError, first_repeated
 
 log = logging.getLogger("h5series")
 
@@ -74,11 +74,9 @@ def _check_header(path, sep):
     import csv
     with open(path, newline="", encoding="utf-8-sig") as f:
         header = next(csv.reader(f, delimiter=sep), [])
-    seen = set()
-    for name in header:
-        if name in seen:
-            raise InputError(f"{path}: the header names column {name!r} twice; give each column its own name")
-        seen.add(name)
+    repeated = first_repeated(header)
+    if repeated is not None:
+        raise InputError(f"{path}: the header names column {repeated!r} twice; give each column its own name")
 
 
 def _chunks(path, kind, hdf_key):
@@ -237,7 +235,7 @@ def _plan_columns(frame, path, features, targets, time_column, session_column, t
     if target_from:
         need(target_from, "--target-from")
     for flag, names in (("--features", features), ("--targets", targets)):
-        repeated = next((c for i, c in enumerate(names) if c in list(names)[:i]), None)
+        repeated = first_repeated(names)
         if repeated is not None:
             raise InputError(f"{flag} names {repeated!r} twice; name each column once")
     both = next((c for c in targets if c in features), None)

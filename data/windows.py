@@ -17,7 +17,7 @@ import logging
 
 import numpy as np
 
-from errors import InputError
+from errors import InputError, first_repeated
 
 log = logging.getLogger("h5series")
 
@@ -94,7 +94,7 @@ def resolve_columns(catalog, feature_columns=(), target_columns=(), known_future
     `targets` dataset if the sessions have one, else all features (forecast them)."""
     for key, given in (("data.feature_columns", feature_columns), ("data.target_columns", target_columns),
                        ("data.known_future_columns", known_future_columns)):
-        repeated = next((c for i, c in enumerate(given) if c in list(given)[:i]), None)
+        repeated = first_repeated(given)
         if repeated is not None:
             raise InputError(f"{key} lists {repeated!r} twice; name each column once")
     available = catalog.feature_names
