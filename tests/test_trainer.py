@@ -270,10 +270,13 @@ def test_resume_takes_the_overrides_it_can_honour_and_refuses_the_others(demo_pa
     for argv, message in (([run, "model.gru.hidden_size=16"], "model.gru.hidden_size cannot change on --resume"),
                           ([run, "data.lookback=8"], "data.lookback cannot change on --resume"),
                           ([run, "--profile", "default"], "--profile cannot be combined with --resume"),
-                          ([run, "--run-dir", run], "--run-dir cannot be combined with --resume")):
+                          ([run, "--run-dir", run], "--run-dir cannot be combined with --resume"),
+                          # fewer epochs than trained: it ran, evaluated, and saved a config claiming 1 epoch
+                          ([run, "training.epochs=1"], "training.epochs=1: " + run + " has already trained 2 epochs")):
         assert main.main(["train", "--resume", *argv]) == 2
         assert message in capsys.readouterr().err
     assert torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 2
+    assert "epochs: 2" in (tmp_path / "run" / "config.yaml").read_text()
 
 
 def test_a_run_directory_is_locked_and_never_overwritten_silently(demo_path, tmp_path, capsys):

@@ -144,6 +144,10 @@ def _train(config, run_dir, resume, group, overwrite):
         if checkpoints.exists("last"):
             state = checkpoints.load("last")
             normalizer = Normalizer.from_json(state["normalizer"])
+            done = int(state["epoch"])
+            if done > config.training.epochs:       # (the saved config would claim fewer than were trained)
+                raise InputError(f"training.epochs={config.training.epochs}: {run_dir} has already trained {done} "
+                                 f"epochs; give {done} or more (more continues it)")
         elif group.is_main:
             print(f"{run_dir}: no checkpoint yet (stopped in its first epoch); starting it again")
     elif group.is_main and ((run_dir / "config.yaml").exists() or (run_dir / "checkpoints").exists()):
