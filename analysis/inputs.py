@@ -81,6 +81,9 @@ class Predictions:
         targets = json.loads(attrs["target_names"])
         if attrs.get("task") == "classify":
             raise InputError(f"{path}: holds class predictions; a backtest ranks numbers: train a regression run")
+        if attrs.get("scope") == "similar" and not bool(attrs.get("past_only", True)):
+            raise InputError(f"{path}: an analog forecast from all-times neighbours (windows after each query: a "
+                             "look-ahead); write it again past-only (`similar query` without --all-times)")
         if target is None and len(targets) > 1:
             raise InputError(f"{path}: predicts {targets}; choose the signal with --target NAME")
         if target is not None and target not in targets:

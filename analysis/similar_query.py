@@ -89,6 +89,9 @@ def _check(cfg):
         raise InputError(f"{cfg.queries}: {what}; --queries takes a CSV with columns session,time")
     if cfg.out is not None and Path(cfg.out).suffix.lower() not in (".h5", ".hdf5", ".csv"):
         raise InputError(f"--out {cfg.out}: name a .h5 or a .csv file")
+    if cfg.forecast is not None and not cfg.past_only:
+        raise InputError("--forecast with --all-times would forecast from windows after the query (a look-ahead "
+                         "a backtest would reward); leave out --all-times, or study all-times neighbours with --out")
     if cfg.out is None and cfg.forecast is None and cfg.session is None:
         raise InputError("many queries need an output: --out FILE.h5|.csv and/or --forecast PRED.h5")
     outputs = {"--out": cfg.out, "--forecast": cfg.forecast, "--plot": cfg.plot}

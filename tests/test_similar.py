@@ -204,6 +204,13 @@ def test_analog_forecast_is_a_prediction_file_backtest_takes(market, tmp_path):
     assert code == 0
     report = json.loads((tmp_path / "bt" / "report.json").read_text())
     assert report["signal_analysis"]["coverage"]["periods_with_signal"] > 0
+    # A forecast from all-times neighbours (a file from before --all-times was refused with --forecast) is
+    # a look-ahead: the backtest refuses it.
+    with h5py.File(tmp_path / "analog.h5", "r+") as f:
+        f.attrs["past_only"] = False
+    assert main.main(["backtest", "--prices", str(market["path"]), "--price-column", "close", "--predictions",
+                      str(tmp_path / "analog.h5"), "--out", str(tmp_path / "bt2"), "--no-plots"]) == 2
+    assert not (tmp_path / "bt2").exists()
 
 
 def test_random_neighbours_follow_the_same_rules(market, tmp_path):
@@ -330,6 +337,7 @@ def test_bad_queries_are_one_line(market, tmp_path, capsys):
     assert "--price-column" in _error(capsys, ["similar", "query", "--index", idx, "--split", "test", "--out",
                                                str(tmp_path / "x.h5")])
     assert "need an output" in _error(capsys, base + ["--split", "test"])
+    assert "a look-ahead" in _error(capsys, base + ["--split", "test", "--all-times", "--forecast", str(tmp_path / "f.h5")])
     (tmp_path / "bad.csv").write_text("name,when\nA01,2020-06-01\n")
     assert "session,time" in _error(capsys, base + ["--queries", str(tmp_path / "bad.csv"), "--out", str(tmp_path / "y.h5")])
     (tmp_path / "exists.h5").write_text("keep")
