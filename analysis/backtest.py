@@ -160,7 +160,8 @@ def _run(cfg, work, t_start, names, prices, spec, strategies, base, predictions,
         # the walk covers the predictions' span only: periods without any signal would count as cash
         span = predictions.span
         signal_name = f"{predictions.target_name} step {cfg.step} ({Path(cfg.predictions).name})"
-        nan_info = {"nan_predictions": predictions.nan, "predictions": predictions.total}
+        nan_info = {"nan_predictions": predictions.nan, "predictions": predictions.total,
+                    "predictions_scope": predictions.scope}
     t0 = time.perf_counter()
     try:
         result = _walk(cfg, names, prices, fields, strategies, base, work, span)

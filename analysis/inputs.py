@@ -91,6 +91,7 @@ class Predictions:
         self.step, self.target = step, targets.index(target) if target is not None else 0
         self.target_name = targets[self.target]
         self.session_names = json.loads(attrs["session_names"])
+        self.scope = str(attrs.get("scope", ""))     # test, val, train, new (predict --data), latest, similar
 
     def _scan(self, piece):
         """One pass over the windows, a piece at a time: each session's run of windows ({name: (start, stop)};

@@ -218,6 +218,11 @@ def summary_lines(result):
     sa = result["signal_analysis"]
     lines = [f"signal {result['signal']}: {result['sessions']} sessions, periods {result['first_period']} .. "
              f"{result['last_period_end']} ({result['periods_per_year']:g} a year)"]
+    scope = result.get("predictions_scope")
+    if scope in ("train", "val"):
+        lines.append(f"  note: these are predictions of the run's {scope} split, which "
+                     + ("it was fitted on" if scope == "train" else "chose its best checkpoint")
+                     + ": in-sample, not a test of the signal (predict --split test)")
     if "ic" in sa:
         lines.append(f"  IC {_f(sa['ic']['mean'])} (t {_f(sa['ic']['t_stat'], 2)}), rank IC {_f(sa['rank_ic']['mean'])} "
              f"(t {_f(sa['rank_ic']['t_stat'], 2)}, ICIR {_f(sa['rank_ic']['ir'], 3)}, positive "

@@ -62,6 +62,22 @@ def test_split_predictions_match_evaluate_and_their_rows(demo_run, demo_path, tm
     pd.testing.assert_frame_equal(part.reset_index(drop=True), frame[frame.session == name].head(10).reset_index(drop=True))
 
 
+def test_train_split_predictions_are_in_order_and_a_backtest_names_them_in_sample(demo_run, demo_path, tmp_path,
+                                                                                     capsys):
+    # The train split came out in the training loader's shuffled order: a backtest refused the file
+    # ("windows of session ... not stored together") although predict had written it.
+    predict(demo_run, tmp_path / "train.h5", "train")
+    import h5py
+    with h5py.File(tmp_path / "train.h5", "r") as f:
+        session, row = f["session"][:], f["input_end_row"][:]
+    assert np.count_nonzero(np.diff(session)) == len(np.unique(session)) - 1        # each session once
+    assert np.all(np.diff(row)[np.diff(session) == 0] > 0)                           # rows in order
+    assert main.main(["backtest", "--prices", str(demo_path), "--return-column", "next_log_return", "--predictions",
+                      str(tmp_path / "train.h5"), "--out", str(tmp_path / "bt"), "--no-plots", "--no-tensorboard",
+                      "--periods-per-year", "98280"]) == 0
+    assert "predictions of the run's train split, which it was fitted on: in-sample" in capsys.readouterr().out
+
+
 def test_convert_keeps_the_last_row_and_latest_forecasts_the_next_day(tmp_path):
     # Tomorrow's return of the last day is unknown: convert keeps the day with a missing target; training
     # never reads it (nan_policy=error would stop on it) and --latest forecasts from it.

@@ -139,7 +139,9 @@ class _Scorer:
 
 def _split_batches(prepared, split, training_cfg, device):
     """(session ids, first rows, x, y) of every window of `split`, streamed by the block loader."""
-    loader = build_loader(prepared, split, training_cfg, device=device, return_ids=True)
+    # In order for every split, train too (its training loader shuffles): a session's windows together and
+    # in time order is what the file promises and what a backtest reads.
+    loader = build_loader(prepared, split, training_cfg, device=device, return_ids=True, shuffle=False)
     for batch in loader:
         yield batch.session.numpy(), batch.row.numpy(), batch.x, batch.y, batch.future
 
