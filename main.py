@@ -417,8 +417,10 @@ def prepare_run(config, run_dir=None):
     """Catalog, split and normalize; write the resolved config and statistics to the run dir."""
     from data.dataset import prepare_data
     from data.memory_plan import check_plan, format_plan
-    from trainers.run import new_run_dir, save_config
+    from trainers.run import check_run_dir, new_run_dir, save_config
     from trainers.trainer import Trainer
+    if run_dir:
+        check_run_dir(run_dir)
     ensure_demo(config)
     prepared = prepare_data(config.data, seed=config.seed)
     # The same whole plan `train` prints and checks (model and activations included); nothing is

@@ -251,3 +251,14 @@ def test_no_output_replaces_an_input(tmp_path, capsys):
                           cwd=data.parent, capture_output=True, text=True)
     assert proc.returncode == 2 and "is the folder this command runs in" in proc.stderr, proc.stderr[-2000:]
     assert data.read_bytes() == before and (data.parent / "config.yaml").exists()
+
+
+def test_a_run_dir_that_is_a_file_is_one_line(tmp_path, capsys):
+    # It was a FileExistsError traceback (train, prepare), the file left as it was.
+    data = tmp_path / "d.h5"
+    generate(data, sessions=2, rows=300, features=3, progress=False)
+    before = data.read_bytes()
+    for argv, what in ((["train", "--run-dir", data], "is a file"), (["prepare", "--run-dir", data / "sub"], "is under")):
+        code, _, err = run([*argv, "--profile", "quick_demo", f"data.paths=[{data}]", "data.lookback=8"], capsys)
+        assert_one_line_error(code, err, what, "--run-dir names a folder")
+    assert data.read_bytes() == before

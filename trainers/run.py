@@ -54,6 +54,16 @@ def load_run_config(run_dir):
     return _from_dict(Config, migrate_flat_model_keys(read_yaml(path)), "")
 
 
+def check_run_dir(run_dir):
+    """A run directory that cannot be one is refused before any work: a file, or a path under a file."""
+    run_dir = Path(run_dir)
+    blocker = next((p for p in [run_dir, *run_dir.parents] if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        what = "is a file" if blocker == run_dir else f"is under {blocker}, a file"
+        raise InputError(f"{run_dir}: {what}; --run-dir names a folder for the run")
+    return run_dir
+
+
 class RunLock:
     """`.<run>.lock` beside a run directory, holding the pid of the process that uses the run: two
     trainings of one directory would mix one's config with the other's checkpoints (issue 10, case
@@ -114,7 +124,7 @@ def train(config, run_dir=None, resume=False, group=None, overwrite=False):
     """
     group = group or Group()
     if not resume and group.is_main:
-        run_dir = Path(run_dir) if run_dir else new_run_dir(config)
+        run_dir = check_run_dir(run_dir) if run_dir else new_run_dir(config)
     run_dir = Path(group.broadcast_object(str(run_dir)))   # one directory for all ranks (named by rank 0)
     with RunLock(run_dir, enabled=group.is_main):
         return _train(config, run_dir, resume, group, overwrite)
