@@ -100,7 +100,7 @@ def check_output_dir(path, overwrite=False, what="report", reads=()):
     if path.exists() and not path.is_dir():
         raise InputError(f"{path}: is a file; --out names a folder for the {what}")
     parent = next((p for p in [path.parent, *path.parent.parents] if p.exists()), Path("."))
-    if not os.access(parent, os.W_OK):
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
         raise InputError(f"{path}: cannot be written ({parent} is not a writable folder); choose another path")
     return path
 

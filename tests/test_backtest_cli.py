@@ -116,6 +116,7 @@ DAY = 86_400 * 10**9
     ("infinite_year", "--periods-per-year inf: give a positive number"),
     ("nan_threshold", "--long-above nan: give a finite signal level"),
     ("decay_beyond_data", "--decay 1000: the longest session has"),
+    ("out_under_a_file", "is not a writable folder"),
     ("decay_beyond_memory", "a block must span 52 periods of 10 names"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, files, capsys, case, expect):
@@ -141,6 +142,8 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, files, capsys, case,
         "infinite_year": base + ["--predictions", pred, "--periods-per-year", "inf"],
         "nan_threshold": base + ["--predictions", pred, "--strategy", "threshold", "--long-above", "nan"],
         "decay_beyond_data": base + ["--predictions", pred, "--decay", "1000"],
+        "out_under_a_file": ["--prices", price_path, "--price-column", "close", "--predictions", pred, "--out",
+                             tmp_path / "prices.h5" / "report"],
         "decay_beyond_memory": base + ["--predictions", pred, "--decay", "50", "--memory-mb", "0.1"],
     }[case]
     if case == "exists":
