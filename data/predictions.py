@@ -17,6 +17,7 @@ target's own row to the row whose time dates it), target_names, session_names, t
 """
 
 import json
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -83,6 +84,9 @@ class PredictionWriter:
 
 
 def _open(path):
+    if not Path(path).is_file():
+        what = "is a folder" if Path(path).is_dir() else "no such file"
+        raise InputError(f"{path}: {what}; give a prediction file written by `python main.py predict`")
     try:
         f = h5py.File(path, "r")
     except (OSError, FileNotFoundError) as exc:

@@ -216,8 +216,13 @@ def test_the_reader_refuses_other_files(tmp_path, make_file, rng):
     path = make_file({"a": rng.normal(size=(10, 2)).astype(np.float32)})
     with pytest.raises(InputError, match="not a prediction file"):
         read_predictions(path)
-    with pytest.raises(InputError, match="cannot be opened as a prediction file"):
+    with pytest.raises(InputError, match="missing.h5: no such file; give a prediction file"):
         read_predictions(tmp_path / "missing.h5")
+    with pytest.raises(InputError, match="is a folder; give a prediction file"):
+        read_predictions(tmp_path)
+    (tmp_path / "p.csv").write_text("session,prediction\n")
+    with pytest.raises(InputError, match="cannot be opened as a prediction file"):
+        read_predictions(tmp_path / "p.csv")
 
 
 @needs_stocks
