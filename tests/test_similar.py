@@ -338,6 +338,9 @@ def test_bad_queries_are_one_line(market, tmp_path, capsys):
                                                str(tmp_path / "x.h5")])
     assert "need an output" in _error(capsys, base + ["--split", "test"])
     assert "a look-ahead" in _error(capsys, base + ["--split", "test", "--all-times", "--forecast", str(tmp_path / "f.h5")])
+    assert "name a .png file" in _error(capsys, base + ["--session", "A01", "--time", "2020-06-01", "--plot",
+                                                        str(tmp_path / "p.jpg")])
+    assert "name a .h5 file" in _error(capsys, base + ["--split", "test", "--forecast", str(tmp_path / "f.csv")])
     (tmp_path / "bad.csv").write_text("name,when\nA01,2020-06-01\n")
     assert "session,time" in _error(capsys, base + ["--queries", str(tmp_path / "bad.csv"), "--out", str(tmp_path / "y.h5")])
     (tmp_path / "exists.h5").write_text("keep")
