@@ -70,12 +70,17 @@ def check_outputs_distinct(named):
         seen[key] = flag
 
 
-def check_output(path, overwrite=False, reads=()):
+def check_output(path, overwrite=False, reads=(), suffixes=None):
     """Refuse an output path before any work is done: a directory, an existing file without
-    `overwrite`, one of the command's inputs `reads`, or a folder that cannot be written. Returns the path."""
+    `overwrite`, one of the command's inputs `reads`, a name not ending in one of `suffixes` (when given:
+    an HDF5 file named .csv would be read as a CSV), or a folder that cannot be written. Returns the path."""
     from errors import InputError
     path = Path(path)
     check_not_input(path, reads)
+    if suffixes and path.suffix.lower() not in suffixes:
+        names = " or ".join(filter(None, [", ".join(suffixes[:-1]), suffixes[-1]]))
+        raise InputError(f"{path}: name the output with {names} (what it holds; a folder of data is searched for "
+                         "those)")
     if path.is_dir():
         raise InputError(f"{path}: is a directory; give a file name for the output, e.g. {path / 'out.h5'}")
     if path.exists() and not overwrite:

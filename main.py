@@ -209,7 +209,8 @@ def cmd_make_demo(args):
         raise InputError(f"--preset {args.preset!r} is unknown; choose {', '.join(PRESETS)}")
     sizes = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in preset.items()}
     from atomic import check_output
-    check_output(args.out, args.overwrite)          # a file of the user's is not replaced by demo data unasked
+    from data.catalog import HDF5_SUFFIXES
+    check_output(args.out, args.overwrite, suffixes=HDF5_SUFFIXES)     # a user's file is not replaced unasked
     summary = generate(args.out, seed=args.seed, compression=args.compression, **sizes)
     print(f"wrote {summary['sessions']} sessions x {summary['rows']} rows x "
           f"{len(summary['features'])} features to {summary['out']}")

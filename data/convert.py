@@ -18,7 +18,7 @@ import pandas as pd
 
 from atomic import atomic_path, check_output
 from data import layout
-from data.catalog import write_index
+from data.catalog import HDF5_SUFFIXES, write_index
 from data.layout import COMPRESSIONS, SessionWriter, small_metadata_cache
 from errors import InputError, first_repeated
 
@@ -328,7 +328,7 @@ def convert(inputs, out, *, features=(), targets=(), time_column=None, session_c
     if compression not in COMPRESSIONS:
         raise InputError(f"--compression {compression!r} is unknown; choose {', '.join(COMPRESSIONS)}")
     files = expand_inputs(inputs)
-    out = check_output(out, overwrite, reads=files)
+    out = check_output(out, overwrite, reads=files, suffixes=HDF5_SUFFIXES)
     summary = {"out": str(out), "sessions": {}, "inputs": len(files)}
     plan = None
     with atomic_path(out) as tmp:

@@ -49,6 +49,10 @@ def test_make_demo_inspect_json(tmp_path, capsys):
     assert out.read_bytes() == before
     code, stdout, _ = run(["make-demo", "--out", out, "--sessions", 2, "--rows", 300, "--features", 2, "--overwrite"], capsys)
     assert code == 0 and "2 sessions x 300 rows" in stdout
+    pd.DataFrame({"t": [1, 2, 3], "x": [1.0, 2.0, 3.0]}).to_csv(tmp_path / "x.csv", index=False)
+    for command in (["make-demo", "--sessions", 2, "--rows", 300, "--features", 2], ["convert", tmp_path / "x.csv"]):
+        code, _, err = run([*command, "--out", tmp_path / "data.csv"], capsys)       # HDF5 named .csv
+        assert_one_line_error(code, err, "name the output with .h5, .hdf5")
 
 
 def test_prepare_writes_run_dir(tmp_path, capsys):

@@ -18,6 +18,7 @@ import torch
 
 from atomic import atomic_path, check_not_input, check_output
 from data import quality
+from data.catalog import HDF5_SUFFIXES
 from data.dataloader import build_loader
 from data.dataset import prepare_new_data
 from data.predictions import NAT, PredictionWriter
@@ -45,7 +46,7 @@ def predict(run_dir, out, split=None, *, data=None, latest=False, fit_new_sessio
     # What the run directory holds that predict reads (its own predictions files are outputs to replace)
     reads = [Path(run_dir) / name for name in ("config.yaml", "normalizer.json")] + \
         sorted((Path(run_dir) / "checkpoints").glob("*")) + list(data or [])
-    check_output(out, overwrite, reads=reads)       # before the work, not after it (issue 10, case 14)
+    check_output(out, overwrite, reads=reads, suffixes=HDF5_SUFFIXES)    # before the work (issue 10, case 14)
     picture = Path(out).with_suffix(".png") if plot else None
     if picture is not None:
         check_output(picture, overwrite, reads=reads)
