@@ -77,12 +77,12 @@ def check_output(path, overwrite=False, reads=(), suffixes=None):
     from errors import InputError
     path = Path(path)
     check_not_input(path, reads)
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory; give a file name for the output, e.g. {path / 'out.h5'}")
     if suffixes and path.suffix.lower() not in suffixes:
         names = " or ".join(filter(None, [", ".join(suffixes[:-1]), suffixes[-1]]))
         raise InputError(f"{path}: name the output with {names} (what it holds; a folder of data is searched for "
                          "those)")
-    if path.is_dir():
-        raise InputError(f"{path}: is a directory; give a file name for the output, e.g. {path / 'out.h5'}")
     if path.exists() and not overwrite:
         raise InputError(f"{path}: already exists; pass --overwrite to replace it (it is replaced only "
                          "after the new file is complete)")

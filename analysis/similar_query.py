@@ -89,10 +89,6 @@ def _check(cfg):
         raise InputError(f"{cfg.queries}: {what}; --queries takes a CSV with columns session,time")
     if cfg.out is not None and Path(cfg.out).suffix.lower() not in (".h5", ".hdf5", ".csv"):
         raise InputError(f"--out {cfg.out}: name a .h5 or a .csv file")
-    if cfg.plot is not None and Path(cfg.plot).suffix.lower() != ".png":
-        raise InputError(f"--plot {cfg.plot}: the picture is a PNG; name a .png file")
-    if cfg.forecast is not None and Path(cfg.forecast).suffix.lower() not in (".h5", ".hdf5"):
-        raise InputError(f"--forecast {cfg.forecast}: the forecast is a prediction file (HDF5); name a .h5 file")
     if cfg.forecast is not None and not cfg.past_only:
         raise InputError("--forecast with --all-times would forecast from windows after the query (a look-ahead "
                          "a backtest would reward); leave out --all-times, or study all-times neighbours with --out")
@@ -104,6 +100,10 @@ def _check(cfg):
     for path in outputs.values():
         if path is not None:
             check_output(path, cfg.overwrite, reads=reads)
+    if cfg.plot is not None and Path(cfg.plot).suffix.lower() != ".png":
+        raise InputError(f"--plot {cfg.plot}: the picture is a PNG; name a .png file")
+    if cfg.forecast is not None and Path(cfg.forecast).suffix.lower() not in (".h5", ".hdf5"):
+        raise InputError(f"--forecast {cfg.forecast}: the forecast is a prediction file (HDF5); name a .h5 file")
 
 
 def windows_from_settings(settings, similar_cfg):

@@ -45,8 +45,8 @@ def test_sessions_are_matched_by_name_and_new_ones_get_the_unknown_row(demo_path
         feature_names=["ret", "abs_ret", "log_volume", "signal_0"], target_names=["next_log_return"])
     codes = run.session_codes(open_catalog(other))
     assert codes.tolist() == [0, 3]          # NEW is unknown; stock_0002 is the run's third session
-    predict(tmp_path / "run", tmp_path / "new.h5.pred", data=[other], latest=True)
-    assert len(read_predictions(tmp_path / "new.h5.pred")) == 2
+    predict(tmp_path / "run", tmp_path / "new_pred.h5", data=[other], latest=True)
+    assert len(read_predictions(tmp_path / "new_pred.h5")) == 2
 
 
 def test_models_without_a_session_embedding_refuse_it(demo_path, tmp_path, capsys):
