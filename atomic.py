@@ -80,15 +80,13 @@ def check_output(path, overwrite=False, reads=(), suffixes=None):
     if path.is_dir():
         raise InputError(f"{path}: is a directory; give a file name for the output, e.g. {path / 'out.h5'}")
     if suffixes and path.suffix.lower() not in suffixes:
-        names = " or ".join(filter(None, [", ".join(suffixes[:-1]), suffixes[-1]]))
+        names = f"{', '.join(suffixes[:-1])} or {suffixes[-1]}" if len(suffixes) > 1 else suffixes[0]
         raise InputError(f"{path}: name the output with {names} (what it holds; a folder of data is searched for "
                          "those)")
     if path.exists() and not overwrite:
         raise InputError(f"{path}: already exists; pass --overwrite to replace it (it is replaced only "
                          "after the new file is complete)")
-    parent = next((p for p in [path.parent, *path.parent.parents] if p.exists()), Path("."))
-    if not parent.is_dir() or not os.access(parent, os.W_OK):
-        raise InputError(f"{path}: cannot be written ({parent} is not a writable folder); choose another path")
+    _check_writable_parent(path)
     return path
 
 
@@ -104,10 +102,16 @@ def check_output_dir(path, overwrite=False, what="report", reads=()):
                          f"{what} is complete)")
     if path.exists() and not path.is_dir():
         raise InputError(f"{path}: is a file; --out names a folder for the {what}")
+    _check_writable_parent(path)
+    return path
+
+
+def _check_writable_parent(path):
+    """The nearest existing folder above `path` must be a writable folder (not a file)."""
+    from errors import InputError
     parent = next((p for p in [path.parent, *path.parent.parents] if p.exists()), Path("."))
     if not parent.is_dir() or not os.access(parent, os.W_OK):
         raise InputError(f"{path}: cannot be written ({parent} is not a writable folder); choose another path")
-    return path
 
 
 @contextlib.contextmanager

@@ -468,19 +468,19 @@ def to_dict(config):
     return clean(dataclasses.asdict(config))
 
 
-class _PlainLoader(yaml.SafeLoader):
+class _SafeLoaderDatesAsText(yaml.SafeLoader):
     """yaml.safe_load's loader without its date/time resolver: a split border stays the text the user
     wrote (data.splits.to_ns reads it, one parser for every time), and 2020-13-01 is refused by name
     instead of raising out of YAML."""
 
 
-_PlainLoader.yaml_implicit_resolvers = {
+_SafeLoaderDatesAsText.yaml_implicit_resolvers = {
     first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
 
 
 def _load_yaml(stream):
-    return yaml.load(stream, Loader=_PlainLoader)       # (a SafeLoader: no Python objects are built)
+    return yaml.load(stream, Loader=_SafeLoaderDatesAsText)       # (a SafeLoader: no Python objects are built)
 
 
 def read_yaml(path):

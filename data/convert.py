@@ -8,6 +8,7 @@ column. The output is written to a temporary file and renamed at the end, so a
 failed conversion leaves nothing behind and never replaces an existing file.
 """
 
+import csv
 import logging
 import re
 from pathlib import Path
@@ -71,7 +72,6 @@ def _known(path):
 
 def _check_header(path, sep):
     """A column named twice in a CSV header is an error (pandas would rename the second one 'a.1')."""
-    import csv
     with open(path, newline="", encoding="utf-8-sig") as f:
         header = next(csv.reader(f, delimiter=sep), [])
     repeated = first_repeated(header)
