@@ -89,6 +89,18 @@ def flat_metrics(metrics, prefix=""):
     return out
 
 
+def assert_metrics_close(got, want, rel):
+    """Two metrics dicts: the same keys, numbers equal to `rel`, everything else ('best', epochs as
+    text) exactly equal. pytest.approx over a mapping holding a string raises TypeError since pytest 9."""
+    import numbers
+    got, want = flat_metrics(got), flat_metrics(want)
+    assert sorted(got) == sorted(want)
+    is_number = lambda v: isinstance(v, numbers.Number) and not isinstance(v, bool)  # noqa: E731
+    numeric = [k for k in want if is_number(want[k])]
+    assert {k: got[k] for k in numeric} == pytest.approx({k: want[k] for k in numeric}, rel=rel)
+    assert {k: got[k] for k in want if k not in numeric} == {k: want[k] for k in want if k not in numeric}
+
+
 def at_step(step, action):
     """A Trainer._optimizer_step that calls `action()` right after the run reaches `step`."""
     from trainers.trainer import Trainer

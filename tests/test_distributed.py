@@ -11,7 +11,7 @@ import torch
 
 from data.dataset import prepare_data
 from data.demo import generate
-from tests.conftest import flat_metrics
+from tests.conftest import assert_metrics_close
 from trainers import run as run_module
 from trainers.distributed import Group
 
@@ -70,7 +70,7 @@ def test_metrics_equal_a_single_process_evaluation(ddp_run):
     single = run_module.evaluate(out / "run", "test")           # loads the checkpoint in one process
     # Not bit-equal: torchrun sets OMP_NUM_THREADS=1, and float32 matmuls summed by another thread
     # count differ in the last bits (seen: 4e-9 relative); the merge itself is exact in float64.
-    assert flat_metrics(single) == pytest.approx(flat_metrics(reported), rel=1e-6)     # per target and step too
+    assert_metrics_close(single, reported, rel=1e-6)     # per target and step too
     state = torch.load(out / "run" / "checkpoints" / "best.pt", weights_only=True)
     assert state["loader"]["world_size"] == 2 and len(state["loader"]["positions"]) == 2
     # Only rank 0 writes and prints.
@@ -96,7 +96,7 @@ def test_resume_under_torchrun_finishes_like_an_uninterrupted_run(ddp_run, demo_
     # Not bit for bit: float32 sums in the evaluation loss vary in the last bits from run to run
     # (seen: 9e-9 relative). A wrong resume shows up far above this (seen: 4e-6 on the loss,
     # 0.7% on pearson, when dropout masks were not restored).
-    assert flat_metrics(got) == pytest.approx(flat_metrics(want), rel=1e-7)
+    assert_metrics_close(got, want, rel=1e-7)
 
 
 def test_resuming_with_another_world_size_is_a_clear_error(ddp_run):
