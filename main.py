@@ -127,6 +127,10 @@ def build_parser():
     p.add_argument("--stride", type=int, default=None, help="rows between indexed window ends (default: data.stride)")
     p.add_argument("--split", default="all", choices=("all", "train", "val", "test"),
                    help="index the windows of one split only (borders: data.split, or the run's)")
+    p.add_argument("--train-until", default=None, metavar="TIME",
+                   help="IVF-PQ: learn the clusters from windows ending before TIME only, so queries from TIME on "
+                   "are point-in-time (default: the train split's end with --split; with --split all the whole "
+                   "history, and the index says it is not point-in-time)")
     p.add_argument("--out", required=True, help="index folder")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
 
@@ -358,16 +362,24 @@ def cmd_backtest(args):
 
 
 def cmd_similar(args):
+    from errors import InputError
     if args.similar_command == "index":
         from analysis.similar_index import build_index
         from analysis.similar_source import open_windows
         from atomic import check_output_dir
         from config import load_config
+        from data.splits import to_ns
         config = load_config(args.profile, args.config_file, args.overrides)
+        try:
+            train_until = None if args.train_until is None else to_ns(args.train_until)
+        except InputError:
+            raise InputError(f"--train-until {args.train_until!r} is not a time; use ISO like 2016-07-01 or "
+                             "integer ns since the epoch") from None
         check_output_dir(args.out, args.overwrite, "index", reads=(args.data or []) + ([args.run] if args.run else []))
         windows = open_windows(config, run=args.run, checkpoint=args.checkpoint, data=args.data, columns=args.columns,
                                lookback=args.lookback, stride=args.stride, split=args.split)
-        s = build_index(windows, config.similar, args.out, overwrite=args.overwrite, seed=config.seed)
+        s = build_index(windows, config.similar, args.out, overwrite=args.overwrite, seed=config.seed,
+                        train_until=train_until)
         what = f"{s['model']} embeddings ({s['dim']} dims)" if s["vectors"] == "model" else \
             f"z-normalized {s['columns']} ({s['dim']} dims)"
         print(f"indexed {s['windows']:,} windows of {s['lookback']} rows (stride {s['stride']}, split {s['split']}) as "
@@ -376,6 +388,10 @@ def cmd_similar(args):
                  if s["kind"] == "ivfpq" else "")
               + (f"; {s['skipped_nonfinite']:,} windows with NaN/Inf left out" if s["skipped_nonfinite"] else "")
               + f" -> {args.out}")
+        if s["kind"] == "ivfpq":
+            print(f"point-in-time: queries ending at or after {s['train_until']} (IVF-PQ trained on windows before it)"
+                  if s["point_in_time"] else "not point-in-time: IVF-PQ trained on windows from the whole history; "
+                  "for analog forecasts a backtest can trust, build with --train-until TIME (or --split)")
         return
     from analysis.similar_query import QueryConfig, run_query
     from config import SimilarConfig
@@ -403,6 +419,8 @@ def cmd_similar(args):
         for i, nb in enumerate(q["neighbours"], start=1):
             print(f"{i:>4}  {nb['session'][:20]:<20} {nb['end_time'][:19]:<20} {nb['distance']:>9.4f} "
                   f"{fmt(nb['followed']):>9}")
+    if summary["point_in_time_note"]:
+        print(f"note: {summary['point_in_time_note']}")
     for path in summary["outputs"]:
         print(f"wrote {path}")
 

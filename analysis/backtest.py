@@ -161,7 +161,8 @@ def _run(cfg, work, t_start, names, prices, spec, strategies, base, predictions,
         span = predictions.span
         signal_name = f"{predictions.target_name} step {cfg.step} ({Path(cfg.predictions).name})"
         nan_info = {"nan_predictions": predictions.nan, "predictions": predictions.total,
-                    "predictions_scope": predictions.scope}
+                    "predictions_scope": predictions.scope,
+                    "predictions_point_in_time": predictions.point_in_time}
     t0 = time.perf_counter()
     try:
         result = _walk(cfg, names, prices, fields, strategies, base, work, span)

@@ -92,6 +92,8 @@ class Predictions:
         self.target_name = targets[self.target]
         self.session_names = json.loads(attrs["session_names"])
         self.scope = str(attrs.get("scope", ""))     # test, val, train, new (predict --data), latest, similar
+        # An analog forecast from an IVF-PQ index whose training saw windows after some queries.
+        self.point_in_time = bool(attrs.get("point_in_time", True))
 
     def _scan(self, piece):
         """One pass over the windows, a piece at a time: each session's run of windows ({name: (start, stop)};

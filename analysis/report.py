@@ -223,6 +223,9 @@ def summary_lines(result):
         lines.append(f"  note: these are predictions of the run's {scope} split, which "
                      + ("it was fitted on" if scope == "train" else "chose its best checkpoint")
                      + ": in-sample, not a test of the signal (predict --split test)")
+    if result.get("predictions_point_in_time") is False:
+        lines.append("  note: an analog forecast from an IVF-PQ index trained on data after some of its queries: "
+                     "not point-in-time (similar index --train-until, then query after that time)")
     if "ic" in sa:
         lines.append(f"  IC {_f(sa['ic']['mean'])} (t {_f(sa['ic']['t_stat'], 2)}), rank IC {_f(sa['rank_ic']['mean'])} "
              f"(t {_f(sa['rank_ic']['t_stat'], 2)}, ICIR {_f(sa['rank_ic']['ir'], 3)}, positive "

@@ -6,8 +6,19 @@ An index folder holds
                  settings' sessions), end_row and end_time (int64 ns); session_offsets (S + 1): the
                  vectors of session s are [offsets[s], offsets[s + 1]), in time order; vectors (N, D)
                  float32 for exact distances (contiguous datasets, memory-mapped on query)
+                 IVF-PQ also: by_time (N,) the window ids in time order (ties by id) and time_sorted_end
+                 (N,) their end times: FAISS id r is window by_time[r]
   settings.json  what was indexed and how: data files (with size and mtime, checked on load),
-                 columns, lookback, stride, vector kind, FAISS settings, counts
+                 columns, lookback, stride, vector kind, FAISS settings, counts, point-in-time scope
+
+Point in time. A flat index is exact: a past-only query's neighbours depend only on windows that
+ended before it. IVF-PQ learns its clusters and codes from a sample of windows, so it is trained only
+on windows that ended before `train_until` (the user's --train-until, else the train split's end
+when the index is of a split); its vectors are added in time order (FAISS id = rank in time) and a
+past-only query searches only ids below the count of windows ended before it (FAISS's ID selector),
+so later windows neither train the quantizer nor crowd the candidate lists. A query ending at or after
+`point_in_time_from` is then point-in-time: garbling every row after it changes nothing it returns.
+An IVF-PQ index trained on the whole history says so (point_in_time false) and so do its queries.
 Flat (exact) up to similar.flat_max_vectors windows; above it IVF-PQ with FAISS's fast-scan codes
 (4-bit, one sub-quantizer per dimension: 16 levels learned per dimension, scanned with SIMD),
 trained on a sample of blocks and then filled block by block, so memory holds the codes, not the
@@ -33,7 +44,7 @@ from data.windows import WindowSpec
 from errors import InputError
 
 FORMAT_NAME = "h5series-similar-index"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2       # 2: IVF-PQ ids in time order, point-in-time scope in settings
 FILES = ("index.faiss", "windows.h5", "settings.json")
 PQ_BITS = 4            # fast-scan codes
 # Read into memory. Memory-mapped (FAISS's IO_FLAG_MMAP_IFC) the 419 MB minute index opened no faster
@@ -41,6 +52,7 @@ PQ_BITS = 4            # fast-scan codes
 # peak PSS rose from 1.03 to 1.41 GB.
 READ_FLAGS = faiss.IO_FLAG_READ_ONLY
 ADD_VECTORS = 65_536    # vectors per FAISS add: IVF-PQ adds of 4,096 took 2.2x as long (3.9 vs 1.8 s for 609k)
+TIME_ORDER_READ = 262_144   # windows read back from windows.h5 per step of adding them in time order (32 MB at 32 dims)
 
 
 def index_window(lookback, stride):
@@ -108,9 +120,43 @@ class _Writer:
         self.file.close()
 
 
-def build_index(windows, similar_cfg, out, *, overwrite=False, progress=True, seed=0):
-    """Index every window of `windows` (analysis.similar_source.WindowSet) into the folder `out`.
-    Returns the settings dict (also written to out/settings.json)."""
+def training_ranges(windows, train_until=None):
+    """(row ranges whose windows may train IVF-PQ, the time every one of them ended before, or None when
+    they span the whole history): windows ending before `train_until` (ns) when given, else the train
+    split's when the index is of a split, else every window (not point-in-time)."""
+    if train_until is not None:
+        ranges = []
+        for i, start, stop in windows.ranges():
+            cut = min(stop, windows.catalog.sessions[i].timestamp_row(train_until))    # rows before the time
+            if windows.window.n_windows(cut - start) > 0:
+                ranges.append((i, start, cut))
+        if not ranges:
+            raise InputError(f"--train-until {_iso(train_until)}: no indexed window ends before it; give a later "
+                             "time (the IVF-PQ quantizer is trained on the windows before it)")
+        return ranges, int(train_until)
+    if windows.split == "all":
+        return windows.ranges(), None
+    ranges = windows.ranges("train")
+    last = max(int(windows.catalog.sessions[i].read_timestamps(stop - 1, stop)[0]) for i, _, stop in ranges)
+    return ranges, last + 1
+
+
+def _iso(ns):
+    return str(np.datetime64(int(ns), "ns"))
+
+
+def point_in_time_from(settings):
+    """The end time from which a past-only query of this index is point-in-time (ns; the minimum int64 for
+    every query of an exact index), or None when none is (IVF-PQ trained on the whole history)."""
+    if settings["kind"] == "flat":
+        return int(np.iinfo(np.int64).min)
+    return settings.get("point_in_time_from")
+
+
+def build_index(windows, similar_cfg, out, *, overwrite=False, progress=True, seed=0, train_until=None):
+    """Index every window of `windows` (analysis.similar_source.WindowSet) into the folder `out`; IVF-PQ
+    is trained on windows ending before `train_until` (ns; see training_ranges). Returns the settings
+    dict (also written to out/settings.json)."""
     reads = list(windows.catalog.paths) + ([windows.run] if windows.run else [])
     check_output_dir(out, overwrite, "index", reads=reads)
     t0 = time.perf_counter()
@@ -124,23 +170,30 @@ def build_index(windows, similar_cfg, out, *, overwrite=False, progress=True, se
                 "sessions": [s.name for s in windows.catalog.sessions], **windows.describe()}
     if kind == "flat":
         index, padded = faiss.IndexFlatL2(dim), dim
+        settings.update(point_in_time=True, point_in_time_from=None, train_until=None)    # exact: no training
     else:
         m = similar_cfg.pq_m or auto_pq_m(dim)
         padded = _padded(dim, m)
         nlist = similar_cfg.nlist or auto_nlist(planned)
         index = faiss.IndexIVFPQFastScan(faiss.IndexFlatL2(padded), padded, nlist, m, PQ_BITS)
         settings.update(nlist=nlist, pq_m=m, pq_bits=PQ_BITS, fast_scan=True,
-                        nprobe=similar_cfg.nprobe or auto_nprobe(nlist), rerank=similar_cfg.rerank)
+                        nprobe=similar_cfg.nprobe or auto_nprobe(nlist), rerank=similar_cfg.rerank,
+                        faiss_ids="time_order")
+        train_ranges, trained_before = training_ranges(windows, train_until)
+        settings.update(point_in_time=trained_before is not None, point_in_time_from=trained_before,
+                        train_until=None if trained_before is None else _iso(trained_before))
     settings["padded_dim"] = padded
     with atomic_dir(out) as work:
         if kind == "ivfpq":
             t1 = time.perf_counter()
             n_train = similar_cfg.train_vectors or max(32_768, 40 * index.nlist)
-            sample = [v for _, _, v in windows.batches(windows.sample_plan(n_train, seed))]
-            sample = _pad(np.concatenate(sample)[:n_train], padded)
+            sample = [v for _, _, v in windows.batches(windows.sample_plan(n_train, seed, train_ranges))]
+            sample = _pad(np.concatenate(sample)[:n_train], padded) if sample else np.zeros((0, padded), np.float32)
             if len(sample) < index.nlist:
-                raise InputError(f"similar.nlist {index.nlist}: more clusters than the {len(sample)} sampled windows; "
-                                 "lower similar.nlist (0 = automatic)")
+                before = "" if trained_before is None else f" ending before {_iso(trained_before)}"
+                raise InputError(f"similar.nlist {index.nlist}: more clusters than the {len(sample)} sampled windows"
+                                 f"{before}; lower similar.nlist (0 = automatic)"
+                                 + (" or give a later --train-until" if before else ""))
             index.train(sample)
             settings.update(trained_on=len(sample), train_seconds=round(time.perf_counter() - t1, 3))
             del sample
@@ -151,7 +204,8 @@ def build_index(windows, similar_cfg, out, *, overwrite=False, progress=True, se
             pending = []
             for session, end_row, vectors in windows.batches(table):
                 writer.add(session, end_row, windows.end_times(session, end_row), vectors)
-                pending.append(vectors)
+                if kind == "flat":            # (IVF-PQ: added in time order once every window is written)
+                    pending.append(vectors)
                 if sum(map(len, pending)) >= ADD_VECTORS:
                     index.add(_pad(np.concatenate(pending), padded))
                     pending = []
@@ -164,6 +218,8 @@ def build_index(windows, similar_cfg, out, *, overwrite=False, progress=True, se
         if writer.n == 0:
             raise InputError(f"no window to index: every one of the {planned} windows has NaN/Inf in its rows; "
                              "clean the data")
+        if kind == "ivfpq":
+            _add_in_time_order(index, work / "windows.h5", writer.n, padded)
         faiss.write_index(index, str(work / "index.faiss"))
         settings.update(windows=writer.n, skipped_nonfinite=windows.skipped, build_seconds=round(time.perf_counter() - t0, 3),
                         built_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
@@ -171,6 +227,29 @@ def build_index(windows, similar_cfg, out, *, overwrite=False, progress=True, se
         with open(work / "settings.json", "w") as f:
             json.dump(settings, f, indent=2)
     return settings
+
+
+def _add_in_time_order(index, path, n, padded):
+    """Add the written windows to the IVF index in time order (ties by window id), so FAISS id r is the
+    r-th window to end: a past-only query searches ids [0, windows ended before it). Also writes the
+    order (by_time) and the sorted end times to windows.h5."""
+    with h5py.File(path, "r+") as f:
+        end_time = f["end_time"][:n]
+        by_time = np.argsort(end_time, kind="stable")                  # (N,) stable: ties by window id
+        f.create_dataset("by_time", data=by_time)
+        f.create_dataset("time_sorted_end", data=end_time[by_time])
+        del end_time
+        vectors = f["vectors"]
+        for a in range(0, n, TIME_ORDER_READ):
+            ids = by_time[a:a + TIME_ORDER_READ]
+            order = np.argsort(ids)
+            sorted_ids = ids[order]
+            # A session's windows in one stretch of time are consecutive ids: one slice read per run.
+            breaks = np.flatnonzero(np.diff(sorted_ids) != 1) + 1
+            parts = [vectors[int(run[0]):int(run[-1]) + 1] for run in np.split(sorted_ids, breaks)]
+            chunk = np.empty((len(ids), vectors.shape[1]), np.float32)
+            chunk[order] = np.concatenate(parts)
+            index.add(_pad(chunk, padded))
 
 
 def _pad(vectors, padded):
@@ -251,6 +330,10 @@ class SimilarIndex:
             self.end_time = _mapped(f["end_time"], self.n)
             self.vectors = RowReader(f["vectors"], self.n)
             self.offsets = f["session_offsets"][:]
+            time_ordered = s.get("faiss_ids") == "time_order"
+            # FAISS id -> window id, and the end times in that order (how many windows ended before a time)
+            self.by_time = _mapped(f["by_time"], self.n) if time_ordered else None
+            self.time_sorted_end = _mapped(f["time_sorted_end"], self.n) if time_ordered else None
         except (OSError, KeyError) as exc:
             raise InputError(f"{where}/windows.h5: damaged ({str(exc).splitlines()[0]}); build the index again") from None
         if len(self.offsets) != len(s["sessions"]) + 1 or self.offsets[-1] != self.n:

@@ -28,7 +28,7 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
-from analysis.similar_index import FILES, SimilarIndex, index_window
+from analysis.similar_index import FILES, SimilarIndex, index_window, point_in_time_from
 from analysis.similar_outcomes import Outcomes
 from analysis.similar_search import Searcher, times_at
 from atomic import atomic_path, check_not_input, check_output, check_outputs_distinct
@@ -337,6 +337,8 @@ def run_query(cfg, similar_cfg):
             timings = {"open_s": opened_s, "index_read_s": index.read_seconds, "ready_s": ready_s,
                        "vectors_s": vectors_s, "search_s": 0.0}
             n_queries, found, short, shown = 0, 0, 0, []
+            pit_from = point_in_time_from(s) if cfg.past_only else None
+            not_pit = 0                         # queries ending before the index's point-in-time scope
             bar = tqdm(desc="similar query", unit="query", disable=None if cfg.progress else True)
             t0 = time.perf_counter()
             for i, (q_session, q_row, q_time, q_vectors) in enumerate(itertools.chain([first], batches)):
@@ -349,6 +351,7 @@ def run_query(cfg, similar_cfg):
                     np.full(len(q_row), NAT, np.int64)
                 searcher.seconds["outcomes_s"] += time.perf_counter() - t2
                 timings["search_s"] += time.perf_counter() - t1
+                not_pit += len(q_time) if pit_from is None else int((q_time < pit_from).sum())
                 batch = _Batch(q_session, q_row, q_time, got.query_returns, truth_at, got, index)
                 for sink in sinks:
                     sink.append(batch)
@@ -361,7 +364,7 @@ def run_query(cfg, similar_cfg):
                 t0 = time.perf_counter()
             bar.close()
             for sink in sinks:
-                sink.finish()
+                sink.finish(point_in_time=not_pit == 0)
             if cfg.plot:
                 from analysis.similar_plot import draw
                 with atomic_path(cfg.plot) as tmp:
@@ -371,11 +374,27 @@ def run_query(cfg, similar_cfg):
         summary = {"queries": n_queries, "k": cfg.k, "neighbours_found": found,
                    "queries_short_of_k": short,
                    "kind": s["kind"], "windows": index.n, "past_only": cfg.past_only, "random": cfg.random,
-                   "ahead": cfg.ahead, "timings": {k: round(v, 4) for k, v in timings.items()},
+                   "ahead": cfg.ahead, "point_in_time": not_pit == 0, "queries_not_point_in_time": not_pit,
+                   "point_in_time_note": _pit_note(s, cfg, not_pit, n_queries),
+                   "timings": {k: round(v, 4) for k, v in timings.items()},
                    "outputs": [p for p in (cfg.out, cfg.forecast, cfg.plot) if p], "first": shown[:1]}
         return summary
     finally:
         index.close()
+
+
+def _pit_note(settings, cfg, not_pit, n_queries):
+    """A line saying which queries are not point-in-time and why, or None when all are."""
+    if not not_pit:
+        return None
+    if not cfg.past_only:
+        return "all-times neighbours (--all-times): windows after each query are used; not point-in-time"
+    if settings.get("train_until") is None:
+        return (f"not point-in-time: IVF-PQ index {cfg.index} was trained on windows from the whole history, so "
+                "later data shaped every query's search; build it with --train-until TIME (or for a split) and query "
+                "after that time")
+    return (f"{not_pit:,} of {n_queries:,} queries end before {settings['train_until']}, the time IVF-PQ index "
+            f"{cfg.index} was trained until: their searches saw later data (not point-in-time)")
 
 
 class _Batch:
@@ -473,8 +492,9 @@ class _H5Sink:
             ds[self.n:] = values
         self.n += m
 
-    def finish(self):
+    def finish(self, point_in_time):
         self.file.attrs["queries"] = self.n
+        self.file.attrs["point_in_time"] = point_in_time
 
     def close(self):
         self.file.close()
@@ -503,7 +523,7 @@ class _CsvSink:
             if g.found[i] == 0:
                 self.writer.writerow(head + ["", "", "", "", ""])
 
-    def finish(self):
+    def finish(self, point_in_time):
         pass
 
     def close(self):
@@ -531,12 +551,13 @@ class _ForecastSink:
                            target_time=b.truth_at[:, None], prediction=b.mean.astype(np.float32)[:, None, None],
                            truth=b.truth.astype(np.float32)[:, None, None])
 
-    def finish(self):
+    def finish(self, point_in_time):
         cfg = self.cfg
         column = cfg.price_column or cfg.return_column
         self.writer.finish(session_names=self.index.sessions, target_names=[f"{column}_return_{cfg.ahead}"],
                            window=self.window, target_lead=0, task="forecast", scope="similar",
                            index=str(self.index.path), k=cfg.k, past_only=cfg.past_only,
+                           point_in_time=point_in_time,
                            method="random" if cfg.random else "nearest")
 
     def close(self):

@@ -9,9 +9,11 @@ IVF-PQ); then, with numpy over (queries, candidates) arrays:
     row + ahead) must be known at the query's time (its time <= the query's end time);
   - the first k x similar.rerank candidates left get exact distances (float64, from the stored
     vectors) and are re-sorted by them; the first k are the neighbours.
-The rules come first because they need only the memory-mapped ids: a query late in the data keeps
-most candidates, one early in it few, so FAISS is asked for more candidates the smaller the share
-of the index a query may use (its past), and only the kept ones are read from disk.
+The rules come first because they need only the memory-mapped ids. On an IVF-PQ index (ids in time
+order) a past-only query's search is limited inside FAISS to the windows that ended before it (an ID
+selector over ids [0, count)), so later windows cannot crowd its candidates: what it returns depends
+on the past alone (point-in-time). On a flat index, exact, FAISS is asked for more candidates the
+smaller the share of the index a query may use (its past), and only the kept ones are read from disk.
 A query left with fewer than k x rerank asks again, with 4x the candidates, until it has them or the
 index has no more to give (then its missing neighbours are -1 / NaN).
 The null of an analog forecast, `random`, draws the candidates uniformly from the index instead and
@@ -22,6 +24,7 @@ import dataclasses
 import math
 import time
 
+import faiss
 import numpy as np
 
 from data.predictions import NAT
@@ -61,6 +64,7 @@ class Searcher:
         self.rerank = max(1, int(index.settings.get("rerank", 0))) if self.ivf else 1
         self.nprobe = nprobe
         self.padded = int(index.settings["padded_dim"])
+        self.time_ordered = getattr(index, "by_time", None) is not None   # FAISS id = rank in time
         self._faiss = None        # the FAISS index, taken at the first search (its file may still be being read)
         self.seconds = {"faiss_s": 0.0, "rerank_s": 0.0, "outcomes_s": 0.0}     # where search time goes
 
@@ -87,7 +91,9 @@ class Searcher:
         keep = k if self.random else k * self.rerank
         stride = int(self.index.settings.get("stride", 1))
         overlap = math.ceil((2 * self.lookback - 1) / stride)              # windows sharing a row with the query
-        share = past.sum(1) / n if past is not None else np.ones(Q)        # of the index a query may use
+        # Past-only on a time-ordered index: FAISS searches only the windows ended before each query.
+        limit = past.sum(1) if past is not None and self.time_ordered and not self.random else None
+        share = past.sum(1) / n if past is not None and limit is None else np.ones(Q)  # of the index a query may use
         want = np.minimum(2 * keep / np.maximum(share, 1e-9) + overlap, MAX_WANT)
         while len(pending):
             # Queries asking about as many candidates go to FAISS together (one k per call).
@@ -97,7 +103,8 @@ class Searcher:
                 group = pending[bucket == size]
                 step = max(1, CELLS // int(size))
                 for part in (group[i:i + step] for i in range(0, len(group), step)):
-                    ids, exhausted = self._candidates(vectors[part], int(size))
+                    ids, exhausted = self._candidates(vectors[part], int(size),
+                                                      None if limit is None else limit[part])
                     allowed = self._pick(out, part, vectors[part], ids, ask)
                     exhausted |= size >= min(n, MAX_WANT)
                     short.append(part[(allowed < keep) & ~exhausted])
@@ -156,9 +163,10 @@ class Searcher:
         starts = self.index.offsets[:-1]
         return np.concatenate([np.arange(a, a + c) for a, c in zip(starts, counts) if c] or [np.zeros(0, np.int64)])
 
-    def _candidates(self, q, want):
+    def _candidates(self, q, want, limit=None):
         """(ids (Q, want), exhausted (Q,)): FAISS's candidates in its order (random draws in draw
-        order); exhausted where asking for more cannot give more."""
+        order), as window ids; exhausted where asking for more cannot give more. `limit` (Q,): search
+        only FAISS ids below it (time-ordered index: the windows ended before each query)."""
         n = self.index.n
         if self.random:
             ids = np.stack([self.rng.choice(n, want, replace=False) for _ in range(len(q))]).astype(np.int64)
@@ -168,11 +176,26 @@ class Searcher:
             self._faiss = self.index.index
             if self.nprobe and hasattr(self._faiss, "nprobe"):
                 self._faiss.nprobe = self.nprobe
+        padded = np.ascontiguousarray(padded, np.float32)
         t0 = time.perf_counter()
-        _, ids = self._faiss.search(np.ascontiguousarray(padded, np.float32), want)
+        if limit is None:
+            _, ids = self._faiss.search(padded, want)
+        else:
+            # One call per distinct limit (FAISS's parameters hold one selector for all queries of a call).
+            ids = np.full((len(q), want), -1, np.int64)
+            for bound in np.unique(limit):
+                rows = np.flatnonzero(limit == bound)
+                if bound == 0:
+                    continue
+                params = faiss.SearchParametersIVF(sel=faiss.IDSelectorRange(0, int(bound)),
+                                                   nprobe=int(self._faiss.nprobe))
+                ids[rows] = self._faiss.search(padded[rows], want, params=params)[1]
         self.seconds["faiss_s"] += time.perf_counter() - t0
+        ids = ids.astype(np.int64)
+        if self.time_ordered:
+            ids = np.where(ids >= 0, self.index.by_time[np.maximum(ids, 0)], -1)
         # IVF-PQ probes some clusters only: when they held fewer than asked, more would not help.
-        return ids.astype(np.int64), (want >= n) | (ids < 0).any(1)
+        return ids, (want >= (n if limit is None else limit)) | (ids < 0).any(1)
 
     def _exact(self, q, ids):
         """Exact L2 distances (Q, C) float64 of the queries to the candidate vectors; inf for id -1."""

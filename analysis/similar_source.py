@@ -127,10 +127,11 @@ class WindowSet:
     def plan(self, ranges, block_rows=None):
         return plan_blocks(ranges, self.window, block_windows_for(block_rows or self.block_rows, self.window))
 
-    def sample_plan(self, n_windows, seed=0):
-        """Blocks of ~SAMPLE_BLOCK_ROWS rows drawn at random (without replacement) until they hold
-        n_windows windows: the sample IVF-PQ is trained on, spread over sessions and time."""
-        table = self.plan(self.ranges(), SAMPLE_BLOCK_ROWS)
+    def sample_plan(self, n_windows, seed=0, ranges=None):
+        """Blocks of ~SAMPLE_BLOCK_ROWS rows of `ranges` (default: the index's) drawn at random (without
+        replacement) until they hold n_windows windows: the sample IVF-PQ is trained on, spread over
+        sessions and time."""
+        table = self.plan(self.ranges() if ranges is None else ranges, SAMPLE_BLOCK_ROWS)
         order = np.random.default_rng(seed).permutation(len(table))
         counts = np.cumsum(table[order, 2])
         take = int(np.searchsorted(counts, n_windows)) + 1

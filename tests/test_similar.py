@@ -606,3 +606,79 @@ def test_query_times_resolved_from_the_index_equal_the_data(market, tmp_path, st
         np.testing.assert_array_equal(at[inside], stamps[(row + ahead)[inside]])
         assert (at[~inside] == np.datetime64("NaT").astype(np.int64)).all()
     index.close()
+
+
+def _garbled_copy(prices, after, seed):
+    """The prices with every row after `after` replaced by another random walk (same dates and sessions)."""
+    garbled = prices.copy()
+    later = garbled.index > after
+    rng = np.random.default_rng(seed)
+    garbled.loc[later] = 30 * np.exp(np.cumsum(rng.normal(0, 0.05, (int(later.sum()), prices.shape[1])), axis=0))
+    return garbled
+
+
+def test_ivfpq_analog_search_is_point_in_time_by_garbling(tmp_path, monkeypatch):
+    """Every row after D rewritten with garbage: an IVF-PQ index trained until T <= D gives every past-only
+    query ending at or before D bitwise the same neighbours, distances and analog forecast. Trained on the
+    whole history it does not (the test would catch the look-ahead) and says it is not point-in-time."""
+    import analysis.similar_search as search
+    monkeypatch.setattr(search, "BRUTE_MAX", 0)         # every query through FAISS, as at 500-stock scale
+    prices = random_prices(n_dates=2600, n_assets=8, seed=11)
+    D, T = prices.index[2000], prices.index[1500]
+    clean = write_prices(tmp_path / "clean.h5", prices)
+    dirty = write_prices(tmp_path / "dirty.h5", _garbled_copy(prices, D, seed=12))
+    rng = np.random.default_rng(13)
+    rows = rng.integers(1500, 2001, 120)                # queries ending in [T, D]
+    pairs = sorted({(prices.columns[rng.integers(8)], str(prices.index[r].date())) for r in rows})
+    csv_path = _queries_csv(tmp_path / "q.csv", pairs)
+
+    def run(path, name, **kw):
+        config = _config("similar.flat_max_vectors=1000")
+        windows = open_windows(config, data=[path], columns=["close"], lookback=L, stride=1, split="all")
+        settings = build_index(windows, config.similar, tmp_path / name, progress=False, **kw)
+        summary, out = _query(tmp_path / name, tmp_path, name=f"res-{name}.h5", queries=str(csv_path), k=10,
+                              forecast=str(tmp_path / f"{name}-forecast.h5"))
+        res = _results(out)[0]
+        with h5py.File(tmp_path / f"{name}-forecast.h5", "r") as f:
+            forecast = f["prediction"][:], dict(f.attrs)
+        return settings, summary, res, forecast
+
+    t_ns = int(np.datetime64(T, "ns").astype(np.int64))
+    s_clean, sum_clean, a, fa = run(clean, "clean", train_until=t_ns)
+    s_dirty, _, b, fb = run(dirty, "dirty", train_until=t_ns)
+    assert s_clean["kind"] == "ivfpq" and s_clean["point_in_time"] and s_clean["train_until"].startswith(str(T.date()))
+    assert sum_clean["point_in_time"] and sum_clean["point_in_time_note"] is None and fa[1]["point_in_time"]
+    for name in ("neighbour_session", "neighbour_end_row", "neighbour_end_time", "distance", "neighbour_followed",
+                 "mean", "found"):
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    np.testing.assert_array_equal(fa[0], fb[0])
+    assert (a["found"] == 10).all()
+
+    # Trained on every window (the old way): later rows changed the search, and it says so.
+    s_all, sum_all, c, fc = run(clean, "all")
+    _, _, d, _ = run(dirty, "all-dirty")
+    assert not s_all["point_in_time"] and not sum_all["point_in_time"] and not fc[1]["point_in_time"]
+    assert "whole history" in sum_all["point_in_time_note"]
+    assert not np.array_equal(c["neighbour_end_row"], d["neighbour_end_row"])
+    # A backtest of that forecast says it is not point-in-time.
+    assert main.main(["backtest", "--prices", str(clean), "--price-column", "close", "--predictions",
+                      str(tmp_path / "all-forecast.h5"), "--out", str(tmp_path / "bt"), "--no-plots",
+                      "--no-tensorboard", "--k", "2"]) == 0
+    assert json.loads((tmp_path / "bt" / "report.json").read_text())["predictions_point_in_time"] is False
+
+
+def test_train_until_and_split_scope_the_ivfpq_training(tmp_path, capsys):
+    prices = random_prices(n_dates=1200, n_assets=6, seed=2)
+    path = write_prices(tmp_path / "p.h5", prices)
+    common = ["similar", "index", "--data", str(path), "--columns", "close", "--lookback", str(L),
+              "similar.flat_max_vectors=100"]
+    assert main.main(common + ["--split", "test", "--out", str(tmp_path / "test")]) == 0
+    settings = json.loads((tmp_path / "test" / "settings.json").read_text())
+    # default for a split: the train split's end (0.7 of 1200 rows: the last train row is 839)
+    assert settings["point_in_time"] and settings["train_until"].startswith(str(prices.index[839].date()))
+    assert "point-in-time: queries ending at or after" in capsys.readouterr().out
+    assert main.main(common + ["--train-until", "1990-01-01", "--out", str(tmp_path / "early")]) == 2
+    assert "no indexed window ends before it" in capsys.readouterr().err
+    assert main.main(common + ["--train-until", "soon", "--out", str(tmp_path / "bad")]) == 2
+    assert "--train-until 'soon' is not a time" in capsys.readouterr().err
+    assert not (tmp_path / "early").exists() and not (tmp_path / "bad").exists()
