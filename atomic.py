@@ -2,29 +2,97 @@
 or destroys the previous one."""
 
 import contextlib
+import errno
+import fnmatch
 import json
 import os
+import re
+import shutil
 from pathlib import Path
+
+# Temporaries carry the writer's pid, so a later run can tell a dead writer's litter from a live one's.
+_TEMP = re.compile(r"^\.(?P<name>.+)\.(?:tmp|old)-(?P<pid>\d+)(?:-[^/]*)?$")
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True                 # someone else's live process
+    except (OverflowError, ValueError):
+        return True                 # no process id at all: not a temporary of ours, left alone
+    return True
+
+
+def clean_stale_temps(path):
+    """Remove the temporaries of `path` (.NAME.tmp-PID..., .NAME.old-PID) left by writers that are gone
+    (a SIGKILL mid-write); a live writer's are left alone. Returns the paths removed."""
+    path = Path(path)
+    removed = []
+    try:
+        entries = list(os.scandir(path.parent))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _TEMP.match(entry.name)
+        if not match or match["name"] != path.name or _alive(int(match["pid"])):
+            continue
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            else:
+                os.unlink(entry.path)
+            removed.append(entry.path)
+        except OSError:
+            pass
+    return removed
+
+
+def _fsync_dir(folder):
+    # A rename is durable only once the directory entry is on disk.
+    dir_fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _appeared(path):
+    from errors import InputError
+    return InputError(f"{path}: appeared while this command ran (another process wrote it); it was kept and this "
+                      "command's output dropped: pass --overwrite to replace it, or choose another path")
 
 
 @contextlib.contextmanager
-def atomic_path(path):
-    """Yield a temporary path beside `path`; on success fsync it and rename it over
-    `path`, on any error delete it and leave `path` as it was."""
+def atomic_path(path, replace=True):
+    """Yield a temporary path beside `path`; on success fsync it and rename it to `path`, on any error
+    delete it and leave `path` as it was. With `replace` False (a user's output without --overwrite) the
+    final step refuses a `path` that appeared meanwhile (a hard link never replaces: two writers of one
+    output cannot both win). A dead writer's temporaries of `path` are removed first."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale_temps(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-        # The rename is durable only once the directory entry is on disk.
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        if replace:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                raise _appeared(path) from None
+            except OSError as exc:
+                if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV):
+                    raise
+                if path.exists():           # a filesystem without hard links: check, then rename
+                    raise _appeared(path) from None
+                os.replace(tmp, path)
+        _fsync_dir(path.parent)
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -90,10 +158,12 @@ def check_output(path, overwrite=False, reads=(), suffixes=None):
     return path
 
 
-def check_output_dir(path, overwrite=False, what="report", reads=()):
+def check_output_dir(path, overwrite=False, what="report", reads=(), owns=None):
     """`check_output` for an output folder (a backtest report, a similar-window index): refused when it
-    exists without `overwrite`, is a file, is or holds one of the command's inputs `reads`, or cannot be
-    written. Returns the path."""
+    exists without `overwrite`, is a file, is or holds one of the command's inputs `reads`, holds anything
+    that the command does not write (`owns`: glob patterns of its entries; --overwrite replaces only a
+    folder this command wrote, never a training run or a folder of other files), or cannot be written.
+    Returns the path."""
     from errors import InputError
     path = Path(path)
     check_not_input(path, reads, folder=True)
@@ -102,8 +172,21 @@ def check_output_dir(path, overwrite=False, what="report", reads=()):
                          f"{what} is complete)")
     if path.exists() and not path.is_dir():
         raise InputError(f"{path}: is a file; --out names a folder for the {what}")
+    if path.is_dir() and owns is not None:
+        check_owned(path, owns, what)
     _check_writable_parent(path)
     return path
+
+
+def check_owned(path, owns, what):
+    """Refuse replacing folder `path` when it holds an entry not matching the patterns `owns`."""
+    from errors import InputError
+    foreign = sorted(entry.name for entry in os.scandir(path)
+                     if not any(fnmatch.fnmatchcase(entry.name, pattern) for pattern in owns))
+    if foreign:
+        raise InputError(f"{path}: holds {foreign[0]}" + (f" and {len(foreign) - 1} more" if len(foreign) > 1 else "")
+                         + f", not written by this command's {what}; --overwrite replaces only a {what} folder: "
+                         "choose another --out (nothing was removed)")
 
 
 def _check_writable_parent(path):
@@ -115,22 +198,35 @@ def _check_writable_parent(path):
 
 
 @contextlib.contextmanager
-def atomic_dir(path):
-    """Yield a temporary folder beside `path`, renamed over `path` on success (the old one, if any,
-    removed only then); on any error it is deleted and `path` is left as it was."""
-    import shutil
+def atomic_dir(path, replace=False, owns=None, what="output"):
+    """Yield a temporary folder beside `path`, renamed to `path` on success; on any error it is deleted
+    and `path` is left as it was. A `path` that exists then is replaced only with `replace` (--overwrite)
+    and, with `owns`, only when it holds nothing but what the command writes (checked again at the
+    rename: it may have changed meanwhile); the old folder is removed only after the rename. A dead
+    writer's temporaries of `path` are removed first."""
     import tempfile
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    clean_stale_temps(path)
+    work = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-{os.getpid()}-", dir=path.parent))
     try:
         yield work
-        if path.exists():
+        if path.exists() or path.is_symlink():
+            if not replace:
+                raise _appeared(path)
+            if owns is not None:
+                check_owned(path, owns, what)
             old = path.with_name(f".{path.name}.old-{os.getpid()}")
             os.replace(path, old)
             os.replace(work, path)
             shutil.rmtree(old, ignore_errors=True)
         else:
-            os.replace(work, path)
+            try:
+                os.rename(work, path)          # onto an empty folder made meanwhile: it had nothing to lose
+            except OSError as exc:
+                if exc.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR):
+                    raise _appeared(path) from None
+                raise
+        _fsync_dir(path.parent)
     finally:
         shutil.rmtree(work, ignore_errors=True)

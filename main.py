@@ -215,7 +215,7 @@ def cmd_make_demo(args):
     from atomic import check_output
     from data.catalog import HDF5_SUFFIXES
     check_output(args.out, args.overwrite, suffixes=HDF5_SUFFIXES)     # a user's file is not replaced unasked
-    summary = generate(args.out, seed=args.seed, compression=args.compression, **sizes)
+    summary = generate(args.out, seed=args.seed, compression=args.compression, overwrite=args.overwrite, **sizes)
     print(f"wrote {summary['sessions']} sessions x {summary['rows']} rows x "
           f"{len(summary['features'])} features to {summary['out']}")
 
@@ -364,7 +364,7 @@ def cmd_backtest(args):
 def cmd_similar(args):
     from errors import InputError
     if args.similar_command == "index":
-        from analysis.similar_index import build_index
+        from analysis.similar_index import FILES, build_index
         from analysis.similar_source import open_windows
         from atomic import check_output_dir
         from config import load_config
@@ -375,7 +375,8 @@ def cmd_similar(args):
         except InputError:
             raise InputError(f"--train-until {args.train_until!r} is not a time; use ISO like 2016-07-01 or "
                              "integer ns since the epoch") from None
-        check_output_dir(args.out, args.overwrite, "index", reads=(args.data or []) + ([args.run] if args.run else []))
+        check_output_dir(args.out, args.overwrite, "index", reads=(args.data or []) + ([args.run] if args.run else []),
+                         owns=FILES)
         windows = open_windows(config, run=args.run, checkpoint=args.checkpoint, data=args.data, columns=args.columns,
                                lookback=args.lookback, stride=args.stride, split=args.split)
         s = build_index(windows, config.similar, args.out, overwrite=args.overwrite, seed=config.seed,

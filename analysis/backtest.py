@@ -96,7 +96,8 @@ def _check(cfg):
     unknown = [s for s in cfg.strategies if s not in STRATEGIES]
     if unknown:
         raise InputError(f"--strategy {unknown[0]!r} is unknown; choose from {', '.join(STRATEGIES)}")
-    check_output_dir(cfg.out, cfg.overwrite, "report", reads=list(cfg.prices) + ([cfg.predictions] if cfg.predictions else []))
+    check_output_dir(cfg.out, cfg.overwrite, "report", reads=list(cfg.prices) + ([cfg.predictions] if cfg.predictions else []),
+                     owns=report.OWNS)
 
 
 def run_backtest(cfg):
@@ -128,7 +129,7 @@ def run_backtest(cfg):
                         long_above=long_above if cfg.long_above is None else cfg.long_above,
                         short_below=short_below if cfg.short_below is None else cfg.short_below,
                         rebalance=cfg.rebalance, cost_bps=cfg.cost_bps, min_cost=cfg.min_cost, capital=cfg.capital)
-    with atomic_dir(cfg.out) as work:
+    with atomic_dir(cfg.out, replace=cfg.overwrite, owns=report.OWNS, what="report") as work:
         try:
             return _run(cfg, work, t_start, names, prices, spec, strategies, base, predictions, column, kind, n)
         finally:

@@ -181,6 +181,10 @@ def _finite(v):
     return float(v) if v is not None and math.isfinite(v) else float("nan")
 
 
+# What a backtest writes into its report folder: --overwrite replaces a folder holding only these.
+OWNS = ("report.json", "periods.h5", "periods.csv", "positions.csv", "*.png", "tensorboard", "signals")
+
+
 def write_all(work, result, *, plots=True, tensorboard=True):
     write_csv(work)
     write_positions(work, result)

@@ -158,7 +158,7 @@ def build_index(windows, similar_cfg, out, *, overwrite=False, progress=True, se
     is trained on windows ending before `train_until` (ns; see training_ranges). Returns the settings
     dict (also written to out/settings.json)."""
     reads = list(windows.catalog.paths) + ([windows.run] if windows.run else [])
-    check_output_dir(out, overwrite, "index", reads=reads)
+    check_output_dir(out, overwrite, "index", reads=reads, owns=FILES)
     t0 = time.perf_counter()
     table = windows.plan(windows.ranges())
     planned = int(table[:, 2].sum())
@@ -183,7 +183,7 @@ def build_index(windows, similar_cfg, out, *, overwrite=False, progress=True, se
         settings.update(point_in_time=trained_before is not None, point_in_time_from=trained_before,
                         train_until=None if trained_before is None else _iso(trained_before))
     settings["padded_dim"] = padded
-    with atomic_dir(out) as work:
+    with atomic_dir(out, replace=overwrite, owns=FILES, what="index") as work:
         if kind == "ivfpq":
             t1 = time.perf_counter()
             n_train = similar_cfg.train_vectors or max(32_768, 40 * index.nlist)

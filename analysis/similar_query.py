@@ -367,7 +367,7 @@ def run_query(cfg, similar_cfg):
                 sink.finish(point_in_time=not_pit == 0)
             if cfg.plot:
                 from analysis.similar_plot import draw
-                with atomic_path(cfg.plot) as tmp:
+                with atomic_path(cfg.plot, replace=cfg.overwrite) as tmp:
                     draw(shown, windows, cfg, tmp)
         timings.update(searcher.seconds)
         timings["total_s"] = time.perf_counter() - t_start
@@ -447,11 +447,11 @@ def _num(x):
 def _open_sinks(stack, cfg, index, windows):
     sinks = []
     if cfg.out is not None:
-        tmp = stack.enter_context(atomic_path(cfg.out))
+        tmp = stack.enter_context(atomic_path(cfg.out, replace=cfg.overwrite))
         sinks.append(_CsvSink(tmp, index) if Path(cfg.out).suffix.lower() == ".csv" else
                      _H5Sink(tmp, cfg, index))
     if cfg.forecast is not None:
-        sinks.append(_ForecastSink(stack.enter_context(atomic_path(cfg.forecast)), cfg, index, windows))
+        sinks.append(_ForecastSink(stack.enter_context(atomic_path(cfg.forecast, replace=cfg.overwrite)), cfg, index, windows))
     for sink in sinks:
         stack.callback(sink.close)
     return sinks

@@ -331,7 +331,7 @@ def convert(inputs, out, *, features=(), targets=(), time_column=None, session_c
     out = check_output(out, overwrite, reads=files, suffixes=HDF5_SUFFIXES)
     summary = {"out": str(out), "sessions": {}, "inputs": len(files)}
     plan = None
-    with atomic_path(out) as tmp:
+    with atomic_path(out, replace=overwrite) as tmp:
         # No chunk cache for the output: every open writer (one per session) kept up to 1 MiB a dataset of
         # it, so memory grew with the number of sessions (issue 10, case 25); appends cover whole chunks
         # but at their edges, where HDF5 reads the one partial chunk back.

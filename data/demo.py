@@ -70,7 +70,7 @@ def generate(out, *, sessions=16, rows=20_000, features=8, seed=0, compression="
     names = ["ret", "abs_ret", "log_volume"] + [f"signal_{i}" for i in range(max(0, features - 3))]
     names = names[:features]
     rng = np.random.default_rng(seed)
-    with atomic_path(out) as tmp:
+    with atomic_path(out, replace=overwrite) as tmp:
         with h5py.File(tmp, "w") as h5file:
             for s in tqdm(range(sessions), desc=f"make-demo {out}", unit="session", disable=None if progress else True):
                 writer = SessionWriter(h5file, f"stock_{s:04d}", names, ["next_log_return"],

@@ -69,7 +69,7 @@ def predict(run_dir, out, split=None, *, data=None, latest=False, fit_new_sessio
     stamped = all(s.has_timestamps for s in sessions)
     if latest:
         chosen = _latest_windows(prepared)
-    with atomic_path(out) as tmp:
+    with atomic_path(out, replace=overwrite) as tmp:
         with h5py.File(tmp, "w") as f:
             writer = PredictionWriter(f, horizon=prepared.window.horizon, n_targets=len(prepared.columns.target_names),
                                       stamped=stamped, n_classes=config.model.n_classes if scorer.classify else 0,
@@ -93,7 +93,7 @@ def predict(run_dir, out, split=None, *, data=None, latest=False, fit_new_sessio
                           checkpoint=run.checkpoint, epoch_of_checkpoint=run.epoch)
     result = {"out": str(out), "windows": writer.n, "sessions": len(seen)}
     if picture is not None:
-        with atomic_path(picture) as tmp:
+        with atomic_path(picture, replace=overwrite) as tmp:
             save_png(panels_from_file(out, plot), tmp, title=f"{Path(out).name}: forecasts vs truth", format="png")
         result["plot"] = str(picture)
     return result

@@ -1,0 +1,115 @@
+"""What every command promises about its outputs (docs/guarantees.md): two writers of one output never
+both win, --overwrite replaces only what the command itself writes, and a killed writer's litter is
+cleaned by the next run."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import main
+from atomic import atomic_dir, atomic_path, clean_stale_temps
+from errors import InputError
+from tests.helpers.market import random_prices, write_prices
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _dead_pid():
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_a_file_that_appears_meanwhile_is_kept(tmp_path):
+    out = tmp_path / "out.h5"
+    with pytest.raises(InputError, match="appeared while this command ran"):
+        with atomic_path(out, replace=False) as tmp:
+            tmp.write_text("mine")
+            out.write_text("theirs")                  # another writer finished first
+    assert out.read_text() == "theirs"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.h5"]        # no temporary left
+    with atomic_path(out, replace=True) as tmp:       # --overwrite
+        tmp.write_text("mine")
+    assert out.read_text() == "mine"
+
+
+def test_a_folder_that_appears_meanwhile_is_kept(tmp_path):
+    out = tmp_path / "report"
+    with pytest.raises(InputError, match="appeared while this command ran"):
+        with atomic_dir(out) as work:
+            (work / "report.json").write_text("mine")
+            out.mkdir()
+            (out / "report.json").write_text("theirs")
+    assert (out / "report.json").read_text() == "theirs"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]
+
+
+def test_two_make_demos_to_one_path_one_wins_whole(tmp_path):
+    out = tmp_path / "demo.h5"
+    cmd = [sys.executable, "main.py", "make-demo", "--out", str(out), "--sessions", "4", "--rows", "60000"]
+    procs = [subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+    codes = sorted(code for code, _ in results)
+    assert codes == [0, 2], results
+    loser = next(err for code, err in results if code == 2)
+    assert "already exists" in loser or "appeared while this command ran" in loser
+    assert main.main(["inspect", str(out)]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["demo.h5"]
+
+
+def test_stale_temporaries_of_a_dead_writer_are_cleaned(tmp_path, capsys):
+    dead, alive = _dead_pid(), os.getpid()
+    out = tmp_path / "demo.h5"
+    stale = [tmp_path / f".demo.h5.tmp-{dead}", tmp_path / f".demo.h5.tmp-{dead}-x1y2"]
+    stale[0].write_text("half a file")
+    stale[1].mkdir()
+    live = tmp_path / f".demo.h5.tmp-{alive}9999999"        # not this name's pattern: another pid string
+    other = tmp_path / f".other.h5.tmp-{dead}"                # another output's: not ours to clean
+    live.write_text("x")
+    other.write_text("x")
+    assert main.main(["make-demo", "--out", str(out), "--sessions", "1", "--rows", "100", "--features", "2"]) == 0
+    assert not any(p.exists() for p in stale)
+    assert other.exists() and out.exists()
+    running = tmp_path / f".demo.h5.tmp-{alive}"
+    running.write_text("being written by a live process")
+    assert clean_stale_temps(out) == [] and running.exists()
+
+
+def test_report_and_index_folders_are_cleaned_after_a_kill(tmp_path):
+    dead = _dead_pid()
+    litter = tmp_path / f".bt.tmp-{dead}-abc"
+    litter.mkdir()
+    (litter / "report.json").write_text("{}")
+    with atomic_dir(tmp_path / "bt") as work:
+        (work / "report.json").write_text("{}")
+    assert not litter.exists() and (tmp_path / "bt" / "report.json").exists()
+
+
+@pytest.fixture
+def prices_file(tmp_path):
+    return write_prices(tmp_path / "prices.h5", random_prices(n_dates=80, n_assets=5, seed=1))
+
+
+def test_overwrite_replaces_only_a_folder_the_command_wrote(tmp_path, prices_file, capsys):
+    run_dir = tmp_path / "run"                   # a training run (or any folder of the user's)
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "config.yaml").write_text("model: {}\n")
+    args = ["backtest", "--prices", str(prices_file), "--price-column", "close", "--signal", "momentum:5",
+            "--no-plots", "--no-tensorboard", "--overwrite"]
+    assert main.main(args + ["--out", str(run_dir)]) == 2
+    err = capsys.readouterr().err
+    assert "holds checkpoints and 1 more, not written by this command's report" in err and "nothing was removed" in err
+    assert (run_dir / "config.yaml").exists() and (run_dir / "checkpoints").is_dir()
+    # a report folder is replaced with --overwrite
+    assert main.main(args + ["--out", str(tmp_path / "bt")]) == 0
+    assert main.main(args + ["--out", str(tmp_path / "bt")]) == 0
+    (tmp_path / "bt" / "notes.txt").write_text("my notes")
+    assert main.main(args + ["--out", str(tmp_path / "bt")]) == 2
+    assert "holds notes.txt" in capsys.readouterr().err and (tmp_path / "bt" / "notes.txt").exists()
+    index_args = ["similar", "index", "--data", str(prices_file), "--columns", "close", "--lookback", "5", "--overwrite"]
+    assert main.main(index_args + ["--out", str(run_dir)]) == 2
+    assert "not written by this command's index" in capsys.readouterr().err and (run_dir / "config.yaml").exists()
