@@ -24,6 +24,7 @@ class PeriodWriter:
         self.file = h5py.File(path, "w")
         self.n = 0
         self.file.attrs["strategies"] = json.dumps(list(strategies))
+        self.file.attrs["h5series_format"] = "h5series-backtest-periods"     # (a data folder's search skips it)
 
     def append(self, times, ends, columns):
         m = len(times)

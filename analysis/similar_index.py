@@ -117,6 +117,7 @@ class _Writer:
         offsets = np.concatenate([[0], np.cumsum(self.counts)])
         self.file.create_dataset("session_offsets", data=offsets)
         self.file.attrs["windows"] = self.n
+        self.file.attrs["h5series_format"] = "h5series-similar-windows"      # (a data folder's search skips it)
         self.file.close()
 
 

@@ -60,10 +60,15 @@ def resolve_paths(paths):
             files.extend(m for m in matches if os.path.isfile(m))
         elif os.path.isdir(entry):
             found = sorted(str(p) for p in Path(entry).rglob("*") if p.suffix.lower() in HDF5_SUFFIXES)
-            if not found:
-                raise InputError(f"{entry}: directory holds no HDF5 file ({', '.join(HDF5_SUFFIXES)}); "
+            kept = [f for f in found if not _other_output(f, entry)]
+            if len(kept) < len(found):
+                skipped = sorted(set(found) - set(kept))
+                log.info("%s: skipped %d HDF5 file(s) that are not session data (temporaries, predictions, "
+                         "similar indexes or results, backtest periods), e.g. %s", entry, len(skipped), skipped[0])
+            if not kept:
+                raise InputError(f"{entry}: directory holds no HDF5 session file ({', '.join(HDF5_SUFFIXES)}); "
                                  "convert your data with `python main.py convert`")
-            files.extend(found)
+            files.extend(kept)
         elif not os.path.exists(entry):
             raise InputError(f"{entry}: no such file or directory; check the path")
         else:
@@ -72,6 +77,23 @@ def resolve_paths(paths):
         raise InputError("no data path given; set data.paths or pass a file")
     # Keep the first occurrence: the same file listed twice is one dataset, not two.
     return list(dict.fromkeys(os.path.abspath(f) for f in files))
+
+
+def _other_output(path, folder):
+    """Whether a file found in a data folder is not session data: a hidden file or one under a hidden
+    folder (a writer's temporary, .NAME.tmp-PID), or an h5series output of another kind (predictions,
+    a similar index's windows or results, backtest periods), which say so in `h5series_format`."""
+    relative = Path(path).relative_to(folder)
+    if any(part.startswith(".") for part in relative.parts):
+        return True
+    try:
+        with h5py.File(path, "r") as f:
+            kind = f.attrs.get("h5series_format")
+    except OSError:
+        return False                   # unreadable: the catalog reports it, naming the file
+    if isinstance(kind, bytes):
+        kind = kind.decode(errors="replace")
+    return kind is not None and kind != layout.FORMAT_NAME
 
 
 def file_labels(files):

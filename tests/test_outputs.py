@@ -113,3 +113,20 @@ def test_overwrite_replaces_only_a_folder_the_command_wrote(tmp_path, prices_fil
     index_args = ["similar", "index", "--data", str(prices_file), "--columns", "close", "--lookback", "5", "--overwrite"]
     assert main.main(index_args + ["--out", str(run_dir)]) == 2
     assert "not written by this command's index" in capsys.readouterr().err and (run_dir / "config.yaml").exists()
+
+
+def test_outputs_written_into_a_data_folder_are_not_read_as_sessions(tmp_path, prices_file):
+    from data.catalog import open_catalog
+    from tests.helpers.market import write_predictions
+    folder = tmp_path / "data"
+    folder.mkdir()
+    prices = random_prices(n_dates=80, n_assets=5, seed=1)
+    write_prices(folder / "prices.h5", prices)
+    before = [s.name for s in open_catalog([str(folder)]).sessions]
+    write_predictions(folder / "pred.h5", prices.pct_change())
+    (folder / f".prices2.h5.tmp-{os.getpid()}").write_bytes((folder / "prices.h5").read_bytes())  # being written
+    assert main.main(["backtest", "--prices", str(prices_file), "--price-column", "close", "--signal", "momentum:5",
+                      "--no-plots", "--no-tensorboard", "--out", str(folder / "bt")]) == 0       # periods.h5 inside
+    assert main.main(["similar", "index", "--data", str(prices_file), "--columns", "close", "--lookback", "5",
+                      "--out", str(folder / "idx")]) == 0                                          # windows.h5 inside
+    assert [s.name for s in open_catalog([str(folder)]).sessions] == before
