@@ -307,6 +307,31 @@ def test_a_run_directory_is_locked_and_never_overwritten_silently(demo_path, tmp
     assert main.main(["train", "--resume", str(run)]) == 0    # its process is gone: the lock is taken over
     assert not lock.exists()
     assert main.main(args + ["--overwrite"]) == 0
+    # The lock is the resolved run's: a symlink to the run is the same run.
+    link = tmp_path / "link"
+    link.symlink_to(run)
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lock.write_text(f"{sleeper.pid}\n")
+        assert main.main(["train", "--resume", str(link)]) == 2
+        assert f"in use by process {sleeper.pid}" in capsys.readouterr().err
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+        lock.unlink()
+    # --overwrite with a bad override keeps the old run whole: nothing is replaced before every check passes.
+    before = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    for bad in ("data.lookback=7000", "memory_budget_mb=100", "training.batch_size=100000000"):
+        capsys.readouterr()
+        assert main.main(args + ["--overwrite", bad]) == 2, bad
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and err.count("error:") == 1, err
+        assert {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()} == before, bad
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "run"]
+    assert "training.batch_size=100000000" in err
+    # A fresh run directory refused for its batch size leaves nothing behind (it said "already holds a run").
+    assert main.main(args[:-1] + [str(tmp_path / "new"), "training.batch_size=100000000"]) == 2
+    assert not (tmp_path / "new").exists()
 
 
 def test_a_run_first_names_its_profile_and_warns_of_the_demo_profile_on_other_data(demo_path, tmp_path, capsys):

@@ -26,6 +26,7 @@ import psutil
 import torch
 
 from data.memory_plan import MAIN_PROCESS_MB, MB, PlanLine, loader_plan
+from errors import InputError
 
 STEP_GROWTH = 1.4
 SAVED_TO_PEAK = 1.75        # measured peak / saved bytes: GRU 1.75, TCN 1.63, PatchTST 1.71 (fp32)
@@ -98,14 +99,21 @@ def probe_activations(model, autocast, task, shapes, batch_size):
                 saved[storage.data_ptr()] = storage.nbytes()
             return t
         counting = torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t)
-    with model_left_as_it_was(model):
-        x = torch.randn(batch_size, shapes.lookback, shapes.n_features)                   # (B, L, F)
-        with counting, autocast:
-            out = model(x)
-        probe_loss(out, task).backward()
-        if before is not None:
-            return STEP_GROWTH * max(0, _status_bytes("VmHWM:") - before), "measured"
-        return SAVED_TO_PEAK * sum(saved.values()), "saved tensors"
+    try:
+        with model_left_as_it_was(model):
+            x = torch.randn(batch_size, shapes.lookback, shapes.n_features)                   # (B, L, F)
+            with counting, autocast:
+                out = model(x)
+            probe_loss(out, task).backward()
+            if before is not None:
+                return STEP_GROWTH * max(0, _status_bytes("VmHWM:") - before), "measured"
+            return SAVED_TO_PEAK * sum(saved.values()), "saved tensors"
+    except RuntimeError as exc:
+        text = str(exc)
+        if "can't allocate memory" not in text and "not enough memory" not in text:
+            raise
+        raise InputError(f"training.batch_size={batch_size}: one training step of that many windows cannot be "
+                         f"allocated ({text.splitlines()[0][:120]}); lower training.batch_size") from None
 
 
 def host_plan(prepared, config, loader_cfg, loader_options, model, activations, process=None):

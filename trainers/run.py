@@ -70,7 +70,9 @@ class RunLock:
     13). A lock whose process is gone (killed, crashed) is taken over."""
 
     def __init__(self, run_dir, enabled=True):
-        self.path = Path(run_dir).parent / f".{Path(run_dir).name}.lock"
+        # Of the resolved path: a symlink to a run (or a path through one) takes the run's own lock.
+        real = Path(run_dir).resolve()
+        self.path = real.parent / f".{real.name}.lock"
         self.run_dir = run_dir
         self.enabled = enabled
 
@@ -143,7 +145,7 @@ def describe_run(config):
 
 
 def _train(config, run_dir, resume, group, overwrite):
-    state, normalizer = None, None
+    state, normalizer, replacing = None, None, False
     if resume:
         config = config or load_run_config(run_dir)
     check_model_config(config.model)          # an unimportable model stops before the data is read
@@ -165,13 +167,19 @@ def _train(config, run_dir, resume, group, overwrite):
             raise InputError(f"{run_dir}: already holds a run; continue it with `train --resume {run_dir}`, "
                              "train into another --run-dir, or pass --overwrite to replace it")
         _check_replaceable(run_dir, config.data.paths)
-        shutil.rmtree(run_dir)
-    created = not resume and not run_dir.exists()
+        replacing = True
+    created = False                           # set once this start made the directory (removed again on failure)
+    fresh = not resume and (replacing or not run_dir.exists())
+    aside = run_dir.with_name(f".{run_dir.name}.old-{os.getpid()}")      # the replaced run, until the new one starts
     try:
         # Data, model and memory plans are checked before training; a start that fails on them
-        # leaves no empty run directory behind (issue 10, case 15).
+        # leaves no empty run directory behind (issue 10, case 15), and a run replaced with --overwrite
+        # is moved aside only once the data checks out, and put back if anything later fails.
         prepared = prepare_data(config.data, seed=config.seed, normalizer=normalizer, progress=group.is_main)
         if group.is_main:
+            if replacing:
+                os.replace(run_dir, aside)
+            created = fresh
             run_dir.mkdir(parents=True, exist_ok=True)
         group.barrier()
         if group.is_main:
@@ -186,10 +194,14 @@ def _train(config, run_dir, resume, group, overwrite):
             if group.is_main:
                 print(f"resuming {run_dir} in epoch {trainer.epoch + 1}, at step {trainer.step}")
         trainer.preflight()
-    except InputError:
+    except BaseException:
         if created and group.is_main:
             shutil.rmtree(run_dir, ignore_errors=True)
+            if aside.exists():
+                os.replace(aside, run_dir)                 # the old run, untouched
         raise
+    if group.is_main and aside.exists():
+        shutil.rmtree(aside, ignore_errors=True)           # every check passed: the new run replaces it
     stopped = trainer.fit()
     if stopped is not None:
         name = signal.Signals(stopped).name
