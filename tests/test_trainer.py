@@ -46,7 +46,11 @@ def test_a_run_trains_evaluates_and_logs(demo_path, tmp_path):
 def test_resume_after_a_signal_matches_an_uninterrupted_run(demo_path, tmp_path, monkeypatch, signum):
     # Dropout on: the resumed run must draw the same masks (the RNG state is in the checkpoint).
     config = small_config(demo_path, tmp_path, "model.gru.num_layers=2", "model.gru.dropout=0.3")
+    epoch_losses = []
+    end_epoch = Trainer.end_epoch
+    monkeypatch.setattr(Trainer, "end_epoch", lambda self, loss, val: (epoch_losses.append(loss), end_epoch(self, loss, val)))
     straight = run_module.train(config, tmp_path / "straight")
+    straight_losses = list(epoch_losses)
 
     original = Trainer._optimizer_step
     monkeypatch.setattr(Trainer, "_optimizer_step", interrupting(17, signum))
@@ -54,9 +58,12 @@ def test_resume_after_a_signal_matches_an_uninterrupted_run(demo_path, tmp_path,
     assert stopped["stopped_by"] == signal.Signals(signum).name
     monkeypatch.setattr(Trainer, "_optimizer_step", original)
     assert torch.load(tmp_path / "resumed" / "checkpoints" / "last.pt", weights_only=True)["step"] == 17
+    epoch_losses.clear()
     resumed = run_module.train(None, tmp_path / "resumed", resume=True)
     assert resumed["test"] == straight["test"]
     assert_same_weights(tmp_path / "straight", tmp_path / "resumed")
+    # The resumed epoch's train loss covers its steps before the stop too (it counted only those after).
+    assert epoch_losses == [straight_losses[1]]
 
 
 def test_bf16_autocast_on_cpu_trains(demo_path, tmp_path):
@@ -94,6 +101,23 @@ def test_checkpoint_write_failure_keeps_the_previous_one(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert checkpoints.load("last") == {"step": 1}
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["last.pt"]
+
+
+def test_flipped_bytes_in_a_checkpoint_are_detected(tmp_path):
+    checkpoints = Checkpointer(tmp_path)
+    weights = torch.arange(4096, dtype=torch.float32)
+    checkpoints.save("last", {"model": {"w": weights}})
+    path = checkpoints.path("last")
+    data = bytearray(path.read_bytes())
+    at = bytes(data).index(weights.numpy().tobytes()[4000:4016])       # inside the stored tensor
+    data[at] ^= 0x40                                                   # one bit: a different float, same size
+    path.write_bytes(bytes(data))
+    with pytest.raises(InputError, match=r"last.pt: the checkpoint is damaged \(CRC mismatch in .*data/0"):
+        checkpoints.load("last")
+    path.write_bytes(bytes(data[:len(data) // 2]))                     # truncated
+    with pytest.raises(InputError, match=r"the checkpoint is damaged \(not a complete archive") as info:
+        checkpoints.load("last")
+    assert "file an issue" not in str(info.value)
 
 
 def test_evaluate_command(demo_path, tmp_path):

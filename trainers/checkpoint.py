@@ -8,6 +8,7 @@ holds only tensors and plain containers, never pickled code.
 
 import errno
 import shutil
+import zipfile
 from pathlib import Path
 
 import torch
@@ -64,10 +65,30 @@ class Checkpointer:
         target = self.path(name)
         if not target.exists():
             raise InputError(f"{target}: no checkpoint; train first, or check --run / --resume")
+        damage = check_archive(target)
+        if damage:
+            raise InputError(f"{target}: the checkpoint is damaged ({damage}); use the other checkpoint "
+                             "(--checkpoint last/best) or retrain") from None
         try:
             return torch.load(target, map_location=map_location, weights_only=True)
         except Exception as exc:  # a damaged file raises several types (RuntimeError, EOFError, UnpicklingError)
             lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
             reason = next((line for line in lines if "WeightsUnpickler error" in line), lines[0] if lines else "")
+            # torch's own text may ask to file an issue with PyTorch: not the user's remedy here
+            reason = reason.split(" Please ")[0].split(" please file")[0].rstrip(" .,")[:200]
             raise InputError(f"{target}: the checkpoint cannot be read ({reason}); it is damaged or holds "
                              "more than weights; use the other checkpoint (last/best) or retrain") from None
+
+
+def check_archive(path):
+    """Why the checkpoint archive at `path` is damaged, or None: torch.save writes a zip whose members
+    carry CRC-32s, but torch.load never checks them, so flipped bytes in the weights loaded silently.
+    Reads the file once (zipfile.testzip)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        return f"not a complete archive: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+    except Exception as exc:             # zlib or struct errors on a mangled member header
+        return f"unreadable archive: {str(exc).splitlines()[0][:120]}"
+    return None if bad is None else f"CRC mismatch in {bad}: bytes changed since it was written"

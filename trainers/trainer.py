@@ -162,6 +162,7 @@ class Trainer:
         self.checkpoints = Checkpointer(run_dir)
         self.epoch, self.step, self.best, self.bad_epochs = 0, 0, math.inf, 0
         self.nonfinite_in_a_row, self.nonfinite_total = 0, 0
+        self._epoch_loss, self._carried_loss = (0.0, 0), None     # (sum, count) of the epoch's train loss
         self._stop_signal = None
         self._stop_requested = False    # agreed by every rank at the last optimizer step
         self.epoch_perf = {}            # the last training epoch's throughput (train_epoch)
@@ -347,8 +348,13 @@ class Trainer:
         done_steps = self._steps_done_in_epoch()
         self.monitor.start_epoch(self.epoch + 1, self.steps_per_epoch)
         self.monitor.step(done_steps)
-        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        loss_count = 0
+        # The epoch's running loss: carried in a mid-epoch checkpoint, so a resumed epoch's loss covers
+        # the steps before the stop too (it covered only those after).
+        carried = self._carried_loss if done_steps else None
+        self._carried_loss = None
+        loss_sum = torch.tensor(carried[0] if carried else 0.0, dtype=torch.float64, device=self.device)
+        loss_count = int(carried[1]) if carried else 0
+        self._epoch_loss = (loss_sum, loss_count)
         # This optimizer step's micro-batch losses: they join the epoch's loss only if the step is
         # not skipped as non-finite (a skipped NaN used to make the epoch loss NaN).
         step_loss = torch.zeros((), dtype=torch.float64, device=self.device)
@@ -377,6 +383,7 @@ class Trainer:
             if self._optimizer_step(step_loss, batch):
                 loss_sum += step_loss
                 loss_count += tc.gradient_accumulation_steps
+                self._epoch_loss = (loss_sum, loss_count)
             step_loss = torch.zeros((), dtype=torch.float64, device=self.device)
             done_steps += 1
             if self._save_due and done_steps < self.steps_per_epoch and not self._stop_requested:
@@ -581,6 +588,8 @@ class Trainer:
             "loader": {"world_size": self.world_size, "positions": self.group.gather_objects(
                 self.train_loader.state_dict())}, "epoch": self.epoch, "step": self.step,
             "best": self.best, "bad_epochs": self.bad_epochs, "nonfinite_total": self.nonfinite_total,
+            # This rank's running train loss of the epoch so far (sum, count): a resume continues it.
+            "epoch_loss": self.group.gather_objects([float(self._epoch_loss[0]), int(self._epoch_loss[1])]),
             # One RNG state per rank (each rank draws its own dropout masks).
             "rng_cpu": self.group.gather_objects(torch.get_rng_state()),
             "rng_cuda": self.group.gather_objects(torch.cuda.get_rng_state(self.device))
@@ -624,6 +633,8 @@ class Trainer:
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
         self.best, self.bad_epochs = float(state["best"]), int(state["bad_epochs"])
         self.nonfinite_total = int(state["nonfinite_total"])
+        if "epoch_loss" in state:       # (checkpoints from before it: the resumed epoch's loss counts from the resume)
+            self._carried_loss = tuple(state["epoch_loss"][self.rank])
         rng_cpu = state["rng_cpu"] if isinstance(state["rng_cpu"], list) else [state["rng_cpu"]]
         torch.set_rng_state(rng_cpu[self.rank])
         if self.device.type == "cuda" and state["rng_cuda"]:
