@@ -228,6 +228,10 @@ def summary_lines(result):
         lines.append(f"  note: these are predictions of the run's {scope} split, which "
                      + ("it was fitted on" if scope == "train" else "chose its best checkpoint")
                      + ": in-sample, not a test of the signal (predict --split test)")
+    for name, b in result.get("portfolios", {}).items():
+        if b["net"].get("ruined_at"):
+            lines.append(f"  note: {name} lost everything on {b['net']['ruined_at'][:19]} (total return "
+                         f"{b['net']['total_return']:.1%}); later periods are not compounded")
     if result.get("predictions_point_in_time") is False:
         lines.append("  note: an analog forecast from an IVF-PQ index trained on data after some of its queries: "
                      "not point-in-time (similar index --train-until, then query after that time)")

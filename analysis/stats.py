@@ -63,14 +63,38 @@ class Performance:
         self.max_drawdown = 0.0
         self.drawdown_peak = self.drawdown_trough = self.recovered = None
         self._worst_peak_log = None
+        self.ruined_at = None           # when a period lost everything (return <= -100%): the value is then
+        self.ruined_value = None        # <= 0, which logs cannot hold; later periods are not compounded
 
     def update(self, returns, times):
         """returns (n,) net of everything, for periods ending at `times` (n,) int64 ns."""
         returns = np.asarray(returns, np.float64)
+        times = np.asarray(times)
         n = len(returns)
         if n == 0:
             return
         self.moments.update(returns)
+        if self.ruined_at is not None:
+            return
+        wiped = np.flatnonzero(returns <= -1.0)
+        if len(wiped):
+            # The periods before the wipe-out as usual, then the value (<= 0) in plain numbers: a drawdown of
+            # -100% or worse (log1p gave NaN or -inf, and the report said max_drawdown 0.0).
+            j = int(wiped[0])
+            self._update(returns[:j], times[:j])
+            value = math.exp(self.log_value) * (1.0 + float(returns[j]))
+            drawdown = value / math.exp(self.peak_log) - 1.0
+            if drawdown < self.max_drawdown:
+                self.max_drawdown, self.drawdown_peak = drawdown, self.peak_time
+                self.drawdown_trough, self.recovered = int(times[j]), None
+            self.ruined_at, self.ruined_value = int(times[j]), value
+            return
+        self._update(returns, times)
+
+    def _update(self, returns, times):
+        n = len(returns)
+        if n == 0:
+            return
         lv = self.log_value + np.cumsum(np.log1p(returns))                 # (n,) log value after each period
         run = np.maximum.accumulate(np.maximum(lv, self.peak_log))         # (n,) running peak
         setter = np.where(lv >= run, np.arange(n), -1)                     # row that set the peak, -1 = earlier
@@ -98,7 +122,10 @@ class Performance:
         # a few periods compounded to a year can exceed a float: inf, written as null in the JSON
         annual = math.exp(min(self.log_value * p / n, 700.0)) - 1 if n else math.nan
         annual = math.inf if n and self.log_value * p / n > 700 else annual
-        return {"total_return": math.expm1(self.log_value), "annual_return": annual,
+        total = math.expm1(self.log_value)
+        if self.ruined_at is not None:
+            total, annual = self.ruined_value - 1.0, -1.0          # everything lost (or more, on margin)
+        return {"total_return": total, "annual_return": annual, "ruined_at": iso(self.ruined_at),
                 "annual_volatility": sd * math.sqrt(p),
                 "sharpe": self.moments.mean / sd * math.sqrt(p) if n > 1 and sd > 0 else math.nan,
                 "max_drawdown": self.max_drawdown, "max_drawdown_peak": iso(self.drawdown_peak),

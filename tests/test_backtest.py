@@ -295,3 +295,22 @@ def test_prices_rebuilt_from_a_log_return_target_equal_the_prices(tmp_path, mark
     run_backtest(BacktestConfig(prices=[str(path)], price_column="close", out=str(tmp_path / "a"), **common))
     run_backtest(BacktestConfig(prices=[str(path)], return_column="next_log_return", out=str(tmp_path / "b"), **common))
     pd.testing.assert_frame_equal(read_periods(tmp_path / "a"), read_periods(tmp_path / "b"), rtol=1e-9, atol=1e-12)
+
+
+def test_a_portfolio_that_loses_everything_reports_it():
+    """A period losing more than 100% (a leveraged short): the drawdown is that loss, not 0.0 (log1p gave NaN)."""
+    from analysis.stats import Performance
+    day = 86_400 * 10**9
+    times = np.arange(1, 7) * day
+    perf = Performance(252, start_time=0)
+    perf.update(np.array([0.10, -0.05]), times[:2])
+    perf.update(np.array([0.02, -5.5, 0.3, 0.1]), times[2:])      # the value goes to 1.1 x 0.95 x 1.02 x -4.5
+    s = perf.summary()
+    value = 1.1 * 0.95 * 1.02 * (1 - 5.5)
+    assert s["max_drawdown"] == pytest.approx(value / 1.1 - 1) and s["max_drawdown"] < -1
+    assert s["total_return"] == pytest.approx(value - 1) and s["annual_return"] == -1.0
+    assert s["ruined_at"].startswith("1970-01-05") and s["max_drawdown_trough"].startswith("1970-01-05")
+    assert s["periods"] == 6 and math.isfinite(s["sharpe"])
+    exact = Performance(252, start_time=0)
+    exact.update(np.array([0.1, -1.0]), times[:2])                 # exactly everything
+    assert exact.summary()["max_drawdown"] == pytest.approx(-1.0)
