@@ -461,7 +461,8 @@ def test_the_training_loss_is_trained_on_and_reported(demo_path, tmp_path, loss,
     prepared = prepare_data(config.data, progress=False)
     trainer = Trainer(config, prepared, tmp_path / "run", monitor=False)
     batch = next(iter(trainer.train_loader))
-    out = trainer.model(batch.x)
+    with trainer.autocast:                 # as the step runs (bf16 where the CPU has it: amp=auto)
+        out = trainer.model(batch.x)
     want = {"mse": torch.nn.functional.mse_loss, "mae": torch.nn.functional.l1_loss,
             "huber": lambda a, b: torch.nn.functional.huber_loss(a, b, delta=0.5)}[loss](out.float(), batch.y)
     assert float(trainer._loss(batch).detach()) == pytest.approx(float(want.detach()), rel=1e-5)
@@ -470,9 +471,9 @@ def test_the_training_loss_is_trained_on_and_reported(demo_path, tmp_path, loss,
         assert result["loss"] == pytest.approx(result[metric], rel=1e-6)
     else:
         preds, truth = [], []
-        with torch.no_grad():
+        with torch.no_grad(), trainer.autocast:
             for b in trainer.train_loader.__class__(prepared, "val", batch_size=64, shuffle=False):
-                preds.append(trainer.model(b.x)), truth.append(b.y)
+                preds.append(trainer.model(b.x).float()), truth.append(b.y)
         err = torch.nn.functional.huber_loss(torch.cat(preds), torch.cat(truth), delta=0.5, reduction="none")
         assert result["loss"] == pytest.approx(float(err.double().mean()), rel=1e-5)
         assert not np.isclose(result["loss"], result["mse"])
@@ -487,3 +488,34 @@ def test_a_regression_loss_for_classification_is_refused(tmp_path):
         load_config("default", overrides=["training.loss=pinball"])
     with pytest.raises(InputError, match=r"training.huber_delta must be > 0, got 0.0"):
         load_config("default", overrides=["training.huber_delta=0"])
+
+
+def test_evaluate_and_predict_check_the_run_against_its_checkpoint(demo_path, tmp_path, capsys):
+    import shutil
+
+    import main
+    from data.demo import generate
+    data = tmp_path / "data.h5"
+    shutil.copy(demo_path, data)
+    run = tmp_path / "run"
+    run_module.train(small_config(data, tmp_path, "training.epochs=1", "output.tensorboard=false"), run)
+    recorded = (run / "metrics_test.json").read_bytes()
+    text = (run / "config.yaml").read_text()
+    (run / "config.yaml").write_text(text.replace("lookback: 16", "lookback: 24"))      # a hand edit
+    capsys.readouterr()
+    assert main.main(["evaluate", "--run", str(run)]) == 2
+    assert "data.lookback is 24, but checkpoint best was trained with 16" in capsys.readouterr().err
+    assert main.main(["predict", "--run", str(run), "--out", str(tmp_path / "p.h5")]) == 2
+    assert "data.lookback is 24" in capsys.readouterr().err and not (tmp_path / "p.h5").exists()
+    (run / "config.yaml").write_text(text)
+    # The data file regenerated with other rows: scored, but never over the run's recorded result.
+    generate(data, sessions=4, rows=2500, features=4, seed=1, progress=False)
+    assert main.main(["evaluate", "--run", str(run)]) == 0
+    err = capsys.readouterr().err
+    assert "the data changed since checkpoint best was trained (session 'stock_0000' rows 3,000 -> 2,500" in err
+    assert (run / "metrics_test.json").read_bytes() == recorded
+    assert "data_changed" in json.loads((run / "metrics_test.data-changed.json").read_text())
+    assert main.main(["predict", "--run", str(run), "--out", str(tmp_path / "p.h5")]) == 0
+    assert "the data changed" in capsys.readouterr().err
+    from data.predictions import read_attrs
+    assert read_attrs(tmp_path / "p.h5")["data_changed"]

@@ -10,6 +10,8 @@ Windows stream through the block loader (split, --data) or are read per session 
 memory does not grow with the data.
 """
 
+import json
+import sys
 from pathlib import Path
 
 import h5py
@@ -53,6 +55,10 @@ def predict(run_dir, out, split=None, *, data=None, latest=False, fit_new_sessio
     split = split or "test"
     run = load_run(run_dir, checkpoint)
     config, prepared = run.config, run.prepared
+    if run.data_changed and data is None:
+        print(f"warning: {run_dir}: the data changed since checkpoint {run.checkpoint} was trained "
+              f"({'; '.join(run.data_changed)}); predicting the data as it is now (the file says so: data_changed)",
+              file=sys.stderr)
     for path in (out, picture):
         if path is not None:
             check_not_input(path, prepared.catalog.paths)         # the run's own data
@@ -90,7 +96,8 @@ def predict(run_dir, out, split=None, *, data=None, latest=False, fit_new_sessio
             writer.finish(session_names=[s.name for s in sessions], target_names=prepared.columns.target_names,
                           window=prepared.window, target_lead=prepared.target_lead, task=config.model.task,
                           scope="latest" if latest else ("data" if data is not None else split),
-                          checkpoint=run.checkpoint, epoch_of_checkpoint=run.epoch)
+                          checkpoint=run.checkpoint, epoch_of_checkpoint=run.epoch,
+                          data_changed=json.dumps(run.data_changed if data is None else []))
     result = {"out": str(out), "windows": writer.n, "sessions": len(seen)}
     if picture is not None:
         with atomic_path(picture, replace=overwrite) as tmp:

@@ -252,10 +252,44 @@ def restore(run_dir, config=None, prepared=None, which=None):
         if which == "last" and checkpoints.exists("last"):
             print(f"{run_dir}: no `best` checkpoint yet; scoring `last`", file=sys.stderr)
     state = checkpoints.load(which)
+    check_config_matches(config, state, Path(run_dir), which)
     if prepared is None:
         prepared = prepare_data(config.data, seed=config.seed, progress=False,
                                 normalizer=Normalizer.from_json(state["normalizer"]))
     return config, state, prepared, which
+
+
+def _flat(nested, prefix=""):
+    out = {}
+    for key, value in nested.items():
+        if isinstance(value, dict) and value:
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def check_config_matches(config, state, run_dir, which):
+    """The run's config.yaml must be the config its checkpoint was trained with (up to what a resume may
+    change): a hand-edited lookback or column list scored other windows with exit 0."""
+    import json
+    from config import RESUME_KEYS
+    if "config" not in state:                    # checkpoints from before the config was saved in them
+        return
+    now = _flat(json.loads(json.dumps(to_dict(config))))
+    then = _flat(json.loads(json.dumps(state["config"])))
+    for key in sorted(set(now) | set(then)):
+        if key in RESUME_KEYS or now.get(key) == then.get(key):
+            continue
+        raise InputError(f"{run_dir / 'config.yaml'}: {key} is {now.get(key)!r}, but checkpoint {which} was trained "
+                         f"with {then.get(key)!r}; the model would be scored on other inputs: restore the value in "
+                         "config.yaml, or train a new run with the new setting")
+
+
+def data_changes(state, prepared):
+    """How the data differs from what the checkpoint was trained on (words), [] when it matches."""
+    from data.dataset import fingerprint_changes
+    return fingerprint_changes(state["data"], prepared.fingerprint()) if "data" in state else []
 
 
 @dataclasses.dataclass
@@ -269,6 +303,7 @@ class LoadedRun:
     checkpoint: str           # best or last
     epoch: int                # epochs completed when the checkpoint was saved
     vocabulary: list          # names of the sessions the run trained on (its session embedding's rows)
+    data_changed: list = dataclasses.field(default_factory=list)   # how its data differs from the checkpoint's
 
     def session_codes(self, catalog):
         """(S,) embedding codes of a catalog's sessions for this run's model (0: a session it never saw)."""
@@ -285,7 +320,7 @@ def load_run(run_dir, checkpoint=None):
     model = build_model(config.model, model_shapes(prepared, config.model, vocabulary))
     model.load_state_dict(state["model"])
     model.to(resolve_device(config.training.device, Group())).eval()
-    return LoadedRun(config, prepared, model, which, int(state["epoch"]), vocabulary)
+    return LoadedRun(config, prepared, model, which, int(state["epoch"]), vocabulary, data_changes(state, prepared))
 
 
 def evaluate(run_dir, split="test", *, prepared=None, config=None, trainer=None, checkpoint=None):
@@ -295,9 +330,19 @@ def evaluate(run_dir, split="test", *, prepared=None, config=None, trainer=None,
     if trainer is None:
         trainer = Trainer(config, prepared, Path(run_dir), monitor=False, vocabulary=state.get("session_vocabulary"))
     trainer.model.load_state_dict(state["model"])
+    changes = data_changes(state, prepared)
     result = trainer.evaluate(split)
     result["epoch_of_checkpoint"] = int(state["epoch"])
     result["checkpoint"] = checkpoint
+    name = f"metrics_{split}.json"
+    if changes:
+        # Not the run's recorded result: written beside it, never over it.
+        result["data_changed"] = changes
+        name = f"metrics_{split}.data-changed.json"
+        if trainer.group.is_main:
+            print(f"warning: {run_dir}: the data changed since checkpoint {checkpoint} was trained "
+                  f"({'; '.join(changes)}); metrics written to {name}, {split} split of the data as it is now; "
+                  f"metrics_{split}.json is kept", file=sys.stderr)
     if trainer.group.is_main:
-        write_json(Path(run_dir) / f"metrics_{split}.json", result)
+        write_json(Path(run_dir) / name, result)
     return result
