@@ -245,7 +245,7 @@ def _walk_sessions(group, where, path, allow_external_links):
                     "because it points outside the data; set data.allow_external_links=true if you trust it")
         elif isinstance(link, h5py.SoftLink):
             continue  # an alias of something walked elsewhere; following it would count it twice
-        child = group.get(name)
+        child = layout.open_member(group, name, path)        # (a damaged one is an error, not skipped)
         if isinstance(child, h5py.Group):
             yield from _walk_sessions(child, child_path, path, allow_external_links)
 
@@ -415,16 +415,19 @@ def describe(paths, *, allow_external_links=False):
         entries = []
         with open_file(path) as h5file:
             for s in (s for s in catalog.sessions if s.path == path):
-                group = h5file[s.group]
+                group = layout.open_member(h5file, s.group, path) if s.group not in ("", "/") else h5file
+                if group is None:
+                    raise InputError(f"{path}: session {s.name!r} is in the file's index but not in the file; "
+                                     f"run `python main.py index {path}`")
                 entry = {"session": s.name, "group": s.group, "rows": s.n_rows}
                 if s.has_timestamps:
                     problem = s.time_order_problem()
                     entry["time_order"] = "increasing" if problem is None else \
                         f"row {problem[0]} at {time_text(problem[2])} is not after {time_text(problem[1])}"
                 for dataset_name in (layout.FEATURES, layout.TARGETS, layout.TIMESTAMPS):
-                    if dataset_name not in group:
+                    d = layout.open_member(group, dataset_name, path)
+                    if d is None:
                         continue
-                    d = group[dataset_name]
                     entry[dataset_name] = {
                         "shape": list(d.shape), "dtype": str(d.dtype),
                         "chunks": list(d.chunks) if d.chunks else None,

@@ -37,6 +37,26 @@ CHUNK_TARGET_BYTES = 512 * 1024  # aim of the writer: 256 KiB - 1 MiB per chunk
 MIN_CHUNK_ROWS = 64
 
 
+def open_member(container, name, where):
+    """container[name], or None when it has no such member. h5py's .get() also returns None for a member
+    that exists but cannot be opened (a damaged object header), which made a session disappear silently:
+    that is one line naming `where` (the file) and the member."""
+    from errors import InputError
+    try:
+        return container[name]
+    except (KeyError, OSError) as exc:
+        try:
+            exists = name in container
+        except (KeyError, OSError):
+            exists = True                      # the path to it is damaged too
+        if not exists:
+            return None
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        member = "/" + "/".join(part for part in f"{container.name}/{name}".split("/") if part)
+        raise InputError(f"{where}: {member} cannot be opened ({reason.strip(chr(39))}); "
+                         "the file is damaged: restore it from a copy or write it again (convert)") from None
+
+
 def chunk_rows_for(n_columns, itemsize, target_bytes=CHUNK_TARGET_BYTES):
     """Rows per chunk so that one chunk of [rows, n_columns] is about target_bytes."""
     row_bytes = max(1, n_columns * itemsize)

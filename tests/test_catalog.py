@@ -238,3 +238,35 @@ def test_converter_and_demo_files_carry_an_index(tmp_path):
     generate(tmp_path / "demo.h5", sessions=2, rows=100, features=3, progress=False)
     with h5py.File(tmp_path / "demo.h5", "r") as f:
         assert list(f["_h5series_index"]["rows"]) == [100, 100]
+
+
+def _damage_header(path, member):
+    """Overwrite the object header of `member` with garbage (a bad sector, a torn write)."""
+    with h5py.File(path, "r") as f:
+        address = h5py.h5o.get_info(f[member].id).addr
+    with open(path, "r+b") as handle:
+        handle.seek(address)
+        handle.write(b"\xde\xad\xbe\xef" * 8)
+
+
+@pytest.mark.parametrize("indexed", [False, True])
+def test_a_damaged_session_header_is_one_line_never_a_missing_session(tmp_path, capsys, indexed):
+    """h5py's group.get turned the damaged header's KeyError into None: `inspect` listed 2 of 3 sessions
+    and `train` went on without the third."""
+    import main
+    from data.catalog import write_index
+    path = tmp_path / "d.h5"
+    with h5py.File(path, "w") as f:
+        for i in range(3):
+            write_session(f, f"s{i}", np.random.default_rng(i).random((200, 2)), feature_names=["a", "b"],
+                          timestamps=np.arange(200) * 10**9, compression="gzip")
+    if indexed:
+        write_index(path)
+    _damage_header(path, "s1" if not indexed else "s1/features")
+    for argv in (["inspect", str(path)], ["similar", "index", "--data", str(path), "--columns", "a",
+                                          "--lookback", "5", "--out", str(tmp_path / "idx")]):
+        assert main.main(argv) == 2
+        err = capsys.readouterr().err
+        assert f"{path}: /s1" in err and "cannot be opened" in err and "damaged" in err, err
+        assert "Traceback" not in err and "None rows" not in err
+    assert not (tmp_path / "idx").exists()
