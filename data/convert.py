@@ -338,6 +338,7 @@ def convert(inputs, out, *, features=(), targets=(), time_column=None, session_c
         with h5py.File(tmp, "w", rdcc_nbytes=0) as h5file:
             small_metadata_cache(h5file)
             sinks = {}
+            names = SessionNames(session_column)
             for path in files:
                 kind = input_kind(path)
                 buffers, buffered = {}, 0
@@ -356,17 +357,18 @@ def convert(inputs, out, *, features=(), targets=(), time_column=None, session_c
                         # row for a ticker), and the buffer's memory is what bounds convert's.
                         arrays = _arrays(frame, plan, path)
                         for key, rows in _rows_by_session(frame[plan["session"]], path):
-                            buffers.setdefault(_clean_name(key), []).append(
+                            buffers.setdefault(names(key, path), []).append(
                                 tuple(None if a is None else a[rows] for a in arrays))
                         buffered += sum(a.nbytes for a in arrays if a is not None)
                         if buffered >= FLUSH_BYTES:
                             _flush(buffers, sinks, h5file, plan, compression, path)
                             buffers, buffered = {}, 0
                     else:
+                        name = names(name, path)
                         if name in sinks and sinks[name][1] != path:
                             raise InputError(f"{path}: session name {name!r} is also made from "
                                              f"{sinks[name][1]}; rename one of the files")
-                        _append(sinks, h5file, _clean_name(name), _arrays(frame, plan, path), plan,
+                        _append(sinks, h5file, name, _arrays(frame, plan, path), plan,
                                 compression, path)
                 _flush(buffers, sinks, h5file, plan, compression, path)
                 if not plan["session"]:
@@ -397,8 +399,38 @@ def _used(plan):
     return list(dict.fromkeys(cols))
 
 
-def _clean_name(name):
-    return str(name).replace("/", "_").strip() or "_"
+RESERVED_NAMES = {layout.INDEX, layout.FEATURES, layout.TARGETS, layout.TIMESTAMPS}
+
+
+def session_group_name(value):
+    """The HDF5 group name of a session value, one-to-one and safe: '%' and '/' percent-encoded (a '/'
+    made nested groups, and BRK/B and BRK_B became one session), '.' and '..' encoded (a '.' wrote the
+    rows at the file's root, hiding every other session); surrounding spaces dropped."""
+    name = str(value).strip().replace("%", "%25").replace("/", "%2F")
+    if name in (".", ".."):
+        name = name.replace(".", "%2E")
+    return name
+
+
+class SessionNames:
+    """Session values -> group names, refusing what cannot be a session and two values on one name."""
+
+    def __init__(self, session_column):
+        self.source = f"session column {session_column!r}" if session_column else "file name"
+        self.seen = {}
+
+    def __call__(self, value, path):
+        name = session_group_name(value)
+        if not name:
+            raise InputError(f"{path}: {self.source} has an empty session name {value!r}; give every session a name")
+        if name in RESERVED_NAMES:
+            raise InputError(f"{path}: {self.source} names a session {value!r}, a name the session format reserves "
+                             f"({', '.join(sorted(RESERVED_NAMES))}); rename that session")
+        first = self.seen.setdefault(name, value)
+        if first != value and str(first) != str(value):
+            raise InputError(f"{path}: {self.source} values {first!r} and {value!r} are one session name {name!r} "
+                             "(spaces around a name are dropped); make them differ")
+        return name
 
 
 def _rows_by_session(column, path):

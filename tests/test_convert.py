@@ -285,3 +285,26 @@ def test_a_released_session_writer_reopens_and_appends(tmp_path):
         np.testing.assert_array_equal(h5file["s/features"][:, 0], [1, 1, 1, 2, 2])
         np.testing.assert_array_equal(h5file["s/timestamps"][:], np.arange(5))
         assert writer.rows == 5
+
+
+def test_session_column_values_map_to_sessions_one_to_one_and_safely(tmp_path, capsys):
+    import main
+    rows = []
+    for name in [".", "BRK/B", "BRK_B", "..", "50%"]:
+        rows += [{"ticker": name, "date": f"2020-01-{d:02d}", "close": float(d)} for d in range(1, 6)]
+    pd.DataFrame(rows).to_csv(tmp_path / "t.csv", index=False)
+    out = tmp_path / "t.h5"
+    assert main.main(["convert", str(tmp_path / "t.csv"), "--session-column", "ticker", "--out", str(out)]) == 0
+    catalog = open_catalog([str(out)])
+    assert sorted(s.name for s in catalog.sessions) == sorted(["%2E", "BRK%2FB", "BRK_B", "%2E%2E", "50%25"])
+    assert all(s.n_rows == 5 for s in catalog.sessions)
+    for bad, message in (("_h5series_index", "a name the session format reserves"),
+                         ("features", "a name the session format reserves"),
+                         (" A", "are one session name 'A'")):
+        frame = pd.DataFrame([{"ticker": t, "date": "2020-01-01", "close": 1.0} for t in ("A", bad)])
+        frame.to_csv(tmp_path / "bad.csv", index=False)
+        capsys.readouterr()
+        assert main.main(["convert", str(tmp_path / "bad.csv"), "--session-column", "ticker", "--out",
+                          str(tmp_path / "bad.h5")]) == 2
+        assert message in capsys.readouterr().err
+        assert not (tmp_path / "bad.h5").exists()
