@@ -300,9 +300,39 @@ def _numbers(frame, columns, path, dtype=np.float32):
     return out
 
 
+# Plausible epoch times (1973 .. 2100) in each unit: ranges a factor 1000 apart, so one column's values
+# fall in at most one of them.
+EPOCH_UNITS = (("s", 1e8, 4.2e9), ("ms", 1e11, 4.2e12), ("us", 1e14, 4.2e15), ("ns", 1e17, 4.2e18))
+
+
+def _epoch_unit(values):
+    """The unit whose plausible range holds every value of a numeric time column, or None."""
+    finite = values[np.isfinite(values)] if values.dtype.kind == "f" else values
+    if not len(finite):
+        return None
+    low, high = float(np.min(finite)), float(np.max(finite))
+    return next((unit for unit, a, b in EPOCH_UNITS if a <= low and high <= b), None)
+
+
 def _parse_time(series, path):
-    if pd.api.types.is_integer_dtype(series):
-        return series.to_numpy(np.int64)
+    if pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series):
+        # Numbers since 1970: seconds, ms, us or ns told apart by size (epoch seconds were stored as ns:
+        # 1.5e9 s became 1.5 s after 1970, and float seconds lost their fraction).
+        values = series.to_numpy()
+        unit = _epoch_unit(values)
+        if unit is None and pd.api.types.is_integer_dtype(series):
+            return values.astype(np.int64)          # small integers: a counter, kept as it is (ns)
+        if unit is None:
+            raise InputError(f"{path}: time column {series.name!r} holds numbers ({values.min():.6g} .. "
+                             f"{values.max():.6g}) that are no epoch time in s, ms, us or ns (1973-2100); store "
+                             "ISO dates or epoch numbers, or pass --time-column '' for none")
+        if np.isnan(values).any() if values.dtype.kind == "f" else False:
+            row = int(np.flatnonzero(np.isnan(values))[0])
+            raise InputError(f"{path}: time column {series.name!r} is empty in row {row} of a chunk; "
+                             "fill it or drop that row")
+        if unit == "ns":
+            return values.astype(np.int64)
+        return pd.to_datetime(values, unit=unit).to_numpy(dtype="datetime64[ns]").astype(np.int64)
     try:
         try:
             stamps = pd.to_datetime(series)

@@ -308,3 +308,25 @@ def test_session_column_values_map_to_sessions_one_to_one_and_safely(tmp_path, c
                           str(tmp_path / "bad.h5")]) == 2
         assert message in capsys.readouterr().err
         assert not (tmp_path / "bad.h5").exists()
+
+
+@pytest.mark.parametrize("unit,scale", [("s", 1), ("ms", 10**3), ("us", 10**6), ("ns", 10**9)])
+def test_epoch_numbers_are_read_in_their_unit(tmp_path, unit, scale):
+    """Unix-epoch seconds became nanoseconds since 1970 (exit 0; a backtest later said bars were 8.64e-05 s
+    apart); float seconds lost their fraction."""
+    seconds = 1_600_000_000 + 86_400 * np.arange(5)
+    frame = pd.DataFrame({"timestamp": seconds * scale, "close": np.arange(5.0)})
+    frame.to_csv(tmp_path / "a.csv", index=False)
+    convert([str(tmp_path / "a.csv")], str(tmp_path / "a.h5"))
+    stamps = open_catalog([str(tmp_path / "a.h5")]).sessions[0].read_timestamps(0, 5)
+    assert (stamps == seconds * 10**9).all()
+    if unit == "s":
+        frame["timestamp"] = seconds + 0.25                                   # float seconds keep their fraction
+        frame.to_csv(tmp_path / "f.csv", index=False)
+        convert([str(tmp_path / "f.csv")], str(tmp_path / "f.h5"))
+        stamps = open_catalog([str(tmp_path / "f.h5")]).sessions[0].read_timestamps(0, 5)
+        assert (stamps == seconds * 10**9 + 250_000_000).all()
+        frame["timestamp"] = np.arange(5) * 1e3 + 0.5                        # no epoch unit fits: refused
+        frame.to_csv(tmp_path / "x.csv", index=False)
+        with pytest.raises(InputError, match="no epoch time in s, ms, us or ns"):
+            convert([str(tmp_path / "x.csv")], str(tmp_path / "x.h5"))
