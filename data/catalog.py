@@ -207,7 +207,12 @@ def write_index(path):
     table["rows"] = [m["n_rows"] for m in found]
     table["timestamps"] = [m["has_timestamps"] for m in found]
     table["labelled"] = [m["labelled_rows"] for m in found]
-    with h5py.File(path, "r+", rdcc_nbytes=0) as h5file:
+    try:
+        h5file = h5py.File(path, "r+", rdcc_nbytes=0)
+    except OSError as exc:
+        from data.session import open_error
+        raise open_error(path, exc, writing=True) from None
+    with h5file:
         layout.small_metadata_cache(h5file)
         if layout.INDEX in h5file:
             del h5file[layout.INDEX]

@@ -8,6 +8,7 @@ HDF5 handle shared across fork gives wrong data (DESIGN.md, HDF5 facts).
 
 import collections
 import dataclasses
+import errno
 import os
 from typing import Optional
 
@@ -173,9 +174,29 @@ def open_file(path, cache=None):
     try:
         return h5py.File(path, "r", **options)
     except OSError as exc:
-        raise InputError(
-            f"{path}: cannot be opened as HDF5 ({_first_line(exc)}); the file may be truncated or "
-            "still being written; re-create or re-copy it") from None
+        raise open_error(path, exc) from None
+
+
+def open_error(path, exc, writing=False):
+    """The InputError for an HDF5 file h5py could not open, with the remedy for its cause: a lock held by
+    another process, too many open files, or a damaged file (a locked file was said to be truncated)."""
+    text = str(exc)
+    number = getattr(exc, "errno", None)
+    if number in (errno.EAGAIN, errno.EWOULDBLOCK) or "unable to lock file" in text or "errno = 11" in text:
+        return InputError(f"{path}: in use by another process that is writing it (HDF5 file lock); wait for it to "
+                          "finish" + ("" if writing else ", or read a copy") + " and run again")
+    if number in (errno.EMFILE, errno.ENFILE) or "Too many open files" in text or "errno = 24" in text:
+        return InputError(f"{path}: too many open files (this process may open {_open_files_limit()}); raise the "
+                          "limit (ulimit -n 4096) or lower data.max_open_sessions / training.num_workers")
+    if number == errno.EACCES or "Permission denied" in text:
+        return InputError(f"{path}: permission denied; check the file's permissions")
+    return InputError(f"{path}: cannot be opened as HDF5 ({_first_line(exc)}); the file may be truncated or still "
+                      "being written; re-create or re-copy it")
+
+
+def _open_files_limit():
+    import resource
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 def _first_line(exc):
@@ -245,6 +266,9 @@ class SessionData:
             opened = self.pool.get(self.path, self.group)
             dataset = getattr(opened, kind)
         except (OSError, KeyError, AttributeError) as exc:
+            specific = open_error(self.path, exc) if isinstance(exc, OSError) else None
+            if specific is not None and "cannot be opened as HDF5" not in str(specific):
+                raise specific from None              # locked, too many open files, permissions
             raise InputError(
                 f"{self.path}: session {self.name!r} cannot be read ({_first_line(exc)}); "
                 "the file may be truncated or changed since it was catalogued") from None

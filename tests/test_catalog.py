@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import h5py
 import numpy as np
 import pytest
@@ -270,3 +272,41 @@ def test_a_damaged_session_header_is_one_line_never_a_missing_session(tmp_path, 
         assert f"{path}: /s1" in err and "cannot be opened" in err and "damaged" in err, err
         assert "Traceback" not in err and "None rows" not in err
     assert not (tmp_path / "idx").exists()
+
+
+def test_a_file_locked_by_a_writer_is_said_to_be_in_use(tmp_path, capsys):
+    """`index F.h5` while another process writes it: a BlockingIOError traceback, and reads said the
+    locked file was truncated ("re-create it": wrong advice)."""
+    import subprocess
+    import sys
+    import time
+
+    import main
+    path = tmp_path / "f.h5"
+    write_file(path, {"s0": np.ones((50, 2)), "s1": np.ones((60, 2))})
+    holder = subprocess.Popen([sys.executable, "-c", "import h5py, sys, time; f = h5py.File(sys.argv[1], 'a'); "
+                               "print('open', flush=True); time.sleep(60)", str(path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        for argv in (["index", str(path)], ["inspect", str(path)]):
+            assert main.main(argv) == 2
+            err = capsys.readouterr().err
+            assert "in use by another process that is writing it" in err and "Traceback" not in err, err
+            assert "truncated" not in err
+    finally:
+        holder.kill()
+        holder.wait()
+    assert main.main(["index", str(path)]) == 0
+
+
+def test_too_many_open_files_is_one_line(tmp_path):
+    import subprocess
+    import sys
+    for i in range(80):                   # inspect reads every session's time order: the files stay open
+        write_file(tmp_path / f"f{i:02d}.h5", {"s": np.ones((40, 2))}, timestamps=np.arange(40) * 10**9)
+    code = ("import resource, sys; resource.setrlimit(resource.RLIMIT_NOFILE, (40, 40)); import main; "
+            "sys.exit(main.main(['inspect', sys.argv[1]]))")
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1], timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert "too many open files (this process may open 40)" in proc.stderr and "truncated" not in proc.stderr
