@@ -5,6 +5,7 @@ import contextlib
 import errno
 import fnmatch
 import json
+import math
 import os
 import re
 import shutil
@@ -65,8 +66,46 @@ def _appeared(path):
                       "command's output dropped: pass --overwrite to replace it, or choose another path")
 
 
+# Free space an output needs beyond its own size: HDF5 writes up to a few MB of chunk and metadata cache
+# when a file closes, and a write that hits a full disk left h5py crashing (rc 139) after tracebacks.
+MIN_FREE_BYTES = 16 * 2**20
+
+
+def check_space(path, need=0, what="output", headroom=MIN_FREE_BYTES):
+    """Refuse writing `path` (an output of about `need` bytes) where the disk lacks the room plus
+    `headroom`, before HDF5 runs into it: one line naming the folder, what is free and the remedy."""
+    from errors import InputError
+    path = Path(path)
+    folder = next((p for p in [path.parent, *path.parent.parents] if p.exists()), Path("."))
+    free = shutil.disk_usage(folder).free
+    if free < need + headroom:
+        needed = f"; about {need / 2**20:,.1f} MiB needed" if need else ""
+        raise InputError(f"{path}: no space left on device for the {what} ({free / 2**20:,.1f} MiB free in {folder}"
+                         f"{needed}, plus {headroom / 2**20:,.2g} MiB of headroom); free some space or write it "
+                         "elsewhere (nothing was written)")
+
+
+class SpaceGuard:
+    """check_space() at most every `every_s` seconds, for loops that write a growing output."""
+
+    def __init__(self, path, what="output", every_s=0.01):
+        import time
+        self.path, self.what, self.every_s, self._clock = path, what, every_s, time.monotonic
+        self._at = -math.inf
+
+    def check(self):
+        now = self._clock()
+        if now - self._at >= self.every_s:
+            self._at = now
+            check_space(self.path, what=self.what)
+
+
+def _no_space(exc):
+    return getattr(exc, "errno", None) == errno.ENOSPC or "No space left on device" in str(exc)
+
+
 @contextlib.contextmanager
-def atomic_path(path, replace=True):
+def atomic_path(path, replace=True, space=True):
     """Yield a temporary path beside `path`; on success fsync it and rename it to `path`, on any error
     delete it and leave `path` as it was. With `replace` False (a user's output without --overwrite) the
     final step refuses a `path` that appeared meanwhile (a hard link never replaces: two writers of one
@@ -74,9 +113,18 @@ def atomic_path(path, replace=True):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_temps(path)
+    if space:                       # (checkpoints handle a full disk themselves: "the previous one is intact")
+        check_space(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        yield tmp
+        try:
+            yield tmp
+        except OSError as exc:
+            if not _no_space(exc):
+                raise
+            from errors import InputError
+            raise InputError(f"{path}: no space left on device while writing it; free some space or write it "
+                             "elsewhere (nothing was written; an existing file is as it was)") from None
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         if replace:
@@ -100,7 +148,7 @@ def atomic_path(path, replace=True):
 
 def write_json(path, obj):
     """Write `obj` as indented JSON to `path` atomically."""
-    with atomic_path(path) as tmp:
+    with atomic_path(path, space=False) as tmp:      # (small files: no HDF5 headroom needed)
         with open(tmp, "w") as f:
             json.dump(obj, f, indent=2, sort_keys=True)
             f.write("\n")
@@ -208,9 +256,17 @@ def atomic_dir(path, replace=False, owns=None, what="output"):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_temps(path)
+    check_space(path)
     work = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-{os.getpid()}-", dir=path.parent))
     try:
-        yield work
+        try:
+            yield work
+        except OSError as exc:
+            if not _no_space(exc):
+                raise
+            from errors import InputError
+            raise InputError(f"{path}: no space left on device while writing it; free some space or write it "
+                             "elsewhere (nothing was written; an existing folder is as it was)") from None
         if path.exists() or path.is_symlink():
             if not replace:
                 raise _appeared(path)

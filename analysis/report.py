@@ -12,6 +12,8 @@ import time
 import h5py
 import numpy as np
 
+from atomic import SpaceGuard
+
 MAX_POINTS = 4000
 CHUNK = 1 << 16
 
@@ -22,11 +24,13 @@ class PeriodWriter:
     def __init__(self, path, strategies):
         self.path = path
         self.file = h5py.File(path, "w")
+        self.guard = SpaceGuard(path, "backtest report")
         self.n = 0
         self.file.attrs["strategies"] = json.dumps(list(strategies))
         self.file.attrs["h5series_format"] = "h5series-backtest-periods"     # (a data folder's search skips it)
 
     def append(self, times, ends, columns):
+        self.guard.check()
         m = len(times)
         for name, values in {"time": times, "end_time": ends, **columns}.items():
             values = np.asarray(values)[:m]

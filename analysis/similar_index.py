@@ -38,7 +38,7 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
-from atomic import atomic_dir, check_output_dir
+from atomic import SpaceGuard, atomic_dir, check_output_dir, check_space
 from data.session import file_stamp
 from data.windows import WindowSpec
 from errors import InputError
@@ -91,6 +91,7 @@ class _Writer:
 
     def __init__(self, path, planned, dim, n_sessions):
         self.file = h5py.File(path, "w")
+        self.guard = SpaceGuard(path, "index")
         shape = (max(planned, 1),)
         self.session = self.file.create_dataset("session", shape, np.int32, fillvalue=-1)
         self.end_row = self.file.create_dataset("end_row", shape, np.int64)
@@ -101,6 +102,7 @@ class _Writer:
         self.last = (-1, -1)
 
     def add(self, session, end_row, end_time, vectors):
+        self.guard.check()
         m = len(session)
         if m == 0:
             return
@@ -184,6 +186,7 @@ def build_index(windows, similar_cfg, out, *, overwrite=False, progress=True, se
         settings.update(point_in_time=trained_before is not None, point_in_time_from=trained_before,
                         train_until=None if trained_before is None else _iso(trained_before))
     settings["padded_dim"] = padded
+    check_space(out, need=planned * (dim * 4 + 20) * (2 if kind == "ivfpq" else 1), what="index")
     with atomic_dir(out, replace=overwrite, owns=FILES, what="index") as work:
         if kind == "ivfpq":
             t1 = time.perf_counter()

@@ -17,7 +17,7 @@ import h5py
 import numpy as np
 import pandas as pd
 
-from atomic import atomic_path, check_output
+from atomic import SpaceGuard, atomic_path, check_output
 from data import layout
 from data.catalog import HDF5_SUFFIXES, write_index
 from data.layout import COMPRESSIONS, SessionWriter, small_metadata_cache
@@ -486,6 +486,18 @@ def _arrays(frame, plan, path):
     return feats, targs, stamps, source
 
 
+_GUARDS = {}
+
+
+def _space_guard(h5file):
+    """The SpaceGuard of the file being written (its folder's free space, checked at most every 0.01 s)."""
+    key = h5file.filename
+    if key not in _GUARDS:
+        _GUARDS.clear()
+        _GUARDS[key] = SpaceGuard(key, "converted file")
+    return _GUARDS[key]
+
+
 def _flush(buffers, sinks, h5file, plan, compression, path):
     for name, parts in buffers.items():
         arrays = tuple(None if part[0] is None else np.concatenate(part) for part in zip(*parts))
@@ -494,6 +506,7 @@ def _flush(buffers, sinks, h5file, plan, compression, path):
 
 
 def _append(sinks, h5file, name, arrays, plan, compression, path):
+    _space_guard(h5file).check()
     if name not in sinks:
         sinks[name] = (_Sink(h5file, name, plan, compression), path)
     sinks[name][0].add(*arrays, path)

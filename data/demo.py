@@ -13,7 +13,7 @@ import numpy as np
 from scipy.signal import lfilter
 from tqdm import tqdm
 
-from atomic import atomic_path
+from atomic import SpaceGuard, atomic_path, check_space
 from data.catalog import write_index
 from data.layout import ATTR_TARGET_LEAD, COMPRESSIONS, SessionWriter
 from errors import InputError
@@ -70,6 +70,9 @@ def generate(out, *, sessions=16, rows=20_000, features=8, seed=0, compression="
     names = ["ret", "abs_ret", "log_volume"] + [f"signal_{i}" for i in range(max(0, features - 3))]
     names = names[:features]
     rng = np.random.default_rng(seed)
+    # (the size uncompressed: a compressed file needs less)
+    check_space(out, need=sessions * rows * (features * 4 + 4 + 8) if compression == "none" else 0, what="demo data")
+    guard = SpaceGuard(out, "demo data")
     with atomic_path(out, replace=overwrite) as tmp:
         with h5py.File(tmp, "w") as h5file:
             for s in tqdm(range(sessions), desc=f"make-demo {out}", unit="session", disable=None if progress else True):
@@ -86,6 +89,7 @@ def generate(out, *, sessions=16, rows=20_000, features=8, seed=0, compression="
                     keep = n - 1
                     writer.append(feats[:keep], returns[1:n, None].astype(np.float32), stamps[:keep])
                     carry = (feats[keep:], stamps[keep:])
+                    guard.check()
                 writer.set_attrs(**{ATTR_TARGET_LEAD: 1})     # row t's target is bar t + 1's return
                 writer.close()
         write_index(tmp)

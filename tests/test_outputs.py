@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import main
@@ -130,3 +131,65 @@ def test_outputs_written_into_a_data_folder_are_not_read_as_sessions(tmp_path, p
     assert main.main(["similar", "index", "--data", str(prices_file), "--columns", "close", "--lookback", "5",
                       "--out", str(folder / "idx")]) == 0                                          # windows.h5 inside
     assert [s.name for s in open_catalog([str(folder)]).sessions] == before
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A tmpfs of a few MB (root and mount needed; skipped elsewhere)."""
+    def mount(size_mb):
+        where = tmp_path / f"disk{size_mb}"
+        where.mkdir()
+        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(where)],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
+        mounted.append(where)
+        return where
+    mounted = []
+    yield mount
+    for where in mounted:
+        subprocess.run(["umount", str(where)], capture_output=True)
+
+
+def _cli(argv):
+    return subprocess.run([sys.executable, "main.py", *map(str, argv)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, tiny_disk, prices_file):
+    """On a 3 MB disk: segfaults (rc 139) after h5py tracebacks, OSError 28, a run folder of config.yaml alone.
+    (A disk that fills during training: tests/test_faults.py.)"""
+    import pandas as pd
+    disk = tiny_disk(3)
+    demo = tmp_path / "demo.h5"
+    assert _cli(["make-demo", "--out", demo, "--sessions", 2, "--rows", 3000, "--features", 3]).returncode == 0
+    run = tmp_path / "run"
+    train = ["train", "--profile", "quick_demo", f"data.paths=[{demo}]", "data.lookback=16", "training.epochs=1",
+             "training.max_steps_per_epoch=2", "training.num_workers=0", "model.gru.hidden_size=4"]
+    assert _cli(train + ["--run-dir", run]).returncode == 0
+    pd.DataFrame({"timestamp": pd.date_range("2020", periods=300, freq="D"), "x": np.arange(300.0)}).to_csv(
+        tmp_path / "a.csv", index=False)
+    commands = [["make-demo", "--out", disk / "d.h5", "--sessions", 4, "--rows", 50000],
+                ["convert", tmp_path / "a.csv", "--out", disk / "c.h5"],
+                ["predict", "--run", run, "--out", disk / "p.h5"],
+                ["similar", "index", "--data", prices_file, "--columns", "close", "--lookback", 5, "--out", disk / "idx"],
+                ["backtest", "--prices", prices_file, "--price-column", "close", "--signal", "momentum:5",
+                 "--out", disk / "bt"],
+                train + ["--run-dir", disk / "run", "model.gru.hidden_size=256"]]       # checkpoints of ~3.2 MB
+    for argv in commands:
+        proc = _cli(argv)
+        assert proc.returncode == 2, (argv[0], proc.returncode, proc.stderr[-1500:])
+        assert "no space left on device" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-1500:]
+        assert [p.name for p in disk.iterdir()] == [], argv[0]
+
+
+def test_a_disk_that_fills_mid_write_is_one_line_and_leaves_nothing(tmp_path, tiny_disk):
+    import pandas as pd
+    disk = tiny_disk(20)                     # room to start (16 MB headroom), not for the 24 MB file
+    n = 1_200_000
+    pd.DataFrame({"timestamp": np.arange(n) * 60 + 1_600_000_000, "a": np.ones(n), "b": np.ones(n),
+                  "c": np.ones(n)}).to_csv(tmp_path / "big.csv", index=False)
+    proc = _cli(["convert", tmp_path / "big.csv", "--out", disk / "big.h5"])
+    assert proc.returncode == 2 and "no space left on device" in proc.stderr, proc.stderr[-1500:]
+    assert "Traceback" not in proc.stderr
+    assert [p.name for p in disk.iterdir()] == []

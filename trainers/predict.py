@@ -18,7 +18,7 @@ import h5py
 import numpy as np
 import torch
 
-from atomic import atomic_path, check_not_input, check_output
+from atomic import SpaceGuard, atomic_path, check_not_input, check_output
 from data import quality
 from data.catalog import HDF5_SUFFIXES
 from data.dataloader import build_loader
@@ -83,7 +83,9 @@ def predict(run_dir, out, split=None, *, data=None, latest=False, fit_new_sessio
             batches = _latest_batches(prepared, chosen, config.training.batch_size) if latest else \
                 _split_batches(prepared, split, config.training, scorer.device)
             seen = set()
+            guard = SpaceGuard(out, "predictions")
             for ids, first_rows, x, y, future in batches:
+                guard.check()
                 seen.update(np.unique(ids).tolist())
                 columns = scorer.score(ids, x, y, future)
                 columns.update(_row_columns(prepared, ids, first_rows, stamped))

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from atomic import atomic_path, write_json
+from atomic import atomic_path, check_space, write_json
 from config import Config, DataConfig, _from_dict, to_dict
 from data.dataset import prepare_data
 from data.normalize import Normalizer
@@ -41,7 +41,7 @@ def new_run_dir(config):
 
 
 def save_config(config, run_dir):
-    with atomic_path(Path(run_dir) / "config.yaml") as tmp:
+    with atomic_path(Path(run_dir) / "config.yaml", space=False) as tmp:     # (a few hundred bytes)
         tmp.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
 
 
@@ -177,6 +177,9 @@ def _train(config, run_dir, resume, group, overwrite):
         # is moved aside only once the data checks out, and put back if anything later fails.
         prepared = prepare_data(config.data, seed=config.seed, normalizer=normalizer, progress=group.is_main)
         if group.is_main:
+            # Room for the two checkpoints (a full disk left a run of config.yaml alone).
+            check_space(run_dir / "checkpoints", need=2 * checkpoint_bytes(config, prepared, state), what="run",
+                        headroom=1 << 16)
             if replacing:
                 os.replace(run_dir, aside)
             created = fresh
@@ -213,6 +216,17 @@ def _train(config, run_dir, resume, group, overwrite):
     if group.is_main:
         hparams_monitor(config, run_dir, result)
     return {"run_dir": str(run_dir), "test": result}
+
+
+def checkpoint_bytes(config, prepared, state=None):
+    """About the size of one checkpoint: the weights and Adam's two moments (4 bytes each a parameter)
+    and 64 KiB of the rest (config, normalizer, RNG and loader states)."""
+    from models import build_model
+    from trainers.trainer import model_shapes
+    vocabulary = state.get("session_vocabulary") if state is not None else None
+    vocabulary = vocabulary or [s.name for s in prepared.catalog.sessions]
+    model = build_model(config.model, model_shapes(prepared, config.model, vocabulary))
+    return 12 * sum(p.numel() for p in model.parameters()) + (1 << 16)
 
 
 def _check_replaceable(run_dir, data_paths):
@@ -276,11 +290,20 @@ def check_config_matches(config, state, run_dir, which):
     from config import RESUME_KEYS
     if "config" not in state:                    # checkpoints from before the config was saved in them
         return
+    from config import migrate_flat_model_keys
+    try:                                         # read as a config.yaml is (older layouts migrated, defaults filled)
+        saved = to_dict(_from_dict(Config, migrate_flat_model_keys(json.loads(json.dumps(state["config"]))), ""))
+    except InputError:
+        return                                   # a config of an older version that no longer loads: nothing to compare
     now = _flat(json.loads(json.dumps(to_dict(config))))
-    then = _flat(json.loads(json.dumps(state["config"])))
+    then = _flat(json.loads(json.dumps(saved)))
+    used = "custom" if is_import_path(config.model.name) else config.model.name
     for key in sorted(set(now) | set(then)):
         if key in RESUME_KEYS or now.get(key) == then.get(key):
             continue
+        parts = key.split(".")
+        if parts[0] == "model" and len(parts) > 2 and parts[1] != used:
+            continue                             # another model's section: not what this run builds
         raise InputError(f"{run_dir / 'config.yaml'}: {key} is {now.get(key)!r}, but checkpoint {which} was trained "
                          f"with {then.get(key)!r}; the model would be scored on other inputs: restore the value in "
                          "config.yaml, or train a new run with the new setting")
