@@ -10,6 +10,7 @@ failed conversion leaves nothing behind and never replaces an existing file.
 
 import csv
 import logging
+import os
 import re
 from pathlib import Path
 
@@ -59,6 +60,14 @@ def expand_inputs(inputs):
             raise InputError(f"{entry}: no such file or directory; check the path")
         else:
             files.append(str(p))
+    seen = {}
+    for f in files:
+        key = os.path.realpath(f)
+        if key in seen:
+            how = "twice" if seen[key] == f else f"twice (as {seen[key]} and {f})"
+            raise InputError(f"{f}: given {how}, as a file and within a folder or by two names; its rows "
+                             "would be converted twice: give each input once")
+        seen[key] = f
     return files
 
 

@@ -330,3 +330,13 @@ def test_epoch_numbers_are_read_in_their_unit(tmp_path, unit, scale):
         frame.to_csv(tmp_path / "x.csv", index=False)
         with pytest.raises(InputError, match="no epoch time in s, ms, us or ns"):
             convert([str(tmp_path / "x.csv")], str(tmp_path / "x.h5"))
+
+
+def test_an_input_given_twice_is_one_line(tmp_path, capsys):
+    import main
+    pd.DataFrame({"timestamp": ["2020-01-01", "2020-01-02"], "x": [1.0, 2.0]}).to_csv(tmp_path / "a.csv", index=False)
+    for inputs in ([tmp_path / "a.csv", tmp_path / "a.csv"], [tmp_path, tmp_path / "a.csv"]):
+        assert main.main(["convert", *map(str, inputs), "--out", str(tmp_path / "o.h5")]) == 2
+        err = capsys.readouterr().err
+        assert "a.csv: given twice" in err and "Traceback" not in err
+    assert not (tmp_path / "o.h5").exists()
