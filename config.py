@@ -88,6 +88,12 @@ class DataConfig:
     def __post_init__(self):
         if isinstance(self.paths, str):
             self.paths = [self.paths]
+        for name in ("paths", "feature_columns", "target_columns", "known_future_columns"):
+            values = getattr(self, name)
+            wrong = next((v for v in values if not isinstance(v, str)), None)
+            if wrong is not None:
+                raise InputError(f"data.{name} must be a list of names, got {list(values)!r} ({wrong!r} is not a "
+                                 "name); write it like data.feature_columns=[close,volume]")
         _check_at_least_one("data", self, ("lookback", "horizon", "stride", "max_samples_for_normalize",
                                            "normalize_sample_rows", "chunk_cache_size", "max_open_sessions",
                                            "block_rows"))

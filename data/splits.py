@@ -46,6 +46,13 @@ class SplitSpec:
     holdout_test: tuple = ()                        # session names or globs kept whole for test
 
     def __post_init__(self):
+        for name in ("holdout_val", "holdout_test"):
+            values = getattr(self, name)
+            if isinstance(values, str):
+                setattr(self, name, values := (values,))
+            if not isinstance(values, (list, tuple)) or not all(isinstance(v, str) for v in values):
+                raise InputError(f"split.{name} is {list(values) if isinstance(values, tuple) else values!r}; give a "
+                                 "list of session names or globs")
         if self.method not in ("fractions", "timestamps", "rows"):
             raise InputError(f"split.method is {self.method!r}; choose fractions, timestamps or rows")
         if self.method == "fractions":
@@ -73,8 +80,13 @@ class SplitSpec:
             if not self.rows or "train" not in self.rows:
                 raise InputError("split.method is rows but split.rows has no train range; give "
                                  "split.rows like {train: [0, 8640], val: [8304, 11520], test: [11184, 14400]}")
+            if not isinstance(self.rows, dict):
+                raise InputError(f"split.rows is {self.rows!r}; give a mapping like {{train: [0, 8640], val: "
+                                 "[8304, 11520]}")
             for name, border in self.rows.items():
-                if name not in SPLITS or len(border) != 2 or not 0 <= border[0] <= border[1]:
+                integers = isinstance(border, (list, tuple)) and all(
+                    isinstance(v, int) and not isinstance(v, bool) for v in border)
+                if name not in SPLITS or not integers or len(border) != 2 or not 0 <= border[0] <= border[1]:
                     raise InputError(f"split.rows.{name} is {border}; give [start, stop) with "
                                      f"0 <= start <= stop for splits {', '.join(SPLITS)}")
         if self.gap is not None and self.gap < 0:

@@ -143,3 +143,18 @@ def test_split_times_stay_text_and_a_bad_one_is_named():
                      "data.split.test_start=2020-02-01", f"data.split.{key}={value}"]
         with pytest.raises(InputError, match=f"split.{key} is '{value}', not a time"):
             load_config("default", overrides=overrides)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["data.feature_columns=[[ret]]"], "data.feature_columns must be a list of names"),
+    (["data.target_columns=[1, 2]"], "data.target_columns must be a list of names"),
+    (["data.split.method=rows", "data.split.rows={train: [a, b]}"], "split.rows.train is ['a', 'b']; give [start, stop)"),
+    (["data.split.method=rows", "data.split.rows=[0, 5]"], "data.split.rows must be a mapping, got [0, 5]"),
+    (["data.split.holdout_val=[[a]]"], "split.holdout_val is [['a']]; give a list of session names"),
+])
+def test_lists_of_the_wrong_type_are_one_line(overrides, message, capsys):
+    """A list of lists or of numbers where names or row numbers go: TypeError tracebacks."""
+    import main
+    assert main.main(["config", *overrides]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err, err
