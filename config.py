@@ -494,9 +494,15 @@ def read_yaml(path):
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: config file not found; check the path")
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder; give the config YAML file")
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             values = _load_yaml(f)
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}); a config "
+                         "is a YAML text file: save it as UTF-8, or give the right file (an HDF5 file is data: "
+                         "data.paths)") from None
     except yaml.constructor.ConstructorError as exc:
         # A tag such as !!python/object/apply: safe_load refuses to build objects on purpose.
         mark = getattr(exc, "problem_mark", None)

@@ -158,3 +158,20 @@ def test_lists_of_the_wrong_type_are_one_line(overrides, message, capsys):
     assert main.main(["config", *overrides]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err, err
+
+
+def test_a_config_that_is_not_utf8_text_is_one_line(tmp_path, capsys):
+    import main
+    from data.demo import generate
+    (tmp_path / "latin1.yaml").write_bytes("model:\n  name: gr\xe9u\n".encode("latin-1"))
+    generate(tmp_path / "d.h5", sessions=1, rows=50, features=2, progress=False)
+    for path, message in ((tmp_path / "latin1.yaml", "not UTF-8 text (byte 0xe9"), (tmp_path / "d.h5", "not UTF-8 text"),
+                          (tmp_path, "is a folder")):
+        assert main.main(["config", "--config", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, err
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_bytes(b"\xff\xfe\x00")
+    assert main.main(["train", "--resume", str(run)]) == 2
+    assert "not UTF-8 text" in capsys.readouterr().err
