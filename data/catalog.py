@@ -208,7 +208,7 @@ def write_index(path):
     table["timestamps"] = [m["has_timestamps"] for m in found]
     table["labelled"] = [m["labelled_rows"] for m in found]
     try:
-        h5file = h5py.File(path, "r+", rdcc_nbytes=0)
+        h5file = h5py.File(path, "r+", rdcc_nbytes=0, libver=layout.LIBVER)
     except OSError as exc:
         from data.session import open_error
         raise open_error(path, exc, writing=True) from None

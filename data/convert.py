@@ -374,7 +374,7 @@ def convert(inputs, out, *, features=(), targets=(), time_column=None, session_c
         # No chunk cache for the output: every open writer (one per session) kept up to 1 MiB a dataset of
         # it, so memory grew with the number of sessions (issue 10, case 25); appends cover whole chunks
         # but at their edges, where HDF5 reads the one partial chunk back.
-        with h5py.File(tmp, "w", rdcc_nbytes=0) as h5file:
+        with h5py.File(tmp, "w", rdcc_nbytes=0, libver=layout.LIBVER) as h5file:
             small_metadata_cache(h5file)
             sinks = {}
             names = SessionNames(session_column)

@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from atomic import SpaceGuard, atomic_path, check_space
 from data.catalog import write_index
-from data.layout import ATTR_TARGET_LEAD, COMPRESSIONS, SessionWriter
+from data.layout import ATTR_TARGET_LEAD, COMPRESSIONS, LIBVER, SessionWriter
 from errors import InputError
 
 PRESETS = {
@@ -74,7 +74,7 @@ def generate(out, *, sessions=16, rows=20_000, features=8, seed=0, compression="
     check_space(out, need=sessions * rows * (features * 4 + 4 + 8) if compression == "none" else 0, what="demo data")
     guard = SpaceGuard(out, "demo data")
     with atomic_path(out, replace=overwrite) as tmp:
-        with h5py.File(tmp, "w") as h5file:
+        with h5py.File(tmp, "w", libver=LIBVER) as h5file:
             for s in tqdm(range(sessions), desc=f"make-demo {out}", unit="session", disable=None if progress else True):
                 writer = SessionWriter(h5file, f"stock_{s:04d}", names, ["next_log_return"],
                                        with_timestamps=True, compression=compression)

@@ -33,6 +33,10 @@ ATTR_LABELLED_ROWS = "labelled_rows"
 ATTR_TARGET_LEAD = "target_lead_rows"
 
 COMPRESSIONS = ("none", "lzf", "gzip", "blosc-lz4")
+# File format bounds for files this project writes: 1.8's object headers store attributes over 64 KB
+# densely (column names of a 4,000-column CSV; the default, 'earliest', refused them: "object header
+# message is too large"); 1.10 at most, so HDF5 1.10 and later read them.
+LIBVER = ("v108", "v110")
 CHUNK_TARGET_BYTES = 512 * 1024  # aim of the writer: 256 KiB - 1 MiB per chunk
 MIN_CHUNK_ROWS = 64
 

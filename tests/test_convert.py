@@ -340,3 +340,18 @@ def test_an_input_given_twice_is_one_line(tmp_path, capsys):
         err = capsys.readouterr().err
         assert "a.csv: given twice" in err and "Traceback" not in err
     assert not (tmp_path / "o.h5").exists()
+
+
+def test_column_names_over_64_kb_are_stored(tmp_path):
+    """A 4,000-column CSV and make-demo --features 30000: "object header message is too large"."""
+    import main
+    names = [f"a_rather_long_column_name_{i:05d}" for i in range(4000)]
+    frame = pd.DataFrame(np.arange(3 * 4000, dtype=float).reshape(3, 4000), columns=names)
+    frame.insert(0, "timestamp", pd.date_range("2020", periods=3, freq="D"))
+    frame.to_csv(tmp_path / "wide.csv", index=False)
+    convert([str(tmp_path / "wide.csv")], str(tmp_path / "wide.h5"))
+    session = open_catalog([str(tmp_path / "wide.h5")]).sessions[0]
+    assert session.feature_names == names and session.read_rows(2, 3)[0, -1] == 3 * 4000 - 1
+    assert main.main(["make-demo", "--out", str(tmp_path / "d.h5"), "--sessions", "1", "--rows", "10",
+                      "--features", "30000"]) == 0
+    assert len(open_catalog([str(tmp_path / "d.h5")]).feature_names) == 30000

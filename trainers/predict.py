@@ -21,6 +21,7 @@ import torch
 from atomic import SpaceGuard, atomic_path, check_not_input, check_output
 from data import quality
 from data.catalog import HDF5_SUFFIXES
+from data.layout import LIBVER
 from data.dataloader import build_loader
 from data.dataset import prepare_new_data
 from data.predictions import NAT, PredictionWriter
@@ -76,7 +77,7 @@ def predict(run_dir, out, split=None, *, data=None, latest=False, fit_new_sessio
     if latest:
         chosen = _latest_windows(prepared)
     with atomic_path(out, replace=overwrite) as tmp:
-        with h5py.File(tmp, "w") as f:
+        with h5py.File(tmp, "w", libver=LIBVER) as f:          # (long target name lists: see LIBVER)
             writer = PredictionWriter(f, horizon=prepared.window.horizon, n_targets=len(prepared.columns.target_names),
                                       stamped=stamped, n_classes=config.model.n_classes if scorer.classify else 0,
                                       quantiles=scorer.quantiles)
