@@ -283,6 +283,11 @@ def _check_storage(dataset, path, session, allow_external_links):
 
 def _check_numeric(dataset, path, session, what, kinds="fiu"):
     if dataset.dtype.kind not in kinds:
+        if what == layout.TIMESTAMPS:
+            raise InputError(
+                f"{path}: session {session!r} `timestamps` has dtype {dataset.dtype}; store times as int64 "
+                "nanoseconds since 1970 (UTC), e.g. by converting with `python main.py convert`, which reads "
+                "ISO text and epoch numbers")
         raise InputError(
             f"{path}: session {session!r} `{what}` has dtype {dataset.dtype}, which is not numeric; "
             "store numbers (float32 is best), e.g. by converting with `python main.py convert`")

@@ -49,10 +49,27 @@ def check_finite(values, session, start, what, names):
     if finite.all():
         return
     row, col = np.argwhere(~finite)[0]
+    where = f"{session.path}: session {session.name!r} {what} row {start + int(row)} column {names[int(col)]!r}"
+    stored = _stored_value(session, what, names[int(col)], start + int(row)) if np.isinf(values[row, col]) else None
+    if stored is not None and np.isfinite(stored):
+        # A float64 file value beyond float32's range became inf when read: the data is not inf.
+        raise InputError(f"{where} is {stored:.6g} in the file, beyond float32's range (+-3.4e38), which training "
+                         "reads: rescale that column (e.g. its log) or clean the value")
     raise InputError(
-        f"{session.path}: session {session.name!r} {what} row {start + int(row)} column "
-        f"{names[int(col)]!r} is {values[row, col]}; clean the data, or set data.nan_policy to "
+        f"{where} is {values[row, col]}; clean the data, or set data.nan_policy to "
         "drop (skip windows with it) or ffill (carry the last value forward)")
+
+
+def _stored_value(session, what, name, row):
+    """The value as stored in the file (float64 maybe), or None when it cannot be told."""
+    try:
+        kind, names = ("targets", session.target_names) if what == "targets" else ("features", session.feature_names)
+        if name not in names:
+            return None
+        dataset = session._dataset(kind)
+        return float(dataset[row, list(names).index(name)])
+    except Exception:        # only to improve a message: any failure keeps the plain one
+        return None
 
 
 def scan_bad_rows(session, columns, policy, progress=False):

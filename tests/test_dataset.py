@@ -114,3 +114,37 @@ def test_nan_policy_ffill_carries_last_value(make_file):
     xw = ds[j][0].numpy()
     assert xw[0, 0] == x[49, 0]          # row 50 col p was nan -> row 49's value (read from before the window)
     assert np.isfinite(xw).all()
+
+
+def test_messages_say_what_the_data_really_is(tmp_path):
+    """float64/string timestamps were 'not numeric; float32 is best'; 1e300 in float64 features 'is inf'."""
+    import h5py
+
+    from data.catalog import open_catalog
+    from data.layout import write_session
+    path = tmp_path / "t.h5"
+    with h5py.File(path, "w") as f:
+        write_session(f, "s", np.ones((10, 2)), feature_names=["a", "b"])
+        f["s"].create_dataset("timestamps", data=np.arange(10, dtype=np.float64))
+    with pytest.raises(InputError, match="store times as int64 nanoseconds since 1970"):
+        open_catalog([str(path)])
+    feats = np.ones((400, 2))
+    feats[30, 1] = 1e300
+    with h5py.File(tmp_path / "big.h5", "w") as f:
+        write_session(f, "s", feats, feature_names=["a", "b"])
+    from config import load_config
+    from data.dataset import prepare_data
+    config = load_config("quick_demo", overrides=[f"data.paths=[{tmp_path / 'big.h5'}]", "data.lookback=4",
+                                                  "data.normalize=none", "data.target_columns=[a]"])
+    with pytest.raises(InputError, match=r"column 'b' is 1e\+300 in the file, beyond float32's range"):
+        prepared = prepare_data(config.data, progress=False)
+        for _ in prepared.dataset("train"):
+            pass
+
+
+def test_bf16_on_a_cpu_without_it_is_refused(monkeypatch):
+    import trainers.trainer as trainer_module
+    monkeypatch.setattr(trainer_module, "cpu_has_bf16", lambda: False)
+    with pytest.raises(InputError, match="this CPU has no native bf16"):
+        trainer_module.amp_setup("bf16", torch.device("cpu"))
+    assert trainer_module.amp_setup("auto", torch.device("cpu"))[2] == "off"

@@ -67,6 +67,10 @@ def amp_setup(mode, device):
         log.info("training.amp=auto: %s on %s", mode, device.type)
     if mode == "fp16" and device.type != "cuda":
         raise InputError("training.amp is fp16, which needs CUDA; use bf16 or auto on CPU")
+    if mode == "bf16" and device.type == "cpu" and not cpu_has_bf16():
+        # Emulated bf16 crashed LSTM inside oneDNN (and made TCN/PatchTST 2-5x slower).
+        raise InputError("training.amp is bf16, but this CPU has no native bf16 (avx512_bf16 / amx); use "
+                         "training.amp=auto or off")
     if mode == "off":
         ctx = contextlib.nullcontext()
     else:
