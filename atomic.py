@@ -105,11 +105,13 @@ def _no_space(exc):
 
 
 @contextlib.contextmanager
-def atomic_path(path, replace=True, space=True):
+def atomic_path(path, replace=True, space=True, own_errors=False):
     """Yield a temporary path beside `path`; on success fsync it and rename it to `path`, on any error
     delete it and leave `path` as it was. With `replace` False (a user's output without --overwrite) the
     final step refuses a `path` that appeared meanwhile (a hard link never replaces: two writers of one
-    output cannot both win). A dead writer's temporaries of `path` are removed first."""
+    output cannot both win). A dead writer's temporaries of `path` are removed first; `space` checks the
+    folder's free space first; a full disk met while writing is one line, unless `own_errors` (the
+    caller words it: checkpoints)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_temps(path)
@@ -120,7 +122,7 @@ def atomic_path(path, replace=True, space=True):
         try:
             yield tmp
         except OSError as exc:
-            if not _no_space(exc):
+            if own_errors or not _no_space(exc):
                 raise
             from errors import InputError
             raise InputError(f"{path}: no space left on device while writing it; free some space or write it "

@@ -11,6 +11,7 @@ import dataclasses
 import datetime
 import difflib
 import math
+import os
 import typing
 from pathlib import Path
 
@@ -86,8 +87,9 @@ class DataConfig:
     """Follow external links / virtual datasets that point outside the data files."""
 
     def __post_init__(self):
-        if isinstance(self.paths, str):
+        if isinstance(self.paths, (str, os.PathLike)):
             self.paths = [self.paths]
+        self.paths = [os.fspath(p) if isinstance(p, os.PathLike) else p for p in self.paths]   # (the Python API)
         for name in ("paths", "feature_columns", "target_columns", "known_future_columns"):
             values = getattr(self, name)
             wrong = next((v for v in values if not isinstance(v, str)), None)

@@ -59,7 +59,8 @@ def build_parser():
     p = sub.add_parser("predict", help="stream a run's forecasts to HDF5: a split, new files (--data), or "
                        "the next step after each session's last rows (--latest)")
     p.add_argument("--run", required=True, help="run directory")
-    p.add_argument("--out", required=True, help="output HDF5 file (read it with data.predictions.read_predictions)")
+    p.add_argument("--out", required=True, help="output file: PRED.h5 (read it with data.predictions.read_predictions; "
+                   "backtest takes it) or PRED.csv (the same long table as CSV)")
     p.add_argument("--split", default=None, choices=("train", "val", "test"),
                    help="every window of this split of the run's data (default: test)")
     p.add_argument("--data", nargs="+", metavar="PATH", default=None,
@@ -74,6 +75,8 @@ def build_parser():
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.add_argument("--checkpoint", choices=("best", "last"), default=None,
                    help="which checkpoint predicts (default: best, or last where there is no best yet)")
+    p.add_argument("--strict", action="store_true", help="--latest: refuse a session shorter than the lookback "
+                   "(default: skip it with a warning naming it)")
 
     p = sub.add_parser("backtest", help="signal analysis (IC, quantiles) and portfolio backtests (topk, longshort, "
                        "threshold) of predictions or of an indicator, streamed over time (docs/backtest.md)")
@@ -335,9 +338,9 @@ def cmd_predict(args):
     from trainers.predict import predict
     result = predict(args.run, args.out, args.split, data=args.data, latest=args.latest,
                      fit_new_sessions=args.fit_new_sessions, overwrite=args.overwrite, checkpoint=args.checkpoint,
-                     plot=args.plot)
-    print(f"wrote {result['windows']:,} predictions of {result['sessions']:,} sessions to {result['out']} "
-          "(read with data.predictions.read_predictions)")
+                     plot=args.plot, strict=args.strict)
+    print(f"wrote {result['windows']:,} predictions of {result['sessions']:,} sessions to {result['out']}"
+          + ("" if result["out"].lower().endswith(".csv") else " (read with data.predictions.read_predictions)"))
     if "plot" in result:
         print(f"drew {min(args.plot, result['sessions'])} sessions' forecasts vs truth to {result['plot']}")
 

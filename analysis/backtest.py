@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from analysis import inputs, report, signals
+import progress
 from atomic import atomic_dir, check_output_dir
 from analysis.factor import SignalAnalysis
 from analysis.panel import Panel
@@ -142,7 +142,7 @@ def _run(cfg, work, t_start, names, prices, spec, strategies, base, predictions,
     timings = {}
     if spec is not None:
         t0 = time.perf_counter()
-        bar = tqdm(total=n, desc=f"signal {spec}", unit="session", disable=None if cfg.progress else True)
+        bar = progress.bar(total=n, desc=f"signal {spec}", unit="session", enabled=cfg.progress)
         # Signals come back as arrays while they fit in half the block memory, else go to files.
         rows = sum(src.n_rows for src in prices.values())
         spill = work / "signals" if rows * 20 > cfg.memory_mb * 2**20 / 2 else None   # signal, time, price
@@ -242,7 +242,7 @@ def _walk(cfg, names, prices, fields, strategies, base, work, span=None):
     turnover = {s: Moments() for s in strategies}
     ppy = cfg.periods_per_year
     total_rows = max(p.n_rows for p in prices.values())
-    bar = tqdm(total=total_rows, desc="backtest", unit="bar", disable=None if cfg.progress else True)
+    bar = progress.bar(total=total_rows, desc="backtest", unit="bar", enabled=cfg.progress)
     periods = report.PeriodWriter(work / "periods.h5", strategies)
     first = last_time = None
     try:

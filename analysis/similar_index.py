@@ -36,8 +36,8 @@ from pathlib import Path
 import faiss
 import h5py
 import numpy as np
-from tqdm import tqdm
 
+from progress import bar as progress_bar
 from atomic import SpaceGuard, atomic_dir, check_output_dir, check_space
 from data.session import file_stamp
 from data.windows import WindowSpec
@@ -203,8 +203,8 @@ def build_index(windows, similar_cfg, out, *, overwrite=False, progress=True, se
             del sample
         writer = _Writer(work / "windows.h5", planned, dim, len(windows.catalog.sessions))
         try:
-            bar = tqdm(total=planned, desc=f"similar index ({kind})", unit="window", unit_scale=True,
-                       disable=None if progress else True)
+            bar = progress_bar(total=planned, desc=f"similar index ({kind})", unit="window", unit_scale=True,
+                               enabled=progress)
             pending = []
             for session, end_row, vectors in windows.batches(table):
                 writer.add(session, end_row, windows.end_times(session, end_row), vectors)

@@ -26,11 +26,11 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-from tqdm import tqdm
 
 from analysis.similar_index import FILES, SimilarIndex, index_window, point_in_time_from
 from analysis.similar_outcomes import Outcomes
 from analysis.similar_search import Searcher, times_at
+import progress
 from atomic import atomic_path, check_not_input, check_output, check_outputs_distinct
 from data.catalog import open_catalog, time_text
 from data.predictions import NAT, PredictionWriter
@@ -339,7 +339,7 @@ def run_query(cfg, similar_cfg):
             n_queries, found, short, shown = 0, 0, 0, []
             pit_from = point_in_time_from(s) if cfg.past_only else None
             not_pit = 0                         # queries ending before the index's point-in-time scope
-            bar = tqdm(desc="similar query", unit="query", disable=None if cfg.progress else True)
+            bar = progress.bar(desc="similar query", unit="query", enabled=cfg.progress)
             t0 = time.perf_counter()
             for i, (q_session, q_row, q_time, q_vectors) in enumerate(itertools.chain([first], batches)):
                 timings["vectors_s"] += time.perf_counter() - t0

@@ -153,3 +153,14 @@ def read_predictions(path, sessions=None, windows=None):
     for j, level in enumerate(levels):
         frame[f"q{level:g}"] = cols["quantiles"][..., j].reshape(-1)
     return pd.DataFrame(frame)
+
+
+def write_predictions_csv(path, csv_path, windows_per_piece=100_000):
+    """The prediction file at `path` as a CSV of read_predictions' long table (one row per window,
+    step and target; times as ISO text), written a piece of windows at a time."""
+    with _open(path) as f:
+        n = len(f["session"])
+    with open(csv_path, "w", newline="") as out:
+        for a in range(0, max(n, 1), windows_per_piece):
+            frame = read_predictions(path, windows=slice(a, a + windows_per_piece))
+            frame.to_csv(out, index=False, header=a == 0)      # (dates as 2017-11-06, times as 2017-11-06 09:30:00)

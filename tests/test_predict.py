@@ -190,10 +190,11 @@ def test_bad_predict_requests_are_one_line(demo_run, tmp_path, make_file, rng):
         "tiny": (rng.normal(size=(9, 4)).astype(np.float32), rng.normal(size=(9, 1)).astype(np.float32))},
         feature_names=["ret", "abs_ret", "log_volume", "signal_0"], target_names=["next_log_return"])
     with pytest.raises(InputError, match=r"session 'tiny' has 9 rows of data, fewer than the run's lookback \(16\)"):
-        predict(demo_run, out, data=[short], latest=True)
+        predict(demo_run, out, data=[short], latest=True, strict=True)
     assert not out.exists()
-    # Through the command line: one line on stderr, exit 2.
-    assert main.main(["predict", "--run", str(demo_run), "--out", str(out), "--data", short, "--latest"]) == 2
+    # Through the command line: one line on stderr, exit 2 (without --strict it is skipped, named).
+    assert main.main(["predict", "--run", str(demo_run), "--out", str(out), "--data", short, "--latest",
+                      "--strict"]) == 2
 
 
 def test_no_prediction_replaces_what_predict_reads(demo_run, demo_path, tmp_path):
@@ -260,3 +261,43 @@ def test_plot_draws_forecasts_beside_the_predictions(demo_run, tmp_path):
     assert not (tmp_path / "pred.h5").exists()
     with pytest.raises(InputError, match=r"--plot -1"):
         predict(demo_run, tmp_path / "other.h5", "test", plot=-1)
+
+
+def test_latest_skips_a_short_session_by_name_unless_strict(demo_run, tmp_path, rng, capsys):
+    """One session shorter than the lookback refused the whole universe (training skipped it)."""
+    path = demo_like(tmp_path / "mixed.h5", ["long_a", "long_b"], 200, rng)
+    short = demo_like(tmp_path / "short.h5", ["tiny"], 8, rng)
+    result = predict(demo_run, tmp_path / "latest.h5", data=[path, short], latest=True)
+    assert result["windows"] == 2
+    err = capsys.readouterr().err
+    assert "--latest skipped 1 session(s) with fewer rows than the run's lookback (16): short/tiny (8 rows)" in err \
+        or "--latest skipped 1 session(s) with fewer rows than the run's lookback (16): tiny (8 rows)" in err, err
+    with pytest.raises(InputError, match="has 8 rows of data, fewer than the run's lookback"):
+        predict(demo_run, tmp_path / "strict.h5", data=[path, short], latest=True, strict=True)
+    assert not (tmp_path / "strict.h5").exists()
+
+
+def test_predictions_as_csv_equal_the_prediction_file(demo_run, tmp_path):
+    predict(demo_run, tmp_path / "p.h5")
+    result = predict(demo_run, tmp_path / "p.csv")
+    assert result["out"].endswith("p.csv") and sorted(p.name for p in tmp_path.iterdir()) == ["p.csv", "p.h5"]
+    want = read_predictions(tmp_path / "p.h5")
+    got = pd.read_csv(tmp_path / "p.csv", parse_dates=["input_end_time", "target_time"])
+    assert list(got.columns) == list(want.columns) and len(got) == len(want)
+    np.testing.assert_allclose(got["prediction"], want["prediction"], rtol=1e-6)
+    assert (got["session"].astype(str) == want["session"].astype(str)).all()
+    assert (got["input_end_time"].to_numpy() == want["input_end_time"].to_numpy()).all()
+
+
+def test_progress_is_logged_when_output_is_not_a_terminal(demo_run, tmp_path, monkeypatch, caplog):
+    """A 72 s predict printed nothing into a log file (tqdm shows no bar there)."""
+    import logging
+
+    import progress
+    monkeypatch.setattr(progress, "LOG_EVERY_S", 0.0)
+    with caplog.at_level(logging.INFO, logger="h5series"):
+        predict(demo_run, tmp_path / "p.h5")
+        run_module.evaluate(demo_run, "val")
+    lines = [r.getMessage() for r in caplog.records]
+    assert any(line.startswith("predict: ") and "windows (" in line and "window/s" in line for line in lines), lines
+    assert any(line.startswith("evaluate val: ") for line in lines), lines

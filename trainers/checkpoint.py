@@ -30,7 +30,7 @@ class Checkpointer:
         """Write `state` as checkpoint `name`; the previous one stays intact on any failure."""
         target = self.path(name)
         try:
-            with atomic_path(target, space=False) as tmp:
+            with atomic_path(target, space=False, own_errors=True) as tmp:
                 torch.save(state, tmp)
         except (OSError, RuntimeError) as exc:
             # A full disk reaches us as OSError(ENOSPC), or, when torch's zip writer hits it, as

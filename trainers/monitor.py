@@ -10,6 +10,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+import progress
+
 from trainers.memory import cuda_memory_mb, tree_pss_mb
 
 log = logging.getLogger("h5series")
@@ -41,9 +43,9 @@ class Monitor:
 
     def start_epoch(self, epoch, total_steps):
         if self.enabled:
-            # disable=None: a bar on a terminal, none in a log file (epoch lines still print).
-            self.bar = tqdm(total=total_steps, desc=f"epoch {epoch}", unit="step", leave=False,
-                            dynamic_ncols=True, disable=None)
+            # a bar on a terminal, a line every ~10 s in a log file (progress.py)
+            self.bar = progress.bar(total=total_steps, desc=f"epoch {epoch}", unit="step", leave=False,
+                                    dynamic_ncols=True)
 
     def step(self, n=1, **postfix):
         if self.bar is not None:
@@ -91,7 +93,7 @@ class Monitor:
 
     def info(self, message):
         if self.enabled:
-            (tqdm.write if self.bar is not None else print)(message)
+            (tqdm.write if isinstance(self.bar, tqdm) else print)(message)
 
     def close(self):
         self.end_epoch()

@@ -10,7 +10,9 @@ Windows stream through the block loader (split, --data) or are read per session 
 memory does not grow with the data.
 """
 
+import contextlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -18,13 +20,14 @@ import h5py
 import numpy as np
 import torch
 
+import progress
 from atomic import SpaceGuard, atomic_path, check_not_input, check_output
 from data import quality
 from data.catalog import HDF5_SUFFIXES
 from data.layout import LIBVER
 from data.dataloader import build_loader
 from data.dataset import prepare_new_data
-from data.predictions import NAT, PredictionWriter
+from data.predictions import NAT, PredictionWriter, write_predictions_csv
 from errors import InputError
 from trainers.plots import panels_from_file, save_png
 from trainers.quantiles import denormalize_quantiles, point_forecast
@@ -34,10 +37,11 @@ from trainers.trainer import amp_setup
 
 @torch.no_grad()
 def predict(run_dir, out, split=None, *, data=None, latest=False, fit_new_sessions=None, overwrite=False,
-            checkpoint=None, plot=0):
-    """Predictions of the run's checkpoint (best by default) streamed to `out` in original units;
-    with `plot` N, also a PNG beside it (out with .png) of N sessions' forecasts vs truth.
-    Returns {"out", "windows", "sessions"[, "plot"]}."""
+            checkpoint=None, plot=0, strict=False):
+    """Predictions of the run's checkpoint (best by default) streamed to `out` in original units (a
+    prediction HDF5 file, or with a .csv name a CSV of read_predictions' long table); with `plot` N, also
+    a PNG beside it (out with .png) of N sessions' forecasts vs truth. `strict`: --latest refuses a
+    session shorter than the lookback instead of skipping it. Returns {"out", "windows", "sessions"[, "plot"]}."""
     if latest and split is not None:
         raise InputError("--latest predicts from each session's last rows; it cannot be combined with --split")
     if data is not None and split is not None:
@@ -49,7 +53,10 @@ def predict(run_dir, out, split=None, *, data=None, latest=False, fit_new_sessio
     # What the run directory holds that predict reads (its own predictions files are outputs to replace)
     reads = [Path(run_dir) / name for name in ("config.yaml", "normalizer.json")] + \
         sorted((Path(run_dir) / "checkpoints").glob("*")) + list(data or [])
-    check_output(out, overwrite, reads=reads, suffixes=HDF5_SUFFIXES)    # before the work (issue 10, case 14)
+    check_output(out, overwrite, reads=reads, suffixes=HDF5_SUFFIXES + (".csv",))    # before the work (issue 10, case 14)
+    as_csv = Path(out).suffix.lower() == ".csv"
+    # A CSV is made from the prediction file, written first beside it as a temporary (removed after).
+    h5_out = Path(out).with_name(f".{Path(out).name}.tmp-{os.getpid()}-h5") if as_csv else Path(out)
     picture = Path(out).with_suffix(".png") if plot else None
     if picture is not None:
         check_output(picture, overwrite, reads=reads)
@@ -75,8 +82,19 @@ def predict(run_dir, out, split=None, *, data=None, latest=False, fit_new_sessio
     pool.max_open = min(pool.max_open, config.training.round_blocks + 1)
     stamped = all(s.has_timestamps for s in sessions)
     if latest:
-        chosen = _latest_windows(prepared)
-    with atomic_path(out, replace=overwrite) as tmp:
+        chosen = _latest_windows(prepared, strict)
+    with contextlib.ExitStack() as cleanup:
+        if as_csv:
+            cleanup.callback(h5_out.unlink, missing_ok=True)
+        result = _write(h5_out, out, as_csv, overwrite, prepared, config, run, scorer, latest, chosen if latest else None,
+                        data, split, sessions, stamped, picture, plot)
+    return result
+
+
+def _write(h5_out, out, as_csv, overwrite, prepared, config, run, scorer, latest, chosen, data, split, sessions,
+           stamped, picture, plot):
+    """Stream the predictions to h5_out (then to the CSV `out`), and the picture."""
+    with atomic_path(h5_out, replace=overwrite or as_csv) as tmp:
         with h5py.File(tmp, "w", libver=LIBVER) as f:          # (long target name lists: see LIBVER)
             writer = PredictionWriter(f, horizon=prepared.window.horizon, n_targets=len(prepared.columns.target_names),
                                       stamped=stamped, n_classes=config.model.n_classes if scorer.classify else 0,
@@ -85,14 +103,18 @@ def predict(run_dir, out, split=None, *, data=None, latest=False, fit_new_sessio
                 _split_batches(prepared, split, config.training, scorer.device)
             seen = set()
             guard = SpaceGuard(out, "predictions")
+            bar = progress.bar(total=len(chosen) if latest else prepared.n_windows(split), desc="predict",
+                               unit="window")
             for ids, first_rows, x, y, future in batches:
                 guard.check()
+                bar.update(len(ids))
                 seen.update(np.unique(ids).tolist())
                 columns = scorer.score(ids, x, y, future)
                 columns.update(_row_columns(prepared, ids, first_rows, stamped))
                 if latest:
                     columns["truth"] = _known_truth(prepared, ids, first_rows)
                 writer.append(**columns)
+            bar.close()
             if writer.n == 0:
                 raise InputError(f"{'the --data files' if data is not None else split + ' split'} has no window "
                                  f"to predict (a window spans {prepared.window.span} rows); check the data")
@@ -102,9 +124,12 @@ def predict(run_dir, out, split=None, *, data=None, latest=False, fit_new_sessio
                           checkpoint=run.checkpoint, epoch_of_checkpoint=run.epoch,
                           data_changed=json.dumps(run.data_changed if data is None else []))
     result = {"out": str(out), "windows": writer.n, "sessions": len(seen)}
+    if as_csv:
+        with atomic_path(out, replace=overwrite) as tmp:
+            write_predictions_csv(h5_out, tmp)
     if picture is not None:
         with atomic_path(picture, replace=overwrite) as tmp:
-            save_png(panels_from_file(out, plot), tmp, title=f"{Path(out).name}: forecasts vs truth", format="png")
+            save_png(panels_from_file(h5_out, plot), tmp, title=f"{Path(out).name}: forecasts vs truth", format="png")
         result["plot"] = str(picture)
     return result
 
@@ -160,21 +185,25 @@ def _split_batches(prepared, split, training_cfg, device):
 FUTURE_TAIL_ROWS = 4096     # how far back --latest looks for a session's last complete row
 
 
-def _latest_windows(prepared):
-    """(session index, first row) of each session's latest window; one line naming the first session
-    that cannot give one. Without known-future columns it is the session's last `lookback` rows. With
+def _latest_windows(prepared, strict=False):
+    """(session index, first row) of each session's latest window. A session too short for one is
+    skipped with a warning naming it (training skipped it too), or, with `strict`, refused. Without known-future columns it is the session's last `lookback` rows. With
     them, the rows after the data hold the known values of the days ahead and nothing else (the price
     not known yet): the window ends at the last row whose other inputs are known, and the rows its
     targets describe must be in the file."""
     window, columns = prepared.window, prepared.columns
-    out = []
+    out, short = [], []
     for i, s in enumerate(prepared.catalog.sessions):
         end = s.n_rows - 1
         if columns.future_names:
             end = _last_complete_row(s, columns)
         if end + 1 < window.lookback:
-            raise InputError(f"{s.path}: session {s.name!r} has {end + 1} rows of data, fewer than the run's lookback "
-                             f"({window.lookback}); --latest needs its last {window.lookback} rows")
+            if strict:
+                raise InputError(f"{s.path}: session {s.name!r} has {end + 1} rows of data, fewer than the run's "
+                                 f"lookback ({window.lookback}); --latest needs its last {window.lookback} rows "
+                                 "(without --strict such sessions are skipped with a warning)")
+            short.append(f"{s.name} ({end + 1} rows)")
+            continue
         first = end + 1 - window.lookback
         if columns.future_names:
             last_dated = int(window.dated_rows(np.array([first]), prepared.target_lead).max())
@@ -184,6 +213,12 @@ def _latest_windows(prepared):
                     f"the {window.horizon} step(s) after its last complete row {end} (through row {last_dated}); the "
                     f"file ends at row {s.n_rows - 1}; append rows with those columns filled (others empty)")
         out.append((i, first))
+    if short:
+        print(f"warning: --latest skipped {len(short)} session(s) with fewer rows than the run's lookback "
+              f"({window.lookback}): {', '.join(short[:5])}{' ...' if len(short) > 5 else ''} (--strict refuses them)",
+              file=sys.stderr)
+    if not out:
+        raise InputError(f"no session has the run's lookback of {window.lookback} rows; --latest has nothing to predict")
     return out
 
 

@@ -23,6 +23,7 @@ from data.dataloader import build_loader, loader_options
 from data.dataset import fingerprint_changes
 from data.memory_plan import check_plan, format_plan
 from errors import InputError
+import progress
 from models import Shapes, build_model
 from trainers.checkpoint import Checkpointer
 from trainers.cuda_plan import cuda_plan, format_cuda_plan
@@ -526,7 +527,10 @@ class Trainer:
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         count = 0
         sample = self._forecast_sample(split)
+        bar = progress.bar(total=self.prepared.n_windows(split) // self.world_size, desc=f"evaluate {split}",
+                           unit="window", enabled=self.group.is_main, leave=False)
         for batch in loader:
+            bar.update(len(batch.x))
             x, y = batch.x.to(self.device), batch.y.to(self.device)
             with self.autocast:
                 out = model(x, **self.model_inputs(batch))
@@ -550,6 +554,7 @@ class Trainer:
                     first_target = batch.row.numpy() + self.prepared.window.first_target
                     sample.add(batch.session.numpy(), first_target, point_units, y_units, quantiles)
             count += len(x)
+        bar.close()
         # Every rank evaluated its share; fold the others' sums and moments in (exact, not averaged).
         total, count = self._global_sum(loss_sum, count)
         if count == 0:
