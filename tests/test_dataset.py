@@ -148,3 +148,28 @@ def test_bf16_on_a_cpu_without_it_is_refused(monkeypatch):
     with pytest.raises(InputError, match="this CPU has no native bf16"):
         trainer_module.amp_setup("bf16", torch.device("cpu"))
     assert trainer_module.amp_setup("auto", torch.device("cpu"))[2] == "off"
+
+
+def test_unlabelled_last_rows_are_not_counted_as_gaps(tmp_path, caplog):
+    """'515 rows with NaN/Inf in 504 sessions': 504 were the last rows whose next-day return is not known yet."""
+    import logging
+
+    import pandas as pd
+
+    from data.convert import convert
+    frames = []
+    for i in range(5):
+        close = np.linspace(10, 20, 60) + i
+        if i == 2:
+            close[20] = np.nan                           # one real gap
+        frames.append(pd.DataFrame({"ticker": f"T{i}", "date": pd.bdate_range("2020-01-01", periods=60),
+                                    "close": close}))
+    pd.concat(frames).to_csv(tmp_path / "p.csv", index=False)
+    convert([str(tmp_path / "p.csv")], str(tmp_path / "p.h5"), session_column="ticker", target_from="close",
+            target_transform="next_log_return")
+    with caplog.at_level(logging.WARNING, logger="h5series"):
+        prepare_data(DataConfig(paths=[str(tmp_path / "p.h5")], lookback=5, nan_policy="drop",
+                                split=SplitSpec(fractions=(0.6, 0.2, 0.2))), progress=False)
+    lines = [r.getMessage() for r in caplog.records if "NaN/Inf" in r.getMessage()]
+    # the NaN close (row 20) and the return into it (row 19): 2 rows, 1 session
+    assert lines == ["nan_policy=drop: 2 rows with NaN/Inf in 1 sessions are kept out of every window"], lines
