@@ -308,8 +308,10 @@ def cmd_train(args):
         if group.is_main and not args.resume:
             ensure_demo(config)
         group.barrier()
+        source = "from --profile" if args.profile_given else "main.py's SELECTED_CONFIG, no --profile given" + (
+            "; for your own data choose --profile default" if args.profile == "quick_demo" else "")
         result = train(config, args.resume or args.run_dir, resume=bool(args.resume), group=group,
-                       overwrite=args.overwrite)
+                       overwrite=args.overwrite, profile_source=source)
     finally:
         distributed.shutdown(group)
     if not group.is_main:

@@ -366,6 +366,16 @@ def test_a_run_first_names_its_profile_and_warns_of_the_demo_profile_on_other_da
     assert out[1].startswith("note: quick_demo is the demo profile")
     from config import load_config
     assert "note:" not in run_module.describe_run(load_config("quick_demo"))
+    # From the command line, the first line says which profile and why (a bare train used quick_demo silently).
+    import main
+    args = ["train", f"data.paths=[{demo_path}]", "data.lookback=16", "training.epochs=1",
+            "training.max_steps_per_epoch=2", "training.num_workers=0", "model.gru.hidden_size=4"]
+    assert main.main(args + ["--run-dir", str(tmp_path / "bare")]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith("profile quick_demo (main.py's SELECTED_CONFIG, no --profile given; for your own data "
+                            "choose --profile default): model gru"), first
+    assert main.main(args + ["--profile", "quick_demo", "--run-dir", str(tmp_path / "named")]) == 0
+    assert capsys.readouterr().out.splitlines()[0].startswith("profile quick_demo (from --profile): model gru")
 
 
 def test_resume_refuses_data_that_changed_since_the_checkpoint(tmp_path, monkeypatch):

@@ -118,25 +118,27 @@ def _alive(pid):
     return True
 
 
-def train(config, run_dir=None, resume=False, group=None, overwrite=False):
+def train(config, run_dir=None, resume=False, group=None, overwrite=False, profile_source=None):
     """Train (or resume) a run; evaluates the best checkpoint on the test split at the end.
 
     Under torchrun every rank calls this with its `group`; rank 0 alone writes files and prints.
     A run directory is locked while in use; an existing run is replaced only with `overwrite`.
+    `profile_source`: why this profile (the CLI says whether --profile or main.py's SELECTED_CONFIG chose it).
     """
     group = group or Group()
     if not resume and group.is_main:
         run_dir = check_run_dir(run_dir) if run_dir else new_run_dir(config)
     run_dir = Path(group.broadcast_object(str(run_dir)))   # one directory for all ranks (named by rank 0)
     with RunLock(run_dir, enabled=group.is_main):
-        return _train(config, run_dir, resume, group, overwrite)
+        return _train(config, run_dir, resume, group, overwrite, profile_source)
 
 
-def describe_run(config):
-    """The first line of a run: which profile, and what it will do (issue 10, case 22)."""
+def describe_run(config, profile_source=None):
+    """The first line of a run: which profile (and why, when the CLI says), and what it will do."""
     tc, m = config.training, config.model
     steps = f", at most {tc.max_steps_per_epoch} steps each" if tc.max_steps_per_epoch else ""
-    line = (f"profile {config.profile}: model {m.name}, {tc.epochs} epochs{steps}, batch {tc.batch_size}, "
+    why = f" ({profile_source})" if profile_source else ""
+    line = (f"profile {config.profile}{why}: model {m.name}, {tc.epochs} epochs{steps}, batch {tc.batch_size}, "
             f"lookback {config.data.lookback}, horizon {config.data.horizon}")
     if config.profile == "quick_demo" and config.data.paths != DataConfig().paths:      # not the demo file
         line += ("\nnote: quick_demo is the demo profile (a small model, short epochs); for your own data "
@@ -144,13 +146,13 @@ def describe_run(config):
     return line
 
 
-def _train(config, run_dir, resume, group, overwrite):
+def _train(config, run_dir, resume, group, overwrite, profile_source=None):
     state, normalizer, replacing = None, None, False
     if resume:
         config = config or load_run_config(run_dir)
     check_model_config(config.model)          # an unimportable model stops before the data is read
     if group.is_main:
-        print(describe_run(config))
+        print(describe_run(config, None if resume else profile_source))
     if resume:
         checkpoints = Checkpointer(run_dir)
         if checkpoints.exists("last"):
