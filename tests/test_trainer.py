@@ -529,3 +529,23 @@ def test_evaluate_and_predict_check_the_run_against_its_checkpoint(demo_path, tm
     assert "the data changed" in capsys.readouterr().err
     from data.predictions import read_attrs
     assert read_attrs(tmp_path / "p.h5")["data_changed"]
+
+
+def test_validation_can_be_capped_to_a_fixed_seeded_subset(demo_path, tmp_path, monkeypatch):
+    """training.max_val_windows: each epoch validates the same seeded windows; the test evaluation is whole."""
+    from data.dataset import prepare_data
+    config = small_config(demo_path, tmp_path, "training.max_val_windows=100", "training.epochs=2")
+    prepared = prepare_data(config.data, progress=False)
+    assert prepared.n_windows("val") > 100
+    trainer = Trainer(config, prepared, tmp_path / "t", monitor=False)
+    subset = trainer._subset("val", 100)
+    assert int(subset[:, 2].sum()) == 100 and (subset[:, 2] > 0).all()
+    again = Trainer(config, prepared, tmp_path / "u", monitor=False)._subset("val", 100)
+    assert (subset == again).all()                                  # fixed by the seed
+    assert trainer.evaluate("val", max_windows=100) == trainer.evaluate("val", max_windows=100)
+    calls = []
+    original = Trainer.evaluate
+    monkeypatch.setattr(Trainer, "evaluate", lambda self, split, model=None, max_windows=0: (
+        calls.append((split, max_windows)), original(self, split, model, max_windows))[1])
+    run_module.train(config, tmp_path / "run")
+    assert calls == [("val", 100), ("val", 100), ("test", 0)]

@@ -15,6 +15,7 @@ import os
 import signal
 import time
 
+import numpy as np
 import psutil
 import torch
 
@@ -277,7 +278,7 @@ class Trainer:
                 if self._stop_agreed():
                     self.save("last")
                     break
-                val = self.evaluate("val")
+                val = self.evaluate("val", max_windows=tc.max_val_windows)
                 self.end_epoch(train_loss, val)
             return self._stop_signal
         finally:
@@ -507,12 +508,17 @@ class Trainer:
                 torch.cuda.empty_cache()
 
     @torch.no_grad()
-    def evaluate(self, split, model=None):
-        """Loss and metrics over every window of `split`, in order; metrics in original units."""
+    def evaluate(self, split, model=None, max_windows=0):
+        """Loss and metrics over every window of `split` (at most `max_windows` of them: a fixed seeded
+        subset, see val_subset), in order; metrics in original units."""
         model = model or self.model
         model.eval()
         tc = self.config.training
-        loader = build_loader(self.prepared, split, self.loader_cfg, seed=self.config.seed, rank=self.rank,
+        prepared = self.prepared
+        if max_windows and prepared.n_windows(split) > max_windows:
+            prepared = dataclasses.replace(prepared, blocks={**prepared.blocks,
+                                                             split: self._subset(split, max_windows)})
+        loader = build_loader(prepared, split, self.loader_cfg, seed=self.config.seed, rank=self.rank,
                               world_size=self.world_size, device=self.device, return_ids=True)
         norm = self.prepared.normalizer
         collect = not tc.compute_metrics_online
@@ -527,7 +533,7 @@ class Trainer:
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         count = 0
         sample = self._forecast_sample(split)
-        bar = progress.bar(total=self.prepared.n_windows(split) // self.world_size, desc=f"evaluate {split}",
+        bar = progress.bar(total=prepared.n_windows(split) // self.world_size, desc=f"evaluate {split}",
                            unit="window", enabled=self.group.is_main, leave=False)
         for batch in loader:
             bar.update(len(batch.x))
@@ -582,6 +588,24 @@ class Trainer:
         """The validation figure is drawn by rank 0 of a forecast run with TensorBoard and plot_sessions."""
         out = self.config.output
         return self.task == "forecast" and out.tensorboard and out.plot_sessions > 0 and self.group.is_main
+
+    def _subset(self, split, max_windows):
+        """The block table (session, first row, windows) of a seeded subset of `split`'s blocks holding
+        exactly max_windows windows (whole blocks, the last one cut), in plan order; the same every epoch."""
+        if not hasattr(self, "_subsets"):
+            self._subsets = {}
+        if split not in self._subsets:
+            table = np.asarray(self.prepared.blocks[split])
+            order = np.random.default_rng([self.config.seed, 0x7A1]).permutation(len(table))
+            counts = np.cumsum(table[order, 2])
+            take = int(np.searchsorted(counts, max_windows)) + 1
+            chosen = table[order[:take]].copy()
+            chosen[-1, 2] -= int(counts[take - 1]) - max_windows           # cut the last block to the count
+            chosen = chosen[np.lexsort((chosen[:, 1], chosen[:, 0]))]
+            self._subsets[split] = chosen
+            log.info("validation on a fixed subset of %d of %d %s windows (training.max_val_windows); the test "
+                     "evaluation is whole", max_windows, self.prepared.n_windows(split), split)
+        return self._subsets[split]
 
     def _forecast_sample(self, split):
         """A ForecastSample for the validation figure, else None."""
