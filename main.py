@@ -161,6 +161,8 @@ def build_parser():
     p.add_argument("--plot", default=None, metavar="PNG", help="draw the first queries with their neighbours")
     p.add_argument("--overwrite", action="store_true", help="replace outputs that exist")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--strict", action="store_true", help="--queries: a row that cannot be answered (unknown "
+                   "session, bad time, no full window) refuses the run (default: listed and left out)")
 
     p = sub.add_parser("prepare", help="catalog, split and normalize the data of a config; print "
                        "the memory plan; write the run directory (no training)")
@@ -405,8 +407,11 @@ def cmd_similar(args):
                       k=args.k, ahead=args.ahead, price_column=args.price_column, return_column=args.return_column,
                       past_only=not args.all_times, random=args.random, seed=args.seed, columns=args.columns,
                       lookback=args.lookback, nprobe=args.nprobe, out=args.out, forecast=args.forecast,
-                      plot=args.plot, overwrite=args.overwrite)
+                      plot=args.plot, overwrite=args.overwrite, strict=args.strict)
     summary = run_query(cfg, SimilarConfig())
+    if summary["bad_queries"]:
+        print(f"warning: {summary['bad_queries']:,} row(s) of {args.queries} left out (--strict refuses them): "
+              + "; ".join(summary["bad_examples"][:3]) + (" ..." if summary["bad_queries"] > 3 else ""), file=sys.stderr)
     if args.json:
         print(json.dumps(summary, indent=2))
         return

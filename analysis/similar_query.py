@@ -65,6 +65,7 @@ class QueryConfig:
     plot: str = None                # PNG of the first queries
     overwrite: bool = False
     progress: bool = True
+    strict: bool = False            # a query file's bad rows refuse the run (default: listed and left out)
 
 
 def _check(cfg):
@@ -175,25 +176,37 @@ class _RawWindows:
         return self._read().end_times(session, end_row)
 
 
-def _resolve(windows, index, pairs, where):
-    """(session index, end row, end time, window id: -1 when not indexed) arrays of (session name, time
-    text) pairs, sorted by session and row; each checked: a known session, a time inside its data, a
-    full window before it. The index's own window ends settle most times (_in_index); the rest are
-    looked up in the data, a session's together (one coarse read, then each piece once)."""
+def _resolve(windows, index, pairs, where, bad=None):
+    """(session index, end row, end time, window id: -1 when not indexed, position in `pairs`) arrays of
+    (session name, time text) pairs, sorted by session and row; each checked: a known session, a time
+    inside its data, a full window before it. A pair that fails is one line (InputError), or, with a list
+    `bad`, appended to it as (position, reason) and left out. The index's own window ends settle most
+    times (_in_index); the rest are looked up in the data, a session's together (one coarse read, then
+    each piece once)."""
     names = {s.name: i for i, s in enumerate(windows.catalog.sessions)}
     L = windows.window.lookback
-    session, wanted = np.empty(len(pairs), np.int32), np.empty(len(pairs), np.int64)
+    session, wanted = np.zeros(len(pairs), np.int32), np.zeros(len(pairs), np.int64)
+    keep = np.ones(len(pairs), bool)
+
+    def refuse(i, reason):
+        if bad is None:
+            raise InputError(f"{where}: {reason}")
+        bad.append((i, reason))
+        keep[i] = False
+
     for i, (name, text) in enumerate(pairs):
         if name not in names:
             some = ", ".join(list(names)[:3])
-            raise InputError(f"{where}: session {name!r} is not in the index ({len(names)} sessions, e.g. {some}); "
-                             "check the name")
+            refuse(i, f"session {name!r} is not in the index ({len(names)} sessions, e.g. {some}); check the name")
+            continue
         try:
             wanted[i] = to_ns(text)
         except (InputError, ValueError):
-            raise InputError(f"{where}: time {text!r} of session {name!r} is not a time; write e.g. 2017-06-01 or "
-                             "2017-06-01T15:30") from None
+            refuse(i, f"time {text!r} of session {name!r} is not a time; write e.g. 2017-06-01 or 2017-06-01T15:30")
+            continue
         session[i] = names[name]
+    position = np.flatnonzero(keep)
+    session, wanted = session[keep], wanted[keep]
     row, row_time, ids = _in_index(index, session, wanted)
     for s_index in np.unique(session[row < 0]):
         s = windows.catalog.sessions[int(s_index)]
@@ -203,18 +216,23 @@ def _resolve(windows, index, pairs, where):
         unique, back = np.unique(row[found], return_inverse=True)
         row_time[found] = s.read_points("timestamps", unique)[back]
         ids[mine] = index.window_ids(int(s_index), row[mine])
-    for i, (name, text) in enumerate(pairs):
+    fine = np.ones(len(session), bool)
+    for i, p in enumerate(position):
+        name, text = pairs[p]
         s = windows.catalog.sessions[session[i]]
         if row[i] == s.n_rows - 1 and row_time[i] < wanted[i]:
-            raise InputError(f"{where}: time {text} is after session {name!r}'s last bar ({time_text(int(row_time[i]))}); "
-                             "its newest window ends there")
-        if row[i] < L - 1:
+            refuse(p, f"time {text} is after session {name!r}'s last bar ({time_text(int(row_time[i]))}); "
+                   "its newest window ends there")
+            fine[i] = False
+        elif row[i] < L - 1:
             first = int(s.read_timestamps(L - 1, L)[0]) if s.n_rows >= L else None
-            raise InputError(f"{where}: time {text} is before the first full window of session {name!r} "
-                             + (f"(its first {L}-row window ends at {time_text(first)})" if first is not None
-                                else f"(it has {s.n_rows} rows, fewer than the lookback {L})"))
+            refuse(p, f"time {text} is before the first full window of session {name!r} "
+                   + (f"(its first {L}-row window ends at {time_text(first)})" if first is not None
+                      else f"(it has {s.n_rows} rows, fewer than the lookback {L})"))
+            fine[i] = False
+    session, row, row_time, ids, position = (a[fine] for a in (session, row, row_time, ids, position))
     order = np.lexsort((row, session))
-    return session[order], row[order], row_time[order], ids[order]
+    return session[order], row[order], row_time[order], ids[order], position[order]
 
 
 def _in_index(index, session, wanted):
@@ -253,9 +271,11 @@ def _read_csv(path):
     return pairs
 
 
-def _query_batches(windows, index, cfg):
+def _query_batches(windows, index, cfg, bad=None):
     """(session, end row, end time, vectors) of the queries, in batches. A query window the index holds
-    takes its stored vector (the same vectorizer on the same rows); others are read and vectorized."""
+    takes its stored vector (the same vectorizer on the same rows); others are read and vectorized.
+    Bad rows of a query file (without --strict) are appended to `bad` as (row position, reason)."""
+    bad = [] if bad is None else bad
     L = windows.window.lookback
     if cfg.split is not None:
         pending = []
@@ -268,7 +288,14 @@ def _query_batches(windows, index, cfg):
             yield tuple(np.concatenate(c) for c in zip(*pending))
         return
     pairs = [(cfg.session, cfg.time)] if cfg.queries is None else _read_csv(cfg.queries)
-    session, end_row, end_time, ids = _resolve(windows, index, pairs, cfg.queries or "--time")
+    # A query file's bad rows are listed and left out (all of them refused with --strict).
+    lenient = cfg.queries is not None and not cfg.strict
+    session, end_row, end_time, ids, position = _resolve(windows, index, pairs, cfg.queries or "--time",
+                                                         bad if lenient else None)
+    if lenient and not len(session):
+        (p, reason), more = bad[0], len(bad) - 1
+        raise InputError(f"{cfg.queries}: no query row can be answered; row {p + 1}: {reason}"
+                         + (f" (and {more} more)" if more else ""))
     for a in range(0, len(session), cfg.batch):
         part = slice(a, a + cfg.batch)
         vectors = np.empty((len(session[part]), windows.vectors.dim), np.float32)
@@ -280,10 +307,24 @@ def _query_batches(windows, index, cfg):
             got = {}
             for s, e, v in windows.batches(table):
                 got.update(zip(zip(s.tolist(), e.tolist()), v))
-            if windows.skipped:
-                raise InputError(f"{cfg.queries or '--time'}: {windows.skipped} query window(s) hold NaN/Inf (e.g. "
-                                 f"in session {windows.catalog.sessions[int(table[0, 0])].name!r}); choose other times")
-            vectors[read] = [got[key] for key in zip(session[part][read].tolist(), end_row[part][read].tolist())]
+            missing = [k for k, key in enumerate(zip(session[part][read].tolist(), end_row[part][read].tolist()))
+                       if key not in got]
+            if missing and not lenient:
+                raise InputError(f"{cfg.queries or '--time'}: {len(missing)} query window(s) hold NaN/Inf (e.g. "
+                                 f"in session {windows.catalog.sessions[int(session[part][read][missing[0]])].name!r}); "
+                                 "choose other times")
+            ok = np.ones(len(vectors), bool)
+            for k in missing:
+                j = read[k]
+                bad.append((int(position[part][j]), f"the window of session "
+                            f"{windows.catalog.sessions[int(session[part][j])].name!r} ending at row {int(end_row[part][j])} "
+                            "holds NaN/Inf"))
+                ok[j] = False
+            vectors[read[[k for k in range(len(read)) if ok[read[k]]]]] = \
+                [got[key] for key in zip(session[part][read].tolist(), end_row[part][read].tolist()) if key in got]
+            if not ok.all():
+                yield session[part][ok], end_row[part][ok], end_time[part][ok], vectors[ok]
+                continue
         yield session[part], end_row[part], end_time[part], vectors
 
 
@@ -323,7 +364,8 @@ def run_query(cfg, similar_cfg):
         opened_s = time.perf_counter() - t_start
         # While FAISS reads its file (in its thread): the first batch of queries (resolved: their errors come
         # before any output is opened), the windows each may use, and the first reads of what followed.
-        batches = _query_batches(windows, index, cfg)
+        bad = []
+        batches = _query_batches(windows, index, cfg, bad)
         first = next(batches, None)
         if first is None:
             raise InputError(f"split {cfg.split!r} of the index's data has no window to query")
@@ -376,6 +418,8 @@ def run_query(cfg, similar_cfg):
                    "kind": s["kind"], "windows": index.n, "past_only": cfg.past_only, "random": cfg.random,
                    "ahead": cfg.ahead, "point_in_time": not_pit == 0, "queries_not_point_in_time": not_pit,
                    "point_in_time_note": _pit_note(s, cfg, not_pit, n_queries),
+                   "bad_queries": len(bad),
+                   "bad_examples": [f"row {p + 1}: {reason}" for p, reason in sorted(bad)[:5]],
                    "timings": {k: round(v, 4) for k, v in timings.items()},
                    "outputs": [p for p in (cfg.out, cfg.forecast, cfg.plot) if p], "first": shown[:1]}
         return summary

@@ -585,7 +585,7 @@ def test_query_times_resolved_from_the_index_equal_the_data(market, tmp_path, st
     times = np.concatenate([exact, between[between <= stamps[-1]]])
     names = rng.choice(prices.columns, len(times))
     pairs = [(n, str(pd.Timestamp(t))) for n, t in zip(names, times)]
-    session, row, row_time, ids = _resolve(windows, index, pairs, "x")
+    session, row, row_time, ids, _ = _resolve(windows, index, pairs, "x")
     settled = _in_index(index, np.array([list(prices.columns).index(n) for n in names]), times)[0] >= 0
     assert settled.all() if (stride, split) == (1, "all") else 0 < settled.sum() < len(times)
     expect = sorted((list(prices.columns).index(n), int(np.searchsorted(stamps, t, side="right") - 1))
@@ -682,3 +682,25 @@ def test_train_until_and_split_scope_the_ivfpq_training(tmp_path, capsys):
     assert main.main(common + ["--train-until", "soon", "--out", str(tmp_path / "bad")]) == 2
     assert "--train-until 'soon' is not a time" in capsys.readouterr().err
     assert not (tmp_path / "early").exists() and not (tmp_path / "bad").exists()
+
+
+def test_bad_rows_of_a_query_file_are_listed_and_left_out_unless_strict(market, tmp_path, capsys):
+    """One bad row among 600 aborted them all."""
+    prices = market["prices"]
+    good = [("A01", str(prices.index[100].date())), ("A02", str(prices.index[150].date()))]
+    rows = good[:1] + [("NOPE", "2020-06-01"), ("A01", "soon"), ("A03", str(prices.index[2].date()))] + good[1:]
+    path = _queries_csv(tmp_path / "q.csv", rows)
+    base = ["similar", "query", "--index", str(market["index"]), "--price-column", "close", "--k", "3",
+            "--queries", str(path)]
+    assert main.main(base + ["--out", str(tmp_path / "r.h5")]) == 0
+    err = capsys.readouterr().err
+    assert "warning: 3 row(s) of" in err and "row 2: session 'NOPE' is not in the index" in err
+    assert "row 3: time 'soon'" in err and "row 4: time" in err and "before the first full window" in err
+    res, attrs = _results(tmp_path / "r.h5")
+    assert attrs["queries"] == 2
+    _, want = _query(market["index"], tmp_path, name="want.h5", queries=str(_queries_csv(tmp_path / "g.csv", good)), k=3)
+    expected = _results(want)[0]
+    for name in ("query_end_row", "neighbour_end_row", "distance"):
+        np.testing.assert_array_equal(res[name], expected[name])
+    assert "not in the index" in _error(capsys, base + ["--strict", "--out", str(tmp_path / "s.h5")])
+    assert not (tmp_path / "s.h5").exists()
