@@ -61,11 +61,15 @@ def write_csv(work):
     with h5py.File(path, "r") as f:
         names = list(f.keys())
     names = ["time", "end_time"] + [k for k in names if k not in ("time", "end_time")]
+    # A strategy's long/short columns count the names held (periods.h5 keeps the short names).
+    header = [k.rsplit(".", 1)[0] + f".names_{k.rsplit('.', 1)[1]}" if k.endswith((".long", ".short")) else k
+              for k in names]
     with open(work / "periods.csv", "w", newline="") as out:
         writer = csv.writer(out)
-        writer.writerow(names)
+        writer.writerow(header)
         for piece in _pieces(path, names):
-            columns = [np.datetime_as_string(piece[k].astype("datetime64[ns]")) if k in ("time", "end_time")
+            # times as short ISO text: 2020-01-02, 2020-01-02T09:30 (was 2020-01-02T00:00:00.000000000)
+            columns = [np.datetime_as_string(piece[k].astype("datetime64[ns]"), unit="auto") if k in ("time", "end_time")
                        else [f"{v:.10g}" for v in piece[k].tolist()] for k in names]
             writer.writerows(zip(*columns))
 
@@ -116,16 +120,22 @@ def figures(work, result):
         cols = ["end_time", "benchmark"] + (["ic", "rank_ic"] if "ic" in result["signal_analysis"] else []) + \
             [f"{s}.{k}" for s in strategies for k in ("net", "gross")]
         d, group = _downsampled(work / "periods.h5", cols)
+    colors = {s: f"C{i}" for i, s in enumerate(strategies)}
     # Equity curves need every period's return: compound each group's mean return over its length.
     when = d["end_time"].astype("datetime64[ns]")
     fig = Figure(figsize=(10, 6))
     ax, ax_dd = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
-    for label, key in [(s, f"{s}.net") for s in strategies] + [("benchmark (equal weight)", "benchmark")]:
+    curves = [(f"{s} (net)", f"{s}.net", colors[s], "-") for s in strategies] + \
+        [(f"{s} (gross, before costs)", f"{s}.gross", colors[s], ":") for s in strategies] + \
+        [("benchmark (equal weight)", "benchmark", "black", "-")]
+    for label, key, color, style in curves:
         r = np.nan_to_num(d[key])
-        equity = np.exp(np.cumsum(group * np.log1p(r)))
-        ax.plot(when, equity, label=label)
-        ax_dd.plot(when, equity / np.maximum.accumulate(np.maximum(equity, 1.0)) - 1, label=label)
-    ax.set_ylabel("value of 1 (net of costs)")
+        with np.errstate(invalid="ignore", divide="ignore"):            # (a period losing 100% or more)
+            equity = np.exp(np.cumsum(group * np.log1p(r)))
+        ax.plot(when, equity, label=label, color=color, linestyle=style, lw=1.0 if style == ":" else 1.5)
+        if style == "-":
+            ax_dd.plot(when, equity / np.maximum.accumulate(np.maximum(equity, 1.0)) - 1, label=label, color=color)
+    ax.set_ylabel("value of 1")
     ax.set_title(f"{result['signal']}: equity")
     ax.legend(loc="best", fontsize=8)
     ax_dd.set_ylabel("drawdown")
@@ -140,6 +150,7 @@ def figures(work, result):
     rolling = np.convolve(np.nan_to_num(ic), np.ones(window) / window, mode="same")
     ax.plot(when, rolling, lw=1.5, label=f"rolling mean ({window} points)")
     ax.axhline(0, color="black", lw=0.5)
+    ax.set_ylabel("rank IC (Spearman, per period)")
     summary = result["signal_analysis"]["rank_ic"]
     ax.set_title(f"rank IC one period ahead: mean {summary['mean']:.4f}, t {summary['t_stat']:.2f}")
     ax.legend(loc="best", fontsize=8)
@@ -243,14 +254,18 @@ def summary_lines(result):
         lines.append(f"  IC {_f(sa['ic']['mean'])} (t {_f(sa['ic']['t_stat'], 2)}), rank IC {_f(sa['rank_ic']['mean'])} "
              f"(t {_f(sa['rank_ic']['t_stat'], 2)}, ICIR {_f(sa['rank_ic']['ir'], 3)}, positive "
                      f"{_f(sa['rank_ic']['positive_share'], 3)}), top-bottom {_f(sa['top_minus_bottom']['mean'] * 1e4, 2)} bps")
-    header = f"  {'strategy':<12} {'annual':>9} {'vol':>8} {'sharpe':>7} {'max dd':>8} {'IR':>7} {'turnover':>9}"
-    lines.append(header)
     rows = [(s, b["net"], b.get("information_ratio"), b.get("turnover_per_period")) for s, b in result["portfolios"].items()]
     rows += [(f"{s} (gross)", b["gross"], None, None) for s, b in result["portfolios"].items()]
     rows.append(("benchmark", result["benchmark"], None, None))
-    for name, p, ir, turn in rows:
-        lines.append(f"  {name:<12} {_pct(p['annual_return']):>9} {_pct(p['annual_volatility']):>8} "
-                     f"{_f(p['sharpe'], 2):>7} {_pct(p['max_drawdown']):>8} {_f(ir, 2):>7} {_f(turn, 3):>9}")
+    width = max(len("strategy"), *(len(name) for name, *_ in rows))      # ("longshort (gross)" broke a fixed 12)
+    cells = [(name, _pct(p["annual_return"]), _pct(p["annual_volatility"]), _f(p["sharpe"], 2),
+              _pct(p["max_drawdown"]), _f(ir, 2), _f(turn, 3)) for name, p, ir, turn in rows]
+    widths = [width] + [max(len(h), *(len(c[i]) for c in cells)) for i, h in
+                        enumerate(("annual", "vol", "sharpe", "max dd", "IR", "turnover"), start=1)]
+    header = ("strategy", "annual", "vol", "sharpe", "max dd", "IR", "turnover")
+    for row in [header] + cells:
+        lines.append("  " + " ".join(f"{row[0]:<{widths[0]}}" if i == 0 else f"{row[i]:>{widths[i]}}"
+                                     for i in range(len(row))))
     return lines
 
 

@@ -389,7 +389,13 @@ def _check_same_schema(sessions):
 
 
 def time_text(ns):
-    return str(np.datetime64(int(ns), "ns"))
+    """A time (int ns) as short ISO text: 2017-11-06 at midnight, 2017-11-06T09:30:00 to the second, the
+    fraction only where there is one (it printed 2017-11-06T00:00:00.000000000)."""
+    stamp = np.datetime64(int(ns), "ns")
+    if int(ns) % 86_400_000_000_000 == 0:
+        return str(stamp.astype("datetime64[D]"))
+    text = str(stamp.astype("datetime64[s]")) if int(ns) % 1_000_000_000 == 0 else str(stamp).rstrip("0")
+    return text
 
 
 def check_time_order(catalog):

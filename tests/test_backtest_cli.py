@@ -159,9 +159,9 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, files, capsys, case,
 
 
 @pytest.mark.parametrize("case,expect", [
-    ("duplicate", "row 3 time 2020-01-04T00:00:00.000000000 repeats the previous row's"),
-    ("backward", "row 3 time 2020-01-03T00:00:00.000000000 is before the previous row's"),
-    ("nonpositive", "price 0 at 2020-01-04T00:00:00.000000000 is <= 0"),
+    ("duplicate", "row 3 time 2020-01-04 repeats the previous row's"),
+    ("backward", "row 3 time 2020-01-03 is before the previous row's"),
+    ("nonpositive", "price 0 at 2020-01-04 is <= 0"),
     ("nonpositive_signal", "row 2 has price -1 (<= 0)"),
 ])
 def test_bad_prices_are_named_by_session_and_time(tmp_path, capsys, case, expect):
@@ -209,3 +209,25 @@ def test_the_backtest_process_imports_no_pandas_scipy_or_torch(tmp_path, files):
             "print(code, sorted(m for m in ('pandas', 'scipy', 'torch') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert out.stdout.strip().splitlines()[-1] == "0 []", out.stdout + out.stderr
+
+
+def test_the_report_reads_plainly(tmp_path, files, capsys):
+    """Times printed as 2017-11-06, table rows out of line, long/short counts unnamed,
+    ic.png without a y-label, the equity chart without the gross curve."""
+    import main
+    from analysis.report import figures
+    price_path, *_ = files
+    out = tmp_path / "bt"
+    assert main.main(["backtest", "--prices", str(price_path), "--price-column", "close", "--signal", "momentum:5",
+                      "--out", str(out), "--no-tensorboard", "--cost-bps", "5"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    table = lines[lines.index(next(line for line in lines if line.strip().startswith("strategy"))):][:6]
+    ends = {len(line) for line in table}
+    assert len(ends) == 1, table                                       # every row ends in the same column
+    assert "T00:00:00" not in "\n".join(lines) and ".000000000" not in (out / "periods.csv").read_text()
+    header = (out / "periods.csv").read_text().splitlines()[0].split(",")
+    assert "topk.names_long" in header and "topk.long" not in header
+    figs = figures(out, report(out))
+    assert figs["ic"].axes[0].get_ylabel().startswith("rank IC")
+    labels = [line.get_label() for line in figs["equity"].axes[0].get_lines()]
+    assert "topk (gross, before costs)" in labels and "topk (net)" in labels
