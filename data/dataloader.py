@@ -337,6 +337,40 @@ def _as_index(cols, width):
     return slice(None) if list(cols) == list(range(width)) else list(cols)
 
 
+FD_MARGIN = 32          # open files beyond the estimate: logs, pipes, libraries opened later
+
+
+def ensure_open_files(prepared, options):
+    """With workers, every round in flight travels as shared-memory tensors each holding a file
+    descriptor, and each worker keeps its HDF5 files open: under `ulimit -n 64` with 80 files a worker's
+    queue thread died of EMFILE and the run hung. Raise the soft limit toward the hard one when the
+    estimate needs it; refuse in one line when even the hard limit is too low."""
+    import resource
+    workers = options["num_workers"]
+    if not workers:
+        return
+    try:
+        now = len(os.listdir("/proc/self/fd"))
+    except OSError:
+        return                                  # (no /proc: nothing to measure by)
+    files = len({s.path for s in prepared.catalog.sessions})
+    open_per_worker = min(files, getattr(prepared.catalog.sessions[0].pool, "max_open", files))
+    in_flight = workers * (options.get("prefetch_factor") or 2) * 8      # tensors of the rounds in flight
+    need = now + max(open_per_worker, in_flight + 4 * workers) + FD_MARGIN
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= need:
+        return
+    if hard == resource.RLIM_INFINITY or hard >= need:
+        target = need if hard == resource.RLIM_INFINITY else min(hard, max(need, 4096))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        log.info("loader: open-file limit raised from %d to %d (workers share rounds through file descriptors)",
+                 soft, target)
+        return
+    raise InputError(f"training.num_workers={workers}: about {need} open files are needed ({files} HDF5 files, rounds "
+                     f"in flight shared through file descriptors) but this process may open {hard} (ulimit -n); raise "
+                     "the limit (ulimit -n 4096) or set training.num_workers=0")
+
+
 def build_loader(prepared, split, training_cfg=None, *, seed=0, rank=0, world_size=1, device="cpu",
                  shuffle=None, return_ids=False):
     """A WindowLoader for `split`: shuffled for train, in order for val/test. `training_cfg`: a
@@ -344,6 +378,7 @@ def build_loader(prepared, split, training_cfg=None, *, seed=0, rank=0, world_si
     training_cfg = training_cfg or LoaderConfig()
     options, notes = loader_options(training_cfg, device)
     _note_once(notes)
+    ensure_open_files(prepared, options)
     train = split == "train"
     return WindowLoader(prepared, split, batch_size=training_cfg.batch_size,
                         shuffle=train if shuffle is None else shuffle, seed=seed, rank=rank,

@@ -293,3 +293,39 @@ def test_gather_batches_is_one_on_the_cpu_and_bounded_on_a_gpu():
     assert gather_batches("cuda", 1024, w, 16) == 4
     assert gather_batches("cuda", 1, WindowSpec(lookback=2), 1) == 64
     assert gather_batches("cuda", 65536, w, 64) == 1
+
+
+def test_a_low_open_file_limit_is_raised_or_one_line(tmp_path):
+    """num_workers=2 with 80 files under `ulimit -n 64`: a worker's queue thread died of EMFILE and the run hung."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from data.demo import generate
+    for i in range(80):
+        generate(tmp_path / f"f{i:02d}.h5", sessions=1, rows=400, features=3, seed=i, progress=False)
+    root = Path(__file__).resolve().parents[1]
+    train = ["main.py", "train", f"data.paths=[{tmp_path}]", "training.num_workers=2", "training.epochs=1",
+             "training.max_steps_per_epoch=2", "data.lookback=16", "--run-dir", str(tmp_path / "run")]
+
+    def limited(soft, hard, argv):
+        code = (f"import resource, runpy, sys; resource.setrlimit(resource.RLIMIT_NOFILE, ({soft}, {hard})); "
+                f"sys.argv = {argv!r}; runpy.run_path('main.py', run_name='__main__')")
+        return subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=600)
+
+    proc = limited(64, 64, train)
+    assert proc.returncode == 2 and "open files are needed" in proc.stderr, proc.stderr[-2000:]
+    assert "may open 64 (ulimit -n)" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    check = ("import resource; from config import load_config; from data.dataset import prepare_data; "
+             "from data.dataloader import ensure_open_files, loader_options; "
+             f"c = load_config('quick_demo', overrides=['data.paths=[{tmp_path}]', 'training.num_workers=2', "
+             "'data.lookback=16']); p = prepare_data(c.data, progress=False); "
+             "ensure_open_files(p, loader_options(c.training, 'cpu')[0]); "
+             "print(resource.getrlimit(resource.RLIMIT_NOFILE)[0])")
+    import resource
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard != resource.RLIM_INFINITY and hard < 4096:
+        return                                       # (this machine's hard limit leaves nothing to raise)
+    proc = subprocess.run([sys.executable, "-c", "import resource; resource.setrlimit(resource.RLIMIT_NOFILE, "
+                           f"(64, {hard})); exec({check!r})"], cwd=root, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and int(proc.stdout.strip().splitlines()[-1]) >= 90, proc.stderr[-2000:]
