@@ -15,7 +15,8 @@ from pathlib import Path
 _TEMP = re.compile(r"^\.(?P<name>.+)\.(?:tmp|old)-(?P<pid>\d+)(?:-[^/]*)?$")
 
 
-def _alive(pid):
+def process_alive(pid):
+    """Whether process `pid` exists (anyone's); an impossible pid counts as alive: leave its files alone."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -38,7 +39,7 @@ def clean_stale_temps(path):
         return removed
     for entry in entries:
         match = _TEMP.match(entry.name)
-        if not match or match["name"] != path.name or _alive(int(match["pid"])):
+        if not match or match["name"] != path.name or process_alive(int(match["pid"])):
             continue
         try:
             if entry.is_dir(follow_symlinks=False):

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from atomic import atomic_path, check_space, write_json
+from atomic import atomic_path, check_space, process_alive, write_json
 from config import Config, DataConfig, _from_dict, to_dict
 from data.dataset import prepare_data
 from data.normalize import Normalizer
@@ -91,7 +91,7 @@ class RunLock:
                     pid = int(self.path.read_text().strip() or 0)
                 except (OSError, ValueError):
                     pid = 0
-                if pid and _alive(pid):
+                if pid and process_alive(pid):
                     raise InputError(f"{self.run_dir}: in use by process {pid} (lock {self.path}); wait for it, "
                                      "or stop it, or train into another --run-dir") from None
                 self.path.unlink(missing_ok=True)       # its process is gone: take the lock over
@@ -106,16 +106,6 @@ class RunLock:
             self.path.unlink(missing_ok=True)
             if self.made_parent and not any(self.path.parent.iterdir()):
                 self.path.parent.rmdir()
-
-
-def _alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def train(config, run_dir=None, resume=False, group=None, overwrite=False, profile_source=None):
