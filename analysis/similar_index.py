@@ -145,7 +145,8 @@ def training_ranges(windows, train_until=None):
 
 
 def _iso(ns):
-    return str(np.datetime64(int(ns), "ns"))
+    from data.catalog import time_text
+    return time_text(ns)
 
 
 def point_in_time_from(settings):
