@@ -177,7 +177,9 @@ def test_bad_prices_are_named_by_session_and_time(tmp_path, capsys, case, expect
     if case == "nonpositive_signal":
         close[2] = -1.0
     path = write_raw(tmp_path / "bad.h5", "S0", close, stamps)
-    write_raw(tmp_path / "good.h5", "S1", close, start + DAY * np.arange(30))
+    # (its own prices: sharing `close` gave S1 the bad price too, and which session the signal pool named
+    # first depended on which worker finished first)
+    write_raw(tmp_path / "good.h5", "S1", 10 + np.arange(30.0), start + DAY * np.arange(30))
     out = tmp_path / "out"
     argv = ["--prices", path, tmp_path / "good.h5", "--price-column", "close", "--out", out, "--k", "1"]
     if case == "nonpositive_signal":
