@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from analysis import inputs, report, signals
 import progress
+from analysis import inputs, report, signals
 from atomic import atomic_dir, check_output_dir
 from analysis.factor import SignalAnalysis
 from analysis.panel import Panel

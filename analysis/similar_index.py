@@ -37,11 +37,11 @@ import faiss
 import h5py
 import numpy as np
 
-from progress import bar as progress_bar
 from atomic import SpaceGuard, atomic_dir, check_output_dir, check_space
 from data.session import file_stamp
 from data.windows import WindowSpec
 from errors import InputError
+from progress import bar as progress_bar
 
 FORMAT_NAME = "h5series-similar-index"
 FORMAT_VERSION = 2       # 2: IVF-PQ ids in time order, point-in-time scope in settings

@@ -30,13 +30,13 @@ import numpy as np
 from analysis.similar_index import FILES, SimilarIndex, index_window, point_in_time_from
 from analysis.similar_outcomes import Outcomes
 from analysis.similar_search import Searcher, times_at
-import progress
 from atomic import atomic_path, check_not_input, check_output, check_outputs_distinct
 from data.catalog import open_catalog, time_text
 from data.predictions import NAT, PredictionWriter
 from data.session import ChunkCache, HandlePool, scratch_copy
 from data.splits import SPLITS, SplitSpec, to_ns
 from errors import InputError
+import progress
 
 RESULTS_FORMAT = "h5series-similar-results"
 PLOT_QUERIES = 4

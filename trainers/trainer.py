@@ -24,8 +24,8 @@ from data.dataloader import build_loader, loader_options
 from data.dataset import fingerprint_changes
 from data.memory_plan import check_plan, format_plan
 from errors import InputError
-import progress
 from models import Shapes, build_model
+import progress
 from trainers.checkpoint import Checkpointer
 from trainers.cuda_plan import cuda_plan, format_cuda_plan
 from trainers.distributed import Group
