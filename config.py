@@ -563,13 +563,12 @@ def profile_path(profile):
     return CONFIG_DIR / f"{profile}.yaml"
 
 
-def load_config(profile=None, config_file=None, overrides=()):
-    """Defaults -> profile YAML -> config file -> key=value overrides, validated. `profile` None is
-    main.py's SELECTED_CONFIG, the profile a bare `python main.py` trains: one default for the CLI
-    and the Python API (issue 10, case 22)."""
+def load_config(profile, config_file=None, overrides=()):
+    """Defaults -> profile YAML -> config file -> key=value overrides, validated. The library never
+    imports the command line: main.py and h5series.load_config pass main.py's SELECTED_CONFIG when
+    no profile is named (one default for the CLI and the Python API)."""
     if profile is None:
-        from main import SELECTED_CONFIG
-        profile = SELECTED_CONFIG
+        raise TypeError("load_config needs a profile name (h5series.load_config() defaults to main.SELECTED_CONFIG)")
     if profile == "auto":
         profile = auto_profile()
     values = {"profile": profile}

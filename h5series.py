@@ -22,7 +22,7 @@ from analysis.backtest import BacktestConfig, run_backtest
 from analysis.similar_index import build_index
 from analysis.similar_query import QueryConfig, run_query
 from analysis.similar_source import open_windows
-from config import load_config
+from config import load_config as _load_config
 from data.catalog import open_catalog
 from data.dataloader import LoaderConfig, build_loader
 from data.dataset import prepare_data
@@ -31,6 +31,16 @@ from data.predictions import read_predictions
 from trainers.predict import predict
 from trainers.run import evaluate, load_run, train
 from trainers.trainer import Trainer
+
+
+
+def load_config(profile=None, config_file=None, overrides=()):
+    """config.load_config with main.py's SELECTED_CONFIG when no profile is named (as `python main.py`)."""
+    if profile is None:
+        from main import SELECTED_CONFIG
+        profile = SELECTED_CONFIG
+    return _load_config(profile, config_file, overrides)
+
 
 __all__ = ["load_config", "open_catalog", "prepare_data", "LoaderConfig", "build_loader", "make_demo", "Trainer",
            "train", "evaluate", "load_run", "predict", "read_predictions",

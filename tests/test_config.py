@@ -128,8 +128,9 @@ def test_a_python_tag_and_an_empty_file_are_named_as_such(tmp_path):
 
 def test_the_cli_and_the_python_api_share_one_default_profile():
     # Issue 10, case 22: quick_demo for the CLI, default for load_config(), and nothing said which.
+    import h5series
     import main
-    assert load_config().profile == main.SELECTED_CONFIG == main.parse_args(main.build_parser(), ["train"]).profile
+    assert h5series.load_config().profile == main.SELECTED_CONFIG == main.parse_args(main.build_parser(), ["train"]).profile
 
 
 def test_split_times_stay_text_and_a_bad_one_is_named():
