@@ -538,9 +538,9 @@ def test_validation_can_be_capped_to_a_fixed_seeded_subset(demo_path, tmp_path, 
     prepared = prepare_data(config.data, progress=False)
     assert prepared.n_windows("val") > 100
     trainer = Trainer(config, prepared, tmp_path / "t", monitor=False)
-    subset = trainer._subset("val", 100)
+    subset = trainer.evaluator._subset("val", 100)
     assert int(subset[:, 2].sum()) == 100 and (subset[:, 2] > 0).all()
-    again = Trainer(config, prepared, tmp_path / "u", monitor=False)._subset("val", 100)
+    again = Trainer(config, prepared, tmp_path / "u", monitor=False).evaluator._subset("val", 100)
     assert (subset == again).all()                                  # fixed by the seed
     assert trainer.evaluate("val", max_windows=100) == trainer.evaluate("val", max_windows=100)
     calls = []
@@ -549,3 +549,22 @@ def test_validation_can_be_capped_to_a_fixed_seeded_subset(demo_path, tmp_path, 
         calls.append((split, max_windows)), original(self, split, model, max_windows))[1])
     run_module.train(config, tmp_path / "run")
     assert calls == [("val", 100), ("val", 100), ("test", 0)]
+
+
+def test_evaluate_of_a_saved_run_builds_no_optimizer_and_runs_no_probe(demo_path, tmp_path, monkeypatch):
+    """`evaluate` built a whole Trainer: an optimizer, a training loader and (with auto workers) the
+    forward/backward memory probe, none of which scoring uses."""
+    import trainers.host_plan as host_plan
+    import trainers.trainer as trainer_module
+    run_module.train(small_config(demo_path, tmp_path, "training.epochs=1", "output.tensorboard=false"), tmp_path / "run")
+    recorded = json.loads((tmp_path / "run" / "metrics_test.json").read_text())
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("evaluate built training machinery")
+    monkeypatch.setattr(torch.optim, "AdamW", refuse)
+    monkeypatch.setattr(host_plan, "probe_activations", refuse)
+    monkeypatch.setattr(trainer_module, "probe_activations", refuse)
+    monkeypatch.setattr(trainer_module, "Trainer", refuse)
+    again = run_module.evaluate(tmp_path / "run", "test")
+    assert {k: v for k, v in again.items() if isinstance(v, float)} == \
+        pytest.approx({k: v for k, v in recorded.items() if isinstance(v, float)}, rel=1e-6)

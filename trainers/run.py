@@ -18,13 +18,15 @@ import yaml
 
 from atomic import atomic_path, check_space, process_alive, write_json
 from config import Config, DataConfig, _from_dict, to_dict
+from data.dataloader import loader_options
 from data.dataset import prepare_data
 from data.normalize import Normalizer
 from errors import InputError
 from models import check_model_config, is_import_path
 from trainers.checkpoint import Checkpointer
 from trainers.distributed import Group
-from trainers.trainer import Trainer
+from trainers.evaluator import Evaluator
+from trainers.trainer import Trainer, amp_setup
 
 log = logging.getLogger("h5series")
 
@@ -326,11 +328,12 @@ class LoadedRun:
         return session_codes(self.vocabulary, catalog, next(self.model.parameters()).device)
 
 
-def load_run(run_dir, checkpoint=None):
-    """The run in `run_dir` with its `checkpoint` (best by default, else last) loaded."""
+def load_run(run_dir, checkpoint=None, config=None):
+    """The run in `run_dir` with its `checkpoint` (best by default, else last) loaded; `config`: the run's
+    own read from config.yaml, unless given (the same run on another device)."""
     from models import build_model
     from trainers.trainer import model_shapes, resolve_device
-    config, state, prepared, which = restore(run_dir, which=checkpoint)
+    config, state, prepared, which = restore(run_dir, config, which=checkpoint)
     vocabulary = list(state.get("session_vocabulary") or [s.name for s in prepared.catalog.sessions])
     model = build_model(config.model, model_shapes(prepared, config.model, vocabulary))
     model.load_state_dict(state["model"])
@@ -341,23 +344,32 @@ def load_run(run_dir, checkpoint=None):
 def evaluate(run_dir, split="test", *, prepared=None, config=None, trainer=None, checkpoint=None):
     """Metrics of the `checkpoint` (best by default) on `split`; written to <run>/metrics_<split>.json
     with the checkpoint's name and the epoch it was saved after (epochs numbered from 1)."""
-    config, state, prepared, checkpoint = restore(run_dir, config, prepared, checkpoint)
     if trainer is None:
-        trainer = Trainer(config, prepared, Path(run_dir), monitor=False, vocabulary=state.get("session_vocabulary"))
-    trainer.model.load_state_dict(state["model"])
-    changes = data_changes(state, prepared)
-    result = trainer.evaluate(split)
-    result["epoch_of_checkpoint"] = int(state["epoch"])
+        # A saved run: its model and an Evaluator alone (no optimizer, no training loader, no memory probe).
+        run = load_run(run_dir, checkpoint, config)
+        config, prepared, checkpoint, epoch, changes = run.config, run.prepared, run.checkpoint, run.epoch, run.data_changed
+        device = next(run.model.parameters()).device
+        options = loader_options(config.training, device)[0]
+        loader_cfg = dataclasses.replace(config.training, num_workers=options["num_workers"])   # (-1: the auto count)
+        evaluator = Evaluator(config, prepared, run.model, device, amp_setup(config.training.amp, device)[0], loader_cfg,
+                              session_codes=run.session_codes(prepared.catalog) if config.model.session_embedding else None)
+        result, is_main = evaluator.evaluate(split), True
+    else:
+        config, state, prepared, checkpoint = restore(run_dir, config, prepared, checkpoint)
+        trainer.model.load_state_dict(state["model"])
+        epoch, changes = int(state["epoch"]), data_changes(state, prepared)
+        result, is_main = trainer.evaluate(split), trainer.group.is_main
+    result["epoch_of_checkpoint"] = epoch
     result["checkpoint"] = checkpoint
     name = f"metrics_{split}.json"
     if changes:
         # Not the run's recorded result: written beside it, never over it.
         result["data_changed"] = changes
         name = f"metrics_{split}.data-changed.json"
-        if trainer.group.is_main:
+        if is_main:
             print(f"warning: {run_dir}: the data changed since checkpoint {checkpoint} was trained "
                   f"({'; '.join(changes)}); metrics written to {name}, {split} split of the data as it is now; "
                   f"metrics_{split}.json is kept", file=sys.stderr)
-    if trainer.group.is_main:
+    if is_main:
         write_json(Path(run_dir) / name, result)
     return result

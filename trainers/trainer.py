@@ -15,7 +15,6 @@ import os
 import signal
 import time
 
-import numpy as np
 import psutil
 import torch
 
@@ -25,15 +24,13 @@ from data.dataset import fingerprint_changes
 from data.memory_plan import check_plan, format_plan
 from errors import InputError
 from models import Shapes, build_model
-import progress
 from trainers.checkpoint import Checkpointer
 from trainers.cuda_plan import cuda_plan, format_cuda_plan
 from trainers.distributed import Group
+from trainers.evaluator import Evaluator, global_sum
 from trainers.host_plan import host_plan, probe_activations, process_mb
 from trainers.losses import training_loss
 from trainers.plots import ForecastSample, figure
-from trainers.quantiles import QuantileMetrics, denormalize_quantiles, point_forecast
-from trainers.metrics import ClassificationMetrics, RegressionMetrics
 from trainers.monitor import Monitor
 
 log = logging.getLogger("h5series")
@@ -161,6 +158,8 @@ class Trainer:
         self.loader_cfg = self._loader_training_config()
         self.train_loader = build_loader(prepared, "train", self.loader_cfg, seed=config.seed, rank=self.rank,
                                          world_size=self.world_size, device=self.device, return_ids=True)
+        self.evaluator = Evaluator(config, prepared, self.model, self.device, self.autocast, self.loader_cfg,
+                                   group=self.group, session_codes=self.session_codes)
         self.steps_per_epoch = self._steps_per_epoch()
         self.scheduler = self._scheduler()
         # monitor=False: a trainer built only to evaluate or predict writes no TensorBoard files.
@@ -341,10 +340,7 @@ class Trainer:
         return self._agree()[2]
 
     def _global_sum(self, total, count):
-        """(total, count) summed over ranks, as floats: one host sync (the `.tolist()`)."""
-        both = torch.stack([total, torch.full((), float(count), dtype=torch.float64, device=self.device)])
-        total, count = self.group.all_reduce(both).tolist()
-        return total, count
+        return global_sum(self.group, total, count)
 
     def train_epoch(self):
         tc = self.config.training
@@ -509,103 +505,21 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, split, model=None, max_windows=0):
-        """Loss and metrics over every window of `split` (at most `max_windows` of them: a fixed seeded
-        subset, see val_subset), in order; metrics in original units."""
-        model = model or self.model
-        model.eval()
-        tc = self.config.training
-        prepared = self.prepared
-        if max_windows and prepared.n_windows(split) > max_windows:
-            prepared = dataclasses.replace(prepared, blocks={**prepared.blocks,
-                                                             split: self._subset(split, max_windows)})
-        loader = build_loader(prepared, split, self.loader_cfg, seed=self.config.seed, rank=self.rank,
-                              world_size=self.world_size, device=self.device, return_ids=True)
-        norm = self.prepared.normalizer
-        collect = not tc.compute_metrics_online
-        if self.task == "classify":
-            metrics = {"": ClassificationMetrics(self.config.model.n_classes, self.device, collect)}
-        else:
-            metrics = {"": RegressionMetrics(self.device, collect, self.prepared.columns.target_names)}
-            if self.config.output.metrics_in_normalized_units:
-                metrics["norm_"] = RegressionMetrics(self.device, collect)
-            if self.quantiles:
-                metrics["quantile_"] = QuantileMetrics(self.quantiles, self.device)
-        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        count = 0
+        """Loss and metrics of `split` (trainers/evaluator.py); a validation keeps its forecast sample
+        for the TensorBoard figure."""
         sample = self._forecast_sample(split)
-        bar = progress.bar(total=prepared.n_windows(split) // self.world_size, desc=f"evaluate {split}",
-                           unit="window", enabled=self.group.is_main, leave=False)
-        for batch in loader:
-            bar.update(len(batch.x))
-            x, y = batch.x.to(self.device), batch.y.to(self.device)
-            with self.autocast:
-                out = model(x, **self.model_inputs(batch))
-            out = out.float()
-            if self.task == "classify":
-                loss_sum += torch.nn.functional.cross_entropy(out, y.reshape(-1).long(), reduction="sum").double()
-                metrics[""].update(out, y)
-            else:
-                loss_sum += self.loss_fn(out, y, reduction="sum").double() / y[0].numel()
-                ids = batch.session.to(self.device)
-                point = point_forecast(out, self.quantiles)            # (B, H, K)
-                y_units = norm.denormalize_targets(y, ids)
-                point_units = norm.denormalize_targets(point, ids)
-                metrics[""].update(point_units, y_units)
-                if "norm_" in metrics:
-                    metrics["norm_"].update(point, y)
-                quantiles = denormalize_quantiles(out, self.quantiles, norm, ids) if self.quantiles else None
-                if "quantile_" in metrics:
-                    metrics["quantile_"].update(quantiles, y_units)
-                if sample is not None:
-                    first_target = batch.row.numpy() + self.prepared.window.first_target
-                    sample.add(batch.session.numpy(), first_target, point_units, y_units, quantiles)
-            count += len(x)
-        bar.close()
-        # Every rank evaluated its share; fold the others' sums and moments in (exact, not averaged).
-        total, count = self._global_sum(loss_sum, count)
-        if count == 0:
-            raise InputError(f"split {split!r} has no windows to evaluate; check data.split")
-        result = {"loss": total / count}
-        for prefix, m in metrics.items():
-            for i, other in enumerate(self.group.gather_objects(m)):
-                if i != self.rank:
-                    m.merge(other)
-            result.update({prefix + k: v for k, v in m.compute().items()})
+        result = self.evaluator.evaluate(split, model, max_windows, sample)
         self.last_sample = sample
         return result
 
     def model_inputs(self, batch):
-        """What the model takes besides x: the sessions' embedding codes (with a session embedding) and
-        the known-future values (with data.known_future_columns)."""
-        inputs = {}
-        if self.session_codes is not None:
-            inputs["session"] = self.session_codes[batch.session.to(self.device, non_blocking=True)]
-        if batch.future is not None:
-            inputs["future"] = batch.future.to(self.device, non_blocking=True)
-        return inputs
+        """What the model takes besides x (session codes, known-future values): the evaluator's rule."""
+        return self.evaluator.model_inputs(batch)
 
     def _draws_figure(self):
         """The validation figure is drawn by rank 0 of a forecast run with TensorBoard and plot_sessions."""
         out = self.config.output
         return self.task == "forecast" and out.tensorboard and out.plot_sessions > 0 and self.group.is_main
-
-    def _subset(self, split, max_windows):
-        """The block table (session, first row, windows) of a seeded subset of `split`'s blocks holding
-        exactly max_windows windows (whole blocks, the last one cut), in plan order; the same every epoch."""
-        if not hasattr(self, "_subsets"):
-            self._subsets = {}
-        if split not in self._subsets:
-            table = np.asarray(self.prepared.blocks[split])
-            order = np.random.default_rng([self.config.seed, 0x7A1]).permutation(len(table))
-            counts = np.cumsum(table[order, 2])
-            take = int(np.searchsorted(counts, max_windows)) + 1
-            chosen = table[order[:take]].copy()
-            chosen[-1, 2] -= int(counts[take - 1]) - max_windows           # cut the last block to the count
-            chosen = chosen[np.lexsort((chosen[:, 1], chosen[:, 0]))]
-            self._subsets[split] = chosen
-            log.info("validation on a fixed subset of %d of %d %s windows (training.max_val_windows); the test "
-                     "evaluation is whole", max_windows, self.prepared.n_windows(split), split)
-        return self._subsets[split]
 
     def _forecast_sample(self, split):
         """A ForecastSample for the validation figure, else None."""
