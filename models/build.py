@@ -43,7 +43,7 @@ class Shapes:
 def model_params(model_cfg, cls):
     """The hyperparameters of the chosen model: its own section of the config (model.<name>), or
     model.custom checked against an imported class's `Config` dataclass."""
-    from config import _from_dict
+    from schema import from_dict
     name = model_cfg.name
     if not is_import_path(name):
         if model_cfg.custom:
@@ -58,7 +58,7 @@ def model_params(model_cfg, cls):
         return None
     if not dataclasses.is_dataclass(config_cls):
         raise InputError(f"model.name {name!r}: its `Config` must be a dataclass of its hyperparameters")
-    return _from_dict(config_cls, model_cfg.custom, "model.custom.")
+    return from_dict(config_cls, model_cfg.custom, "model.custom.")
 
 
 def check_model_config(model_cfg):

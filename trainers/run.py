@@ -17,7 +17,8 @@ import torch
 import yaml
 
 from atomic import atomic_path, check_space, process_alive, write_json
-from config import Config, DataConfig, _from_dict, to_dict
+from config import Config, DataConfig
+from schema import from_dict, to_dict
 from data.dataloader import loader_options
 from data.dataset import prepare_data
 from data.normalize import Normalizer
@@ -53,7 +54,7 @@ def load_run_config(run_dir):
         raise InputError(f"{run_dir}: not a run directory (no config.yaml); give the directory a "
                          "training run printed")
     from config import migrate_flat_model_keys, read_yaml
-    return _from_dict(Config, migrate_flat_model_keys(read_yaml(path)), "")
+    return from_dict(Config, migrate_flat_model_keys(read_yaml(path)), "")
 
 
 def check_run_dir(run_dir):
@@ -286,7 +287,7 @@ def check_config_matches(config, state, run_dir, which):
         return
     from config import migrate_flat_model_keys
     try:                                         # read as a config.yaml is (older layouts migrated, defaults filled)
-        saved = to_dict(_from_dict(Config, migrate_flat_model_keys(json.loads(json.dumps(state["config"]))), ""))
+        saved = to_dict(from_dict(Config, migrate_flat_model_keys(json.loads(json.dumps(state["config"]))), ""))
     except InputError:
         return                                   # a config of an older version that no longer loads: nothing to compare
     now = _flat(json.loads(json.dumps(to_dict(config))))
