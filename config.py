@@ -8,17 +8,83 @@ naming the field. YAML is read with yaml's SafeLoader only (dates left as text).
 """
 
 import dataclasses
+import math
 import os
 from pathlib import Path
+from typing import Optional
 
-from data.splits import SplitSpec
 from models.configs import DLinearConfig, PatchTSTConfig, RecurrentConfig, TCNConfig
 from errors import InputError
-from schema import from_dict, merge, parse_override, read_yaml, to_dict  # noqa: F401  (read_yaml, to_dict: config's API)
 from profiles import PROFILES  # noqa: F401  (kept importable from here)
+from schema import from_dict, merge, parse_override, read_yaml, to_dict  # noqa: F401  (read_yaml, to_dict: config's API)
+from times import to_ns
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 MIB = 1024 * 1024
+
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclasses.dataclass
+class SplitSpec:
+    method: str = "fractions"                       # fractions | timestamps | rows
+    fractions: tuple = (0.7, 0.15, 0.15)            # train, val, test shares of each session's rows
+    val_start: Optional[object] = None              # timestamps: first val time (int ns or ISO date)
+    test_start: Optional[object] = None             # timestamps: first test time
+    end: Optional[object] = None                    # timestamps: rows at or after it are unused
+    rows: Optional[dict] = None                     # rows: {"train": [0, 8640], "val": [...], ...}
+    gap: Optional[int] = None                       # embargo rows; None = lookback + horizon - 1
+    inputs_before_border: bool = False              # val/test windows may take inputs from before their range
+    holdout_val: tuple = ()                         # session names or globs kept whole for val
+    holdout_test: tuple = ()                        # session names or globs kept whole for test
+
+    def __post_init__(self):
+        for name in ("holdout_val", "holdout_test"):
+            values = getattr(self, name)
+            if isinstance(values, str):
+                setattr(self, name, values := (values,))
+            if not isinstance(values, (list, tuple)) or not all(isinstance(v, str) for v in values):
+                raise InputError(f"split.{name} is {list(values) if isinstance(values, tuple) else values!r}; give a "
+                                 "list of session names or globs")
+        if self.method not in ("fractions", "timestamps", "rows"):
+            raise InputError(f"split.method is {self.method!r}; choose fractions, timestamps or rows")
+        if self.method == "fractions":
+            try:
+                fr = tuple(float(f) for f in self.fractions)
+            except (TypeError, ValueError):
+                fr = ()
+            if len(fr) != 3 or not all(math.isfinite(f) for f in fr) or min(fr) < 0 or sum(fr) > 1 + 1e-9 \
+                    or fr[0] <= 0:
+                raise InputError(f"split.fractions is {list(self.fractions)}; give three finite shares "
+                                 "(train, val, test), train > 0, summing to at most 1")
+            self.fractions = fr
+        if self.method == "timestamps" and (self.val_start is None or self.test_start is None):
+            raise InputError("split.method is timestamps but split.val_start / split.test_start are "
+                             "not both set; give both (ISO dates or int ns)")
+        for name in ("val_start", "test_start", "end"):
+            value = getattr(self, name)
+            if value is not None:
+                try:
+                    to_ns(value)                    # read again where the borders are placed
+                except InputError:
+                    raise InputError(f"split.{name} is {value!r}, not a time; use ISO like 2016-07-01 or an "
+                                     "integer of ns since the epoch") from None
+        if self.method == "rows":
+            if not self.rows or "train" not in self.rows:
+                raise InputError("split.method is rows but split.rows has no train range; give "
+                                 "split.rows like {train: [0, 8640], val: [8304, 11520], test: [11184, 14400]}")
+            if not isinstance(self.rows, dict):
+                raise InputError(f"split.rows is {self.rows!r}; give a mapping like {{train: [0, 8640], val: "
+                                 "[8304, 11520]}")
+            for name, border in self.rows.items():
+                integers = isinstance(border, (list, tuple)) and all(
+                    isinstance(v, int) and not isinstance(v, bool) for v in border)
+                if name not in SPLITS or not integers or len(border) != 2 or not 0 <= border[0] <= border[1]:
+                    raise InputError(f"split.rows.{name} is {border}; give [start, stop) with "
+                                     f"0 <= start <= stop for splits {', '.join(SPLITS)}")
+        if self.gap is not None and self.gap < 0:
+            raise InputError(f"split.gap must be >= 0, got {self.gap}")
 
 
 def _check_at_least_one(section, obj, names):

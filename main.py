@@ -375,7 +375,7 @@ def cmd_similar(args):
         from analysis.similar_source import open_windows
         from atomic import check_output_dir
         from config import load_config
-        from data.splits import to_ns
+        from times import to_ns
         config = load_config(args.profile, args.config_file, args.overrides)
         try:
             train_until = None if args.train_until is None else to_ns(args.train_until)

@@ -122,7 +122,7 @@ def to_dict(config):
 
 class _SafeLoaderDatesAsText(yaml.SafeLoader):
     """yaml.safe_load's loader without its date/time resolver: a split border stays the text the user
-    wrote (data.splits.to_ns reads it, one parser for every time), and 2020-13-01 is refused by name
+    wrote (times.to_ns reads it, one parser for every time), and 2020-13-01 is refused by name
     instead of raising out of YAML."""
 
 
