@@ -138,6 +138,7 @@ def build_parser():
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
 
     p = similar.add_parser("query", help="the nearest past windows of windows, and what followed them")
+    _config_args(p)          # (similar.batch_windows and the like: it ignored --profile/--config before)
     p.add_argument("--index", required=True, help="index folder (similar index --out)")
     p.add_argument("--session", default=None, help="one query: this session's window ...")
     p.add_argument("--time", default=None, help="... ending at this time (the last bar at or before it)")
@@ -402,13 +403,14 @@ def cmd_similar(args):
                   "for analog forecasts a backtest can trust, build with --train-until TIME (or --split)")
         return
     from analysis.similar_query import QueryConfig, run_query
-    from config import SimilarConfig
+    from config import load_config
+    similar_cfg = load_config(args.profile, args.config_file, args.overrides).similar
     cfg = QueryConfig(index=args.index, session=args.session, time=args.time, queries=args.queries, split=args.split,
                       k=args.k, ahead=args.ahead, price_column=args.price_column, return_column=args.return_column,
                       past_only=not args.all_times, random=args.random, seed=args.seed, columns=args.columns,
                       lookback=args.lookback, nprobe=args.nprobe, out=args.out, forecast=args.forecast,
                       plot=args.plot, overwrite=args.overwrite, strict=args.strict)
-    summary = run_query(cfg, SimilarConfig())
+    summary = run_query(cfg, similar_cfg)
     if summary["bad_queries"]:
         print(f"warning: {summary['bad_queries']:,} row(s) of {args.queries} left out (--strict refuses them): "
               + "; ".join(summary["bad_examples"][:3]) + (" ..." if summary["bad_queries"] > 3 else ""), file=sys.stderr)

@@ -704,3 +704,12 @@ def test_bad_rows_of_a_query_file_are_listed_and_left_out_unless_strict(market, 
         np.testing.assert_array_equal(res[name], expected[name])
     assert "not in the index" in _error(capsys, base + ["--strict", "--out", str(tmp_path / "s.h5")])
     assert not (tmp_path / "s.h5").exists()
+
+
+def test_query_reads_the_profile_and_overrides(market, tmp_path, capsys):
+    """`similar query` ignored --profile/--config/key=value (SimilarConfig() defaults)."""
+    base = ["similar", "query", "--index", str(market["index"]), "--price-column", "close", "--session", "A01",
+            "--time", str(market["prices"].index[100].date())]
+    assert "similar.batch_windows must be at least 1" in _error(capsys, base + ["similar.batch_windows=0"])
+    assert "unknown config key similar.nope" in _error(capsys, base + ["similar.nope=1"])
+    assert main.main(base + ["--profile", "default", "similar.batch_windows=64"]) == 0
