@@ -11,8 +11,15 @@ import re
 import shutil
 from pathlib import Path
 
-# Temporaries carry the writer's pid, so a later run can tell a dead writer's litter from a live one's.
-_TEMP = re.compile(r"^\.(?P<name>.+)\.(?:tmp|old)-(?P<pid>\d+)(?:-[^/]*)?$")
+# Temporaries carry the writer's pid and host, so a later run can tell a dead writer's litter from a live
+# one's: on a filesystem several hosts share, a pid of another host says nothing here.
+_TEMP = re.compile(r"^\.(?P<name>.+)\.(?:tmp|old)-(?P<pid>\d+)(?:@(?P<host>[^-/]+))?(?:-[^/]*)?$")
+
+
+def writer_tag():
+    """PID@HOST of this process, as temporaries carry it ('-' in the host name written '_')."""
+    import socket
+    return f"{os.getpid()}@{socket.gethostname().replace('-', '_').replace('/', '_') or 'host'}"
 
 
 def process_alive(pid):
@@ -41,6 +48,8 @@ def clean_stale_temps(path):
         match = _TEMP.match(entry.name)
         if not match or match["name"] != path.name or process_alive(int(match["pid"])):
             continue
+        if match["host"] is not None and match["host"] != writer_tag().split("@", 1)[1]:
+            continue                  # another host's writer: alive or not, not ours to judge
         try:
             if entry.is_dir(follow_symlinks=False):
                 shutil.rmtree(entry.path)
@@ -118,7 +127,7 @@ def atomic_path(path, replace=True, space=True, own_errors=False):
     clean_stale_temps(path)
     if space:                       # (checkpoints handle a full disk themselves: "the previous one is intact")
         check_space(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(f".{path.name}.tmp-{writer_tag()}")
     try:
         try:
             yield tmp
@@ -260,7 +269,7 @@ def atomic_dir(path, replace=False, owns=None, what="output"):
     path.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_temps(path)
     check_space(path)
-    work = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-{os.getpid()}-", dir=path.parent))
+    work = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-{writer_tag()}-", dir=path.parent))
     try:
         try:
             yield work
@@ -275,7 +284,7 @@ def atomic_dir(path, replace=False, owns=None, what="output"):
                 raise _appeared(path)
             if owns is not None:
                 check_owned(path, owns, what)
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            old = path.with_name(f".{path.name}.old-{writer_tag()}")
             os.replace(path, old)
             os.replace(work, path)
             shutil.rmtree(old, ignore_errors=True)

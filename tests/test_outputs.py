@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import main
-from atomic import atomic_dir, atomic_path, clean_stale_temps
+from atomic import atomic_dir, atomic_path, clean_stale_temps, writer_tag
 from errors import InputError
 from tests.helpers.market import random_prices, write_prices
 
@@ -65,16 +65,21 @@ def test_two_make_demos_to_one_path_one_wins_whole(tmp_path):
 def test_stale_temporaries_of_a_dead_writer_are_cleaned(tmp_path, capsys):
     dead, alive = _dead_pid(), os.getpid()
     out = tmp_path / "demo.h5"
-    stale = [tmp_path / f".demo.h5.tmp-{dead}", tmp_path / f".demo.h5.tmp-{dead}-x1y2"]
+    host = writer_tag().split("@", 1)[1]
+    stale = [tmp_path / f".demo.h5.tmp-{dead}", tmp_path / f".demo.h5.tmp-{dead}@{host}-x1y2",
+             tmp_path / f".demo.h5.tmp-{dead}@{host}"]
     stale[0].write_text("half a file")
     stale[1].mkdir()
+    stale[2].write_text("half a file")
+    elsewhere = tmp_path / f".demo.h5.tmp-{dead}@another_host"   # a pid of another host (a shared filesystem)
+    elsewhere.write_text("maybe being written there")
     live = tmp_path / f".demo.h5.tmp-{alive}9999999"        # not this name's pattern: another pid string
     other = tmp_path / f".other.h5.tmp-{dead}"                # another output's: not ours to clean
     live.write_text("x")
     other.write_text("x")
     assert main.main(["make-demo", "--out", str(out), "--sessions", "1", "--rows", "100", "--features", "2"]) == 0
     assert not any(p.exists() for p in stale)
-    assert other.exists() and out.exists()
+    assert other.exists() and out.exists() and elsewhere.exists()
     running = tmp_path / f".demo.h5.tmp-{alive}"
     running.write_text("being written by a live process")
     assert clean_stale_temps(out) == [] and running.exists()

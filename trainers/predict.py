@@ -12,7 +12,6 @@ memory does not grow with the data.
 
 import contextlib
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import numpy as np
 import torch
 
 import progress
-from atomic import SpaceGuard, atomic_path, check_not_input, check_output
+from atomic import SpaceGuard, atomic_path, check_not_input, check_output, writer_tag
 from data import quality
 from data.catalog import HDF5_SUFFIXES
 from data.layout import LIBVER
@@ -56,7 +55,7 @@ def predict(run_dir, out, split=None, *, data=None, latest=False, fit_new_sessio
     check_output(out, overwrite, reads=reads, suffixes=HDF5_SUFFIXES + (".csv",))    # before the work (issue 10, case 14)
     as_csv = Path(out).suffix.lower() == ".csv"
     # A CSV is made from the prediction file, written first beside it as a temporary (removed after).
-    h5_out = Path(out).with_name(f".{Path(out).name}.tmp-{os.getpid()}-h5") if as_csv else Path(out)
+    h5_out = Path(out).with_name(f".{Path(out).name}.tmp-{writer_tag()}-h5") if as_csv else Path(out)
     picture = Path(out).with_suffix(".png") if plot else None
     if picture is not None:
         check_output(picture, overwrite, reads=reads)
