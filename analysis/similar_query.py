@@ -33,7 +33,7 @@ from analysis.similar_search import Searcher, times_at
 from atomic import atomic_path, check_not_input, check_output, check_outputs_distinct
 from data.catalog import open_catalog, time_text
 from data.predictions import NAT, PredictionWriter
-from data.session import ChunkCache, HandlePool, scratch_copy
+from data.session import ChunkCache, HandlePool
 from data.splits import SPLITS, SplitSpec, to_ns
 from errors import InputError
 import progress
@@ -117,10 +117,7 @@ def windows_from_settings(settings, similar_cfg):
         windows = run_windows(settings["run"], similar_cfg, data=settings["data"] if settings["other_data"] else None,
                               stride=settings["stride"], checkpoint=settings["checkpoint"])
         windows.split_spec = spec
-        sessions = windows.catalog.sessions
-        sessions[0].pool.close()
-        pool = _query_pool()
-        sessions[:] = [scratch_copy(session, pool) for session in sessions]
+        windows.catalog.read_through(_query_pool())
     else:
         windows = _RawWindows(settings, similar_cfg, spec)
     if [s.name for s in windows.catalog.sessions] != settings["sessions"]:
@@ -155,7 +152,7 @@ class _RawWindows:
             data_cfg = DataConfig(paths=s["data"], lookback=s["lookback"], stride=s["stride"], feature_columns=s["columns"])
             windows = raw_windows(data_cfg, dataclasses.replace(self.similar_cfg, segments=s["segments"]), s["columns"])
             windows.split_spec = self.split_spec
-            windows.catalog.sessions[:] = self.catalog.sessions
+            windows.catalog.sessions[:] = self.catalog.sessions     # (the query's sessions, read through its pool)
             self._loader_windows = windows
         return self._loader_windows
 

@@ -187,7 +187,7 @@ def raw_windows(data_cfg, similar_cfg, columns, split="all"):
     vectors = RawVectors(data_cfg.lookback, len(columns), segments)
     normalizer = Normalizer("none", cols.feature_names, cols.target_names, None, None)
     prepared = PreparedData(catalog, window, cols, {}, {}, normalizer, "drop")
-    catalog.sessions[0].pool.close()
+    catalog.close()
     return _checked(WindowSet(prepared, vectors, data_cfg.split, split, data_cfg.block_rows,
                               similar_cfg.batch_windows))
 

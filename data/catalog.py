@@ -38,6 +38,21 @@ class Catalog:
     def n_rows(self):
         return sum(s.n_rows for s in self.sessions)
 
+    @property
+    def pool(self):
+        """The HandlePool every session reads through (one per catalog)."""
+        return self.sessions[0].pool
+
+    def close(self):
+        """Close every file the sessions opened (before forking workers, or when done)."""
+        self.pool.close()
+
+    def read_through(self, pool):
+        """Read every session through `pool` from now on (the previous pool closed): a query keeps each
+        session open at once, with no chunk cache."""
+        self.close()
+        self.sessions[:] = [scratch_copy(session, pool) for session in self.sessions]
+
     def session(self, name):
         for s in self.sessions:
             if s.name == name:

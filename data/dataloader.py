@@ -354,7 +354,7 @@ def ensure_open_files(prepared, options):
     except OSError:
         return                                  # (no /proc: nothing to measure by)
     files = len({s.path for s in prepared.catalog.sessions})
-    open_per_worker = min(files, getattr(prepared.catalog.sessions[0].pool, "max_open", files))
+    open_per_worker = min(files, getattr(prepared.catalog.pool, "max_open", files))
     in_flight = workers * (options.get("prefetch_factor") or 2) * 8      # tensors of the rounds in flight
     need = now + max(open_per_worker, in_flight + 4 * workers) + FD_MARGIN
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

@@ -77,7 +77,7 @@ def predict(run_dir, out, split=None, *, data=None, latest=False, fit_new_sessio
     # Windows are read in order, session after session: a session is not read again once passed, so
     # the open sessions (each with its chunk caches) need not outnumber one round's. With the
     # training LRU (64 by default) memory grew with the file's sessions: 448 MB for 13, 674 for 105.
-    pool = sessions[0].pool
+    pool = prepared.catalog.pool
     pool.max_open = min(pool.max_open, config.training.round_blocks + 1)
     stamped = all(s.has_timestamps for s in sessions)
     if latest:
