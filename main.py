@@ -270,8 +270,14 @@ def cmd_inspect(args):
 
 
 def cmd_index(args):
-    from data.catalog import resolve_paths, write_index
-    for path in resolve_paths(args.paths):
+    from data.catalog import other_output, resolve_paths, write_index
+    from data.session import open_file
+    searched = set()
+    for path in resolve_paths(args.paths, searched):
+        if path in searched:
+            with open_file(path) as h5file:
+                if other_output(h5file):
+                    continue                   # a prediction or index file in the folder: not data to index
         print(f"indexed {write_index(path)} sessions in {path}")
 
 

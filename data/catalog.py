@@ -61,8 +61,10 @@ class Catalog:
                          f"e.g. {', '.join(s.name for s in self.sessions[:3])}); check the name")
 
 
-def resolve_paths(paths):
-    """Expand files, directories and globs into a sorted list of HDF5 file paths."""
+def resolve_paths(paths, searched=None):
+    """Expand files, directories and globs into a sorted list of HDF5 file paths. A folder's search skips
+    hidden files and folders (a writer's temporary, .NAME.tmp-PID); `searched`, a set, is given the files
+    a folder search found (the catalog skips outputs of other kinds among them, named ones it refuses)."""
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     files = []
@@ -74,16 +76,14 @@ def resolve_paths(paths):
                 raise InputError(f"{entry}: the pattern matches no file; check the path or pattern")
             files.extend(m for m in matches if os.path.isfile(m))
         elif os.path.isdir(entry):
-            found = sorted(str(p) for p in Path(entry).rglob("*") if p.suffix.lower() in HDF5_SUFFIXES)
-            kept = [f for f in found if not _other_output(f, entry)]
-            if len(kept) < len(found):
-                skipped = sorted(set(found) - set(kept))
-                log.info("%s: skipped %d HDF5 file(s) that are not session data (temporaries, predictions, "
-                         "similar indexes or results, backtest periods), e.g. %s", entry, len(skipped), skipped[0])
-            if not kept:
-                raise InputError(f"{entry}: directory holds no HDF5 session file ({', '.join(HDF5_SUFFIXES)}); "
+            found = sorted(str(p) for p in Path(entry).rglob("*") if p.suffix.lower() in HDF5_SUFFIXES
+                           and not any(part.startswith(".") for part in p.relative_to(entry).parts))
+            if not found:
+                raise InputError(f"{entry}: directory holds no HDF5 file ({', '.join(HDF5_SUFFIXES)}); "
                                  "convert your data with `python main.py convert`")
-            files.extend(kept)
+            files.extend(found)
+            if searched is not None:
+                searched.update(os.path.abspath(f) for f in found)
         elif not os.path.exists(entry):
             raise InputError(f"{entry}: no such file or directory; check the path")
         else:
@@ -94,21 +94,11 @@ def resolve_paths(paths):
     return list(dict.fromkeys(os.path.abspath(f) for f in files))
 
 
-def _other_output(path, folder):
-    """Whether a file found in a data folder is not session data: a hidden file or one under a hidden
-    folder (a writer's temporary, .NAME.tmp-PID), or an h5series output of another kind (predictions,
-    a similar index's windows or results, backtest periods), which say so in `h5series_format`."""
-    relative = Path(path).relative_to(folder)
-    if any(part.startswith(".") for part in relative.parts):
-        return True
-    try:
-        with h5py.File(path, "r") as f:
-            kind = f.attrs.get("h5series_format")
-    except OSError:
-        return False                   # unreadable: the catalog reports it, naming the file
-    if isinstance(kind, bytes):
-        kind = kind.decode(errors="replace")
-    return kind is not None and kind != layout.FORMAT_NAME
+def other_output(h5file):
+    """The kind of an h5series output that is not session data (predictions, a similar index's windows or
+    results, backtest periods: each says so in `h5series_format`), or None for a session file."""
+    kind = _attr_str(h5file.attrs, layout.ATTR_FORMAT)
+    return kind if kind is not None and kind != layout.FORMAT_NAME else None
 
 
 def file_labels(files):
@@ -143,13 +133,15 @@ def open_catalog(paths, *, pool=None, allow_external_links=False, use_index=True
     walked and checked session by session (~0.3 ms each; `python main.py index`
     adds an index to them).
     """
-    files = resolve_paths(paths)
+    searched = set()
+    files = resolve_paths(paths, searched)
     pool = pool or HandlePool()
-    sessions = []
-    multi = len(files) > 1
-    labels = file_labels(files)
+    scanned, skipped = [], []
     for path in files:
         with open_file(path) as h5file:
+            if path in searched and other_output(h5file):
+                skipped.append(path)           # an output written into a data folder is not its data
+                continue
             try:
                 indexed = _read_index(h5file, path) if use_index else None
                 found = indexed if indexed is not None else _scan_file(h5file, path, allow_external_links)
@@ -160,6 +152,18 @@ def open_catalog(paths, *, pool=None, allow_external_links=False, use_index=True
             raise InputError(
                 f"{path}: holds no session (no group with a `features` dataset); write sessions "
                 "with `python main.py convert` or see docs/data_format.md")
+        scanned.append((path, found))
+    if skipped:
+        log.info("skipped %d HDF5 file(s) of the data folders that are h5series outputs, not session data "
+                 "(predictions, similar indexes or results, backtest periods), e.g. %s", len(skipped), skipped[0])
+    if not scanned:
+        raise InputError(f"{skipped[0]}: the data folders hold no session file, only h5series outputs like this "
+                         "one; convert your data with `python main.py convert`")
+    files = [path for path, _ in scanned]
+    sessions = []
+    multi = len(files) > 1
+    labels = file_labels(files)
+    for path, found in scanned:
         stem, label = Path(path).stem, labels[path]
         stamp = file_stamp(path)
         for meta in found:
