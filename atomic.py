@@ -4,11 +4,14 @@ or destroys the previous one."""
 import contextlib
 import errno
 import fnmatch
+import functools
 import json
 import math
 import os
 import re
 import shutil
+import socket
+import time
 from pathlib import Path
 
 # Temporaries carry the writer's pid and host, so a later run can tell a dead writer's litter from a live
@@ -16,10 +19,14 @@ from pathlib import Path
 _TEMP = re.compile(r"^\.(?P<name>.+)\.(?:tmp|old)-(?P<pid>\d+)(?:@(?P<host>[^-/]+))?(?:-[^/]*)?$")
 
 
+@functools.lru_cache(maxsize=1)
+def _host():
+    return socket.gethostname().replace("-", "_").replace("/", "_") or "host"
+
+
 def writer_tag():
     """PID@HOST of this process, as temporaries carry it ('-' in the host name written '_')."""
-    import socket
-    return f"{os.getpid()}@{socket.gethostname().replace('-', '_').replace('/', '_') or 'host'}"
+    return f"{os.getpid()}@{_host()}"
 
 
 def process_alive(pid):
@@ -46,10 +53,10 @@ def clean_stale_temps(path):
         return removed
     for entry in entries:
         match = _TEMP.match(entry.name)
-        if not match or match["name"] != path.name or process_alive(int(match["pid"])):
+        if not match or match["name"] != path.name or match["host"] not in (None, _host()):
+            continue                  # (another host's writer: alive or not, not ours to judge)
+        if process_alive(int(match["pid"])):
             continue
-        if match["host"] is not None and match["host"] != writer_tag().split("@", 1)[1]:
-            continue                  # another host's writer: alive or not, not ours to judge
         try:
             if entry.is_dir(follow_symlinks=False):
                 shutil.rmtree(entry.path)
@@ -99,44 +106,46 @@ class SpaceGuard:
     """check_space() at most every `every_s` seconds, for loops that write a growing output."""
 
     def __init__(self, path, what="output", every_s=0.01):
-        import time
-        self.path, self.what, self.every_s, self._clock = path, what, every_s, time.monotonic
+        self.path, self.what, self.every_s = path, what, every_s
         self._at = -math.inf
 
     def check(self):
-        now = self._clock()
+        now = time.monotonic()
         if now - self._at >= self.every_s:
             self._at = now
             check_space(self.path, what=self.what)
 
 
-def _no_space(exc):
-    return getattr(exc, "errno", None) == errno.ENOSPC or "No space left on device" in str(exc)
+@contextlib.contextmanager
+def _full_disk_is_one_line(path, what):
+    """A full disk met while writing `path` (OSError ENOSPC, from h5py too) as one line."""
+    try:
+        yield
+    except OSError as exc:
+        if getattr(exc, "errno", None) != errno.ENOSPC and "No space left on device" not in str(exc):
+            raise
+        from errors import InputError
+        raise InputError(f"{path}: no space left on device while writing it; free some space or write it "
+                         f"elsewhere (nothing was written; an existing {what} is as it was)") from None
 
 
 @contextlib.contextmanager
-def atomic_path(path, replace=True, space=True, own_errors=False):
+def atomic_path(path, replace=True, space=True, own_errors=False, need=0, what="output"):
     """Yield a temporary path beside `path`; on success fsync it and rename it to `path`, on any error
     delete it and leave `path` as it was. With `replace` False (a user's output without --overwrite) the
     final step refuses a `path` that appeared meanwhile (a hard link never replaces: two writers of one
     output cannot both win). A dead writer's temporaries of `path` are removed first; `space` checks the
-    folder's free space first; a full disk met while writing is one line, unless `own_errors` (the
-    caller words it: checkpoints)."""
+    folder has room for `need` bytes and HDF5's headroom first; a full disk met while writing is one
+    line, unless `own_errors` (the caller words it: checkpoints)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_temps(path)
     if space:                       # (checkpoints handle a full disk themselves: "the previous one is intact")
-        check_space(path)
+        check_space(path, need, what)
     tmp = path.with_name(f".{path.name}.tmp-{writer_tag()}")
     try:
-        try:
+        with contextlib.nullcontext() if own_errors else _full_disk_is_one_line(path, "file"):
             yield tmp
-        except OSError as exc:
-            if own_errors or not _no_space(exc):
-                raise
-            from errors import InputError
-            raise InputError(f"{path}: no space left on device while writing it; free some space or write it "
-                             "elsewhere (nothing was written; an existing file is as it was)") from None
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         if replace:
@@ -258,27 +267,21 @@ def _check_writable_parent(path):
 
 
 @contextlib.contextmanager
-def atomic_dir(path, replace=False, owns=None, what="output"):
+def atomic_dir(path, replace=False, owns=None, what="output", need=0):
     """Yield a temporary folder beside `path`, renamed to `path` on success; on any error it is deleted
     and `path` is left as it was. A `path` that exists then is replaced only with `replace` (--overwrite)
     and, with `owns`, only when it holds nothing but what the command writes (checked again at the
     rename: it may have changed meanwhile); the old folder is removed only after the rename. A dead
-    writer's temporaries of `path` are removed first."""
+    writer's temporaries of `path` are removed first; the folder must have room for `need` bytes."""
     import tempfile
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_temps(path)
-    check_space(path)
+    check_space(path, need, what)
     work = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-{writer_tag()}-", dir=path.parent))
     try:
-        try:
+        with _full_disk_is_one_line(path, "folder"):
             yield work
-        except OSError as exc:
-            if not _no_space(exc):
-                raise
-            from errors import InputError
-            raise InputError(f"{path}: no space left on device while writing it; free some space or write it "
-                             "elsewhere (nothing was written; an existing folder is as it was)") from None
         if path.exists() or path.is_symlink():
             if not replace:
                 raise _appeared(path)

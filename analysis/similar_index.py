@@ -37,7 +37,7 @@ import faiss
 import h5py
 import numpy as np
 
-from atomic import SpaceGuard, atomic_dir, check_output_dir, check_space
+from atomic import SpaceGuard, atomic_dir, check_output_dir
 from data.session import file_stamp
 from data.windows import WindowSpec
 from errors import InputError
@@ -187,8 +187,9 @@ def build_index(windows, similar_cfg, out, *, overwrite=False, progress=True, se
         settings.update(point_in_time=trained_before is not None, point_in_time_from=trained_before,
                         train_until=None if trained_before is None else _iso(trained_before))
     settings["padded_dim"] = padded
-    check_space(out, need=planned * (dim * 4 + 20) * (2 if kind == "ivfpq" else 1), what="index")
-    with atomic_dir(out, replace=overwrite, owns=FILES, what="index") as work:
+    # windows.h5 (vectors and ids), and index.faiss: every vector (flat) or a 4-bit code and an id each (IVF-PQ)
+    need = planned * (dim * 4 + 20) + planned * (dim * 4 if kind == "flat" else padded // 2 + 8)
+    with atomic_dir(out, replace=overwrite, owns=FILES, what="index", need=need) as work:
         if kind == "ivfpq":
             t1 = time.perf_counter()
             n_train = similar_cfg.train_vectors or max(32_768, 40 * index.nlist)

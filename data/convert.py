@@ -335,7 +335,7 @@ def _parse_time(series, path):
             raise InputError(f"{path}: time column {series.name!r} holds numbers ({values.min():.6g} .. "
                              f"{values.max():.6g}) that are no epoch time in s, ms, us or ns (1973-2100); store "
                              "ISO dates or epoch numbers, or pass --time-column '' for none")
-        if np.isnan(values).any() if values.dtype.kind == "f" else False:
+        if values.dtype.kind == "f" and np.isnan(values).any():
             row = int(np.flatnonzero(np.isnan(values))[0])
             raise InputError(f"{path}: time column {series.name!r} is empty in row {row} of a chunk; "
                              "fill it or drop that row")
@@ -378,6 +378,7 @@ def convert(inputs, out, *, features=(), targets=(), time_column=None, session_c
             small_metadata_cache(h5file)
             sinks = {}
             names = SessionNames(session_column)
+            guard = SpaceGuard(out, "converted file")
             for path in files:
                 kind = input_kind(path)
                 buffers, buffered = {}, 0
@@ -400,7 +401,7 @@ def convert(inputs, out, *, features=(), targets=(), time_column=None, session_c
                                 tuple(None if a is None else a[rows] for a in arrays))
                         buffered += sum(a.nbytes for a in arrays if a is not None)
                         if buffered >= FLUSH_BYTES:
-                            _flush(buffers, sinks, h5file, plan, compression, path)
+                            _flush(buffers, sinks, h5file, plan, compression, path, guard)
                             buffers, buffered = {}, 0
                     else:
                         name = names(name, path)
@@ -408,8 +409,8 @@ def convert(inputs, out, *, features=(), targets=(), time_column=None, session_c
                             raise InputError(f"{path}: session name {name!r} is also made from "
                                              f"{sinks[name][1]}; rename one of the files")
                         _append(sinks, h5file, name, _arrays(frame, plan, path), plan,
-                                compression, path)
-                _flush(buffers, sinks, h5file, plan, compression, path)
+                                compression, path, guard)
+                _flush(buffers, sinks, h5file, plan, compression, path, guard)
                 if not plan["session"]:
                     # One session per file: done with this file, done with its sessions. Closing them
                     # keeps memory flat in the number of files (issue 10, case 25).
@@ -495,27 +496,15 @@ def _arrays(frame, plan, path):
     return feats, targs, stamps, source
 
 
-_GUARDS = {}
-
-
-def _space_guard(h5file):
-    """The SpaceGuard of the file being written (its folder's free space, checked at most every 0.01 s)."""
-    key = h5file.filename
-    if key not in _GUARDS:
-        _GUARDS.clear()
-        _GUARDS[key] = SpaceGuard(key, "converted file")
-    return _GUARDS[key]
-
-
-def _flush(buffers, sinks, h5file, plan, compression, path):
+def _flush(buffers, sinks, h5file, plan, compression, path, guard):
     for name, parts in buffers.items():
         arrays = tuple(None if part[0] is None else np.concatenate(part) for part in zip(*parts))
-        _append(sinks, h5file, name, arrays, plan, compression, path)
+        _append(sinks, h5file, name, arrays, plan, compression, path, guard)
         sinks[name][0].writer.release()     # open handles would grow with the number of sessions
 
 
-def _append(sinks, h5file, name, arrays, plan, compression, path):
-    _space_guard(h5file).check()
+def _append(sinks, h5file, name, arrays, plan, compression, path, guard):
+    guard.check()                       # the folder's free space, before each session's rows are written
     if name not in sinks:
         sinks[name] = (_Sink(h5file, name, plan, compression), path)
     sinks[name][0].add(*arrays, path)

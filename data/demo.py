@@ -13,7 +13,7 @@ import numpy as np
 from scipy.signal import lfilter
 from tqdm import tqdm
 
-from atomic import SpaceGuard, atomic_path, check_space
+from atomic import SpaceGuard, atomic_path
 from data.catalog import write_index
 from data.layout import ATTR_TARGET_LEAD, COMPRESSIONS, LIBVER, SessionWriter
 from errors import InputError
@@ -70,10 +70,9 @@ def generate(out, *, sessions=16, rows=20_000, features=8, seed=0, compression="
     names = ["ret", "abs_ret", "log_volume"] + [f"signal_{i}" for i in range(max(0, features - 3))]
     names = names[:features]
     rng = np.random.default_rng(seed)
-    # (the size uncompressed: a compressed file needs less)
-    check_space(out, need=sessions * rows * (features * 4 + 4 + 8) if compression == "none" else 0, what="demo data")
+    need = sessions * rows * (features * 4 + 4 + 8) if compression == "none" else 0    # (compressed: less)
     guard = SpaceGuard(out, "demo data")
-    with atomic_path(out, replace=overwrite) as tmp:
+    with atomic_path(out, replace=overwrite, need=need, what="demo data") as tmp:
         with h5py.File(tmp, "w", libver=LIBVER) as h5file:
             for s in tqdm(range(sessions), desc=f"make-demo {out}", unit="session", disable=None if progress else True):
                 writer = SessionWriter(h5file, f"stock_{s:04d}", names, ["next_log_return"],
