@@ -6,8 +6,8 @@ An index folder holds
                  settings' sessions), end_row and end_time (int64 ns); session_offsets (S + 1): the
                  vectors of session s are [offsets[s], offsets[s + 1]), in time order; vectors (N, D)
                  float32 for exact distances (contiguous datasets, memory-mapped on query)
-                 IVF-PQ also: by_time (N,) the window ids in time order (ties by id) and time_sorted_end
-                 (N,) their end times: FAISS id r is window by_time[r]
+                 IVF-PQ also: by_time (N,) the window ids in time order (ties by id): FAISS id r is
+                 window by_time[r]
   settings.json  what was indexed and how: data files (with size and mtime, checked on load),
                  columns, lookback, stride, vector kind, FAISS settings, counts, point-in-time scope
 
@@ -38,6 +38,7 @@ import h5py
 import numpy as np
 
 from atomic import SpaceGuard, atomic_dir, check_output_dir
+from data.catalog import time_text
 from data.session import file_stamp
 from data.windows import WindowSpec
 from errors import InputError
@@ -134,7 +135,7 @@ def training_ranges(windows, train_until=None):
             if windows.window.n_windows(cut - start) > 0:
                 ranges.append((i, start, cut))
         if not ranges:
-            raise InputError(f"--train-until {_iso(train_until)}: no indexed window ends before it; give a later "
+            raise InputError(f"--train-until {time_text(train_until)}: no indexed window ends before it; give a later "
                              "time (the IVF-PQ quantizer is trained on the windows before it)")
         return ranges, int(train_until)
     if windows.split == "all":
@@ -142,11 +143,6 @@ def training_ranges(windows, train_until=None):
     ranges = windows.ranges("train")
     last = max(int(windows.catalog.sessions[i].read_timestamps(stop - 1, stop)[0]) for i, _, stop in ranges)
     return ranges, last + 1
-
-
-def _iso(ns):
-    from data.catalog import time_text
-    return time_text(ns)
 
 
 def point_in_time_from(settings):
@@ -185,7 +181,7 @@ def build_index(windows, similar_cfg, out, *, overwrite=False, progress=True, se
                         faiss_ids="time_order")
         train_ranges, trained_before = training_ranges(windows, train_until)
         settings.update(point_in_time=trained_before is not None, point_in_time_from=trained_before,
-                        train_until=None if trained_before is None else _iso(trained_before))
+                        train_until=None if trained_before is None else time_text(trained_before))
     settings["padded_dim"] = padded
     # windows.h5 (vectors and ids), and index.faiss: every vector (flat) or a 4-bit code and an id each (IVF-PQ)
     need = planned * (dim * 4 + 20) + planned * (dim * 4 if kind == "flat" else padded // 2 + 8)
@@ -196,7 +192,7 @@ def build_index(windows, similar_cfg, out, *, overwrite=False, progress=True, se
             sample = [v for _, _, v in windows.batches(windows.sample_plan(n_train, seed, train_ranges))]
             sample = _pad(np.concatenate(sample)[:n_train], padded) if sample else np.zeros((0, padded), np.float32)
             if len(sample) < index.nlist:
-                before = "" if trained_before is None else f" ending before {_iso(trained_before)}"
+                before = "" if trained_before is None else f" ending before {time_text(trained_before)}"
                 raise InputError(f"similar.nlist {index.nlist}: more clusters than the {len(sample)} sampled windows"
                                  f"{before}; lower similar.nlist (0 = automatic)"
                                  + (" or give a later --train-until" if before else ""))
@@ -238,13 +234,10 @@ def build_index(windows, similar_cfg, out, *, overwrite=False, progress=True, se
 def _add_in_time_order(index, path, n, padded):
     """Add the written windows to the IVF index in time order (ties by window id), so FAISS id r is the
     r-th window to end: a past-only query searches ids [0, windows ended before it). Also writes the
-    order (by_time) and the sorted end times to windows.h5."""
+    order (by_time) to windows.h5."""
     with h5py.File(path, "r+") as f:
-        end_time = f["end_time"][:n]
-        by_time = np.argsort(end_time, kind="stable")                  # (N,) stable: ties by window id
+        by_time = np.argsort(f["end_time"][:n], kind="stable")         # (N,) stable: ties by window id
         f.create_dataset("by_time", data=by_time)
-        f.create_dataset("time_sorted_end", data=end_time[by_time])
-        del end_time
         vectors = f["vectors"]
         for a in range(0, n, TIME_ORDER_READ):
             ids = by_time[a:a + TIME_ORDER_READ]
@@ -336,10 +329,8 @@ class SimilarIndex:
             self.end_time = _mapped(f["end_time"], self.n)
             self.vectors = RowReader(f["vectors"], self.n)
             self.offsets = f["session_offsets"][:]
-            time_ordered = s.get("faiss_ids") == "time_order"
-            # FAISS id -> window id, and the end times in that order (how many windows ended before a time)
-            self.by_time = _mapped(f["by_time"], self.n) if time_ordered else None
-            self.time_sorted_end = _mapped(f["time_sorted_end"], self.n) if time_ordered else None
+            # FAISS id -> window id (IVF-PQ adds in time order)
+            self.by_time = _mapped(f["by_time"], self.n) if s.get("faiss_ids") == "time_order" else None
         except (OSError, KeyError) as exc:
             raise InputError(f"{where}/windows.h5: damaged ({str(exc).splitlines()[0]}); build the index again") from None
         if len(self.offsets) != len(s["sessions"]) + 1 or self.offsets[-1] != self.n:

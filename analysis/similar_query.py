@@ -304,21 +304,18 @@ def _query_batches(windows, index, cfg, bad=None):
             got = {}
             for s, e, v in windows.batches(table):
                 got.update(zip(zip(s.tolist(), e.tolist()), v))
-            missing = [k for k, key in enumerate(zip(session[part][read].tolist(), end_row[part][read].tolist()))
-                       if key not in got]
-            if missing and not lenient:
-                raise InputError(f"{cfg.queries or '--time'}: {len(missing)} query window(s) hold NaN/Inf (e.g. "
-                                 f"in session {windows.catalog.sessions[int(session[part][read][missing[0]])].name!r}); "
-                                 "choose other times")
-            ok = np.ones(len(vectors), bool)
-            for k in missing:
-                j = read[k]
-                bad.append((int(position[part][j]), f"the window of session "
-                            f"{windows.catalog.sessions[int(session[part][j])].name!r} ending at row {int(end_row[part][j])} "
-                            "holds NaN/Inf"))
+            ok = np.ones(len(vectors), bool)            # the batch's queries whose window is finite
+            for j in read:
+                key = (int(session[part][j]), int(end_row[part][j]))
+                if key in got:
+                    vectors[j] = got[key]
+                    continue
+                name = windows.catalog.sessions[key[0]].name
+                if not lenient:
+                    raise InputError(f"{cfg.queries or '--time'}: a query window holds NaN/Inf (session {name!r}, "
+                                     f"ending at row {key[1]}); choose other times")
+                bad.append((int(position[part][j]), f"the window of session {name!r} ending at row {key[1]} holds NaN/Inf"))
                 ok[j] = False
-            vectors[read[[k for k in range(len(read)) if ok[read[k]]]]] = \
-                [got[key] for key in zip(session[part][read].tolist(), end_row[part][read].tolist()) if key in got]
             if not ok.all():
                 yield session[part][ok], end_row[part][ok], end_time[part][ok], vectors[ok]
                 continue

@@ -713,3 +713,22 @@ def test_query_reads_the_profile_and_overrides(market, tmp_path, capsys):
     assert "similar.batch_windows must be at least 1" in _error(capsys, base + ["similar.batch_windows=0"])
     assert "unknown config key similar.nope" in _error(capsys, base + ["similar.nope=1"])
     assert main.main(base + ["--profile", "default", "similar.batch_windows=64"]) == 0
+
+
+def test_a_query_window_with_nan_is_left_out_or_refused(tmp_path, capsys):
+    close = 50 + np.cumsum(np.random.default_rng(0).normal(0, 1, 200))
+    close[60] = np.nan
+    stamps = (np.datetime64("2020-01-01", "ns") + np.arange(200) * np.timedelta64(1, "D")).astype(np.int64)
+    with h5py.File(tmp_path / "p.h5", "w") as f:
+        write_session(f, "S", close[:, None], timestamps=stamps, feature_names=["close"])
+    assert main.main(["similar", "index", "--data", str(tmp_path / "p.h5"), "--columns", "close", "--lookback", str(L),
+                      "--out", str(tmp_path / "idx")]) == 0
+    day = lambda i: str(np.datetime64(int(stamps[i]), "ns").astype("datetime64[D]"))  # noqa: E731
+    csv_path = _queries_csv(tmp_path / "q.csv", [("S", day(150)), ("S", day(63))])    # the second holds row 60
+    base = ["similar", "query", "--index", str(tmp_path / "idx"), "--price-column", "close", "--k", "3",
+            "--queries", str(csv_path)]
+    assert main.main(base + ["--out", str(tmp_path / "r.h5")]) == 0
+    assert "row 2: the window of session 'S' ending at row 63 holds NaN/Inf" in capsys.readouterr().err
+    assert _results(tmp_path / "r.h5")[1]["queries"] == 1
+    assert "holds NaN/Inf" in _error(capsys, base + ["--strict", "--out", str(tmp_path / "s.h5")])
+    assert not (tmp_path / "s.h5").exists()
