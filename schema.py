@@ -107,6 +107,17 @@ def merge(base, update):
     return out
 
 
+def flatten(nested, prefix=""):
+    """{"data.lookback": 32, ...}: a nested mapping's leaves by dotted key (an empty mapping is a leaf)."""
+    out = {}
+    for key, value in nested.items():
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
 def to_dict(config):
     """A plain nested dict (YAML/JSON-ready) of a Config."""
     def clean(value):

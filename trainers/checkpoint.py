@@ -46,6 +46,12 @@ class Checkpointer:
                              "the previous checkpoint is intact") from None
         return target
 
+    @staticmethod
+    def expected_bytes(model):
+        """About the size of one checkpoint of `model`: its weights and AdamW's two moments (4 bytes each a
+        parameter) and 64 KiB of the rest (config, normalizer, RNG and loader states)."""
+        return 12 * sum(p.numel() for p in model.parameters()) + (1 << 16)
+
     def _no_room_for_another(self):
         """Less free space than the largest checkpoint already written: the next one cannot fit."""
         sizes = [self.path(n).stat().st_size for n in NAMES if self.path(n).exists()]

@@ -18,8 +18,7 @@ import yaml
 
 from atomic import atomic_path, check_space, process_alive, write_json
 from config import Config, DataConfig
-from schema import from_dict, to_dict
-from data.dataloader import loader_options
+from schema import flatten, from_dict, to_dict
 from data.dataset import prepare_data
 from data.normalize import Normalizer
 from errors import InputError
@@ -172,9 +171,6 @@ def _train(config, run_dir, resume, group, overwrite, profile_source=None):
         # is moved aside only once the data checks out, and put back if anything later fails.
         prepared = prepare_data(config.data, seed=config.seed, normalizer=normalizer, progress=group.is_main)
         if group.is_main:
-            # Room for the two checkpoints (a full disk left a run of config.yaml alone).
-            check_space(run_dir / "checkpoints", need=2 * checkpoint_bytes(config, prepared, state), what="run",
-                        headroom=1 << 16)
             if replacing:
                 os.replace(run_dir, aside)
             created = fresh
@@ -187,6 +183,10 @@ def _train(config, run_dir, resume, group, overwrite, profile_source=None):
         # A resumed run keeps the session order its embedding rows were learned in.
         trainer = Trainer(config, prepared, run_dir, group=group,
                           vocabulary=state.get("session_vocabulary") if state is not None else None)
+        if group.is_main:
+            # Room for its two checkpoints, else one line (a full disk left a run of config.yaml alone)
+            check_space(trainer.checkpoints.dir, need=2 * trainer.checkpoints.expected_bytes(trainer.model),
+                        what="run", headroom=1 << 16)
         if state is not None:
             trainer.load(state)
             if group.is_main:
@@ -211,17 +211,6 @@ def _train(config, run_dir, resume, group, overwrite, profile_source=None):
     if group.is_main:
         hparams_monitor(config, run_dir, result)
     return {"run_dir": str(run_dir), "test": result}
-
-
-def checkpoint_bytes(config, prepared, state=None):
-    """About the size of one checkpoint: the weights and Adam's two moments (4 bytes each a parameter)
-    and 64 KiB of the rest (config, normalizer, RNG and loader states)."""
-    from models import build_model
-    from trainers.trainer import model_shapes
-    vocabulary = state.get("session_vocabulary") if state is not None else None
-    vocabulary = vocabulary or [s.name for s in prepared.catalog.sessions]
-    model = build_model(config.model, model_shapes(prepared, config.model, vocabulary))
-    return 12 * sum(p.numel() for p in model.parameters()) + (1 << 16)
 
 
 def _check_replaceable(run_dir, data_paths):
@@ -268,30 +257,17 @@ def restore(run_dir, config=None, prepared=None, which=None):
     return config, state, prepared, which
 
 
-def _flat(nested, prefix=""):
-    out = {}
-    for key, value in nested.items():
-        if isinstance(value, dict) and value:
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[prefix + key] = value
-    return out
-
-
 def check_config_matches(config, state, run_dir, which):
     """The run's config.yaml must be the config its checkpoint was trained with (up to what a resume may
     change): a hand-edited lookback or column list scored other windows with exit 0."""
-    import json
-    from config import RESUME_KEYS
+    from config import RESUME_KEYS, migrate_flat_model_keys
     if "config" not in state:                    # checkpoints from before the config was saved in them
         return
-    from config import migrate_flat_model_keys
     try:                                         # read as a config.yaml is (older layouts migrated, defaults filled)
-        saved = to_dict(from_dict(Config, migrate_flat_model_keys(json.loads(json.dumps(state["config"]))), ""))
+        then = flatten(to_dict(from_dict(Config, migrate_flat_model_keys(state["config"]))))
     except InputError:
         return                                   # a config of an older version that no longer loads: nothing to compare
-    now = _flat(json.loads(json.dumps(to_dict(config))))
-    then = _flat(json.loads(json.dumps(saved)))
+    now = flatten(to_dict(config))
     used = "custom" if is_import_path(config.model.name) else config.model.name
     for key in sorted(set(now) | set(then)):
         if key in RESUME_KEYS or now.get(key) == then.get(key):
@@ -350,9 +326,8 @@ def evaluate(run_dir, split="test", *, prepared=None, config=None, trainer=None,
         run = load_run(run_dir, checkpoint, config)
         config, prepared, checkpoint, epoch, changes = run.config, run.prepared, run.checkpoint, run.epoch, run.data_changed
         device = next(run.model.parameters()).device
-        options = loader_options(config.training, device)[0]
-        loader_cfg = dataclasses.replace(config.training, num_workers=options["num_workers"])   # (-1: the auto count)
-        evaluator = Evaluator(config, prepared, run.model, device, amp_setup(config.training.amp, device)[0], loader_cfg,
+        evaluator = Evaluator(config, prepared, run.model, device, amp_setup(config.training.amp, device)[0],
+                              config.training,           # (build_loader turns num_workers=-1 into its auto count)
                               session_codes=run.session_codes(prepared.catalog) if config.model.session_embedding else None)
         result, is_main = evaluator.evaluate(split), True
     else:
