@@ -10,7 +10,6 @@ Windows stream through the block loader (split, --data) or are read per session 
 memory does not grow with the data.
 """
 
-import contextlib
 import json
 import sys
 from pathlib import Path
@@ -52,7 +51,8 @@ def predict(run_dir, out, split=None, *, data=None, latest=False, fit_new_sessio
     # What the run directory holds that predict reads (its own predictions files are outputs to replace)
     reads = [Path(run_dir) / name for name in ("config.yaml", "normalizer.json")] + \
         sorted((Path(run_dir) / "checkpoints").glob("*")) + list(data or [])
-    check_output(out, overwrite, reads=reads, suffixes=HDF5_SUFFIXES + (".csv",))    # before the work (issue 10, case 14)
+    # before the work (issue 10, case 14)
+    check_output(out, overwrite, reads=reads, suffixes=HDF5_SUFFIXES + (".csv",))
     as_csv = Path(out).suffix.lower() == ".csv"
     # A CSV is made from the prediction file, written first beside it as a temporary (removed after).
     h5_out = Path(out).with_name(f".{Path(out).name}.tmp-{writer_tag()}-h5") if as_csv else Path(out)
@@ -82,55 +82,50 @@ def predict(run_dir, out, split=None, *, data=None, latest=False, fit_new_sessio
     stamped = all(s.has_timestamps for s in sessions)
     if latest:
         chosen = _latest_windows(prepared, strict)
-    with contextlib.ExitStack() as cleanup:
+    try:
+        with atomic_path(h5_out, replace=overwrite or as_csv) as tmp:
+            with h5py.File(tmp, "w", libver=LIBVER) as f:          # (long target name lists: see LIBVER)
+                writer = PredictionWriter(f, horizon=prepared.window.horizon,
+                                          n_targets=len(prepared.columns.target_names), stamped=stamped,
+                                          n_classes=config.model.n_classes if scorer.classify else 0,
+                                          quantiles=scorer.quantiles)
+                batches = _latest_batches(prepared, chosen, config.training.batch_size) if latest else \
+                    _split_batches(prepared, split, config.training, scorer.device)
+                seen = set()
+                guard = SpaceGuard(out, "predictions")
+                bar = progress.bar(total=len(chosen) if latest else prepared.n_windows(split), desc="predict",
+                                   unit="window")
+                for ids, first_rows, x, y, future in batches:
+                    guard.check()
+                    bar.update(len(ids))
+                    seen.update(np.unique(ids).tolist())
+                    columns = scorer.score(ids, x, y, future)
+                    columns.update(_row_columns(prepared, ids, first_rows, stamped))
+                    if latest:
+                        columns["truth"] = _known_truth(prepared, ids, first_rows)
+                    writer.append(**columns)
+                bar.close()
+                if writer.n == 0:
+                    raise InputError(f"{'the --data files' if data is not None else split + ' split'} has no window "
+                                     f"to predict (a window spans {prepared.window.span} rows); check the data")
+                writer.finish(session_names=[s.name for s in sessions], target_names=prepared.columns.target_names,
+                              window=prepared.window, target_lead=prepared.target_lead, task=config.model.task,
+                              scope="latest" if latest else ("data" if data is not None else split),
+                              checkpoint=run.checkpoint, epoch_of_checkpoint=run.epoch,
+                              data_changed=json.dumps(run.data_changed if data is None else []))
+        result = {"out": str(out), "windows": writer.n, "sessions": len(seen)}
         if as_csv:
-            cleanup.callback(h5_out.unlink, missing_ok=True)
-        result = _write(h5_out, out, as_csv, overwrite, prepared, config, run, scorer, latest, chosen if latest else None,
-                        data, split, sessions, stamped, picture, plot)
-    return result
-
-
-def _write(h5_out, out, as_csv, overwrite, prepared, config, run, scorer, latest, chosen, data, split, sessions,
-           stamped, picture, plot):
-    """Stream the predictions to h5_out (then to the CSV `out`), and the picture."""
-    with atomic_path(h5_out, replace=overwrite or as_csv) as tmp:
-        with h5py.File(tmp, "w", libver=LIBVER) as f:          # (long target name lists: see LIBVER)
-            writer = PredictionWriter(f, horizon=prepared.window.horizon, n_targets=len(prepared.columns.target_names),
-                                      stamped=stamped, n_classes=config.model.n_classes if scorer.classify else 0,
-                                      quantiles=scorer.quantiles)
-            batches = _latest_batches(prepared, chosen, config.training.batch_size) if latest else \
-                _split_batches(prepared, split, config.training, scorer.device)
-            seen = set()
-            guard = SpaceGuard(out, "predictions")
-            bar = progress.bar(total=len(chosen) if latest else prepared.n_windows(split), desc="predict",
-                               unit="window")
-            for ids, first_rows, x, y, future in batches:
-                guard.check()
-                bar.update(len(ids))
-                seen.update(np.unique(ids).tolist())
-                columns = scorer.score(ids, x, y, future)
-                columns.update(_row_columns(prepared, ids, first_rows, stamped))
-                if latest:
-                    columns["truth"] = _known_truth(prepared, ids, first_rows)
-                writer.append(**columns)
-            bar.close()
-            if writer.n == 0:
-                raise InputError(f"{'the --data files' if data is not None else split + ' split'} has no window "
-                                 f"to predict (a window spans {prepared.window.span} rows); check the data")
-            writer.finish(session_names=[s.name for s in sessions], target_names=prepared.columns.target_names,
-                          window=prepared.window, target_lead=prepared.target_lead, task=config.model.task,
-                          scope="latest" if latest else ("data" if data is not None else split),
-                          checkpoint=run.checkpoint, epoch_of_checkpoint=run.epoch,
-                          data_changed=json.dumps(run.data_changed if data is None else []))
-    result = {"out": str(out), "windows": writer.n, "sessions": len(seen)}
-    if as_csv:
-        with atomic_path(out, replace=overwrite) as tmp:
-            write_predictions_csv(h5_out, tmp)
-    if picture is not None:
-        with atomic_path(picture, replace=overwrite) as tmp:
-            save_png(panels_from_file(h5_out, plot), tmp, title=f"{Path(out).name}: forecasts vs truth", format="png")
-        result["plot"] = str(picture)
-    return result
+            with atomic_path(out, replace=overwrite) as tmp:
+                write_predictions_csv(h5_out, tmp)
+        if picture is not None:
+            with atomic_path(picture, replace=overwrite) as tmp:
+                save_png(panels_from_file(h5_out, plot), tmp, title=f"{Path(out).name}: forecasts vs truth",
+                         format="png")
+            result["plot"] = str(picture)
+        return result
+    finally:
+        if as_csv:
+            h5_out.unlink(missing_ok=True)          # the prediction file the CSV was made from
 
 
 class _Scorer:
@@ -186,7 +181,8 @@ FUTURE_TAIL_ROWS = 4096     # how far back --latest looks for a session's last c
 
 def _latest_windows(prepared, strict=False):
     """(session index, first row) of each session's latest window. A session too short for one is
-    skipped with a warning naming it (training skipped it too), or, with `strict`, refused. Without known-future columns it is the session's last `lookback` rows. With
+    skipped with a warning naming it (training skipped it too), or, with `strict`, refused. Without
+    known-future columns it is the session's last `lookback` rows. With
     them, the rows after the data hold the known values of the days ahead and nothing else (the price
     not known yet): the window ends at the last row whose other inputs are known, and the rows its
     targets describe must be in the file."""
@@ -217,7 +213,8 @@ def _latest_windows(prepared, strict=False):
               f"({window.lookback}): {', '.join(short[:5])}{' ...' if len(short) > 5 else ''} (--strict refuses them)",
               file=sys.stderr)
     if not out:
-        raise InputError(f"no session has the run's lookback of {window.lookback} rows; --latest has nothing to predict")
+        raise InputError(f"no session has the run's lookback of {window.lookback} rows; --latest has nothing "
+                         "to predict")
     return out
 
 
