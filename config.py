@@ -71,12 +71,12 @@ class SplitSpec:
                     raise InputError(f"split.{name} is {value!r}, not a time; use ISO like 2016-07-01 or an "
                                      "integer of ns since the epoch") from None
         if self.method == "rows":
+            if self.rows is not None and not isinstance(self.rows, dict):
+                raise InputError(f"split.rows is {self.rows!r}; give a mapping like {{train: [0, 8640], val: "
+                                 "[8304, 11520]}")
             if not self.rows or "train" not in self.rows:
                 raise InputError("split.method is rows but split.rows has no train range; give "
                                  "split.rows like {train: [0, 8640], val: [8304, 11520], test: [11184, 14400]}")
-            if not isinstance(self.rows, dict):
-                raise InputError(f"split.rows is {self.rows!r}; give a mapping like {{train: [0, 8640], val: "
-                                 "[8304, 11520]}")
             for name, border in self.rows.items():
                 integers = isinstance(border, (list, tuple)) and all(
                     isinstance(v, int) and not isinstance(v, bool) for v in border)

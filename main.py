@@ -376,7 +376,6 @@ def cmd_backtest(args):
 
 
 def cmd_similar(args):
-    from errors import InputError
     if args.similar_command == "index":
         from analysis.similar_index import FILES, build_index
         from analysis.similar_source import open_windows
@@ -384,11 +383,7 @@ def cmd_similar(args):
         from config import load_config
         from times import to_ns
         config = load_config(args.profile, args.config_file, args.overrides)
-        try:
-            train_until = None if args.train_until is None else to_ns(args.train_until)
-        except InputError:
-            raise InputError(f"--train-until {args.train_until!r} is not a time; use ISO like 2016-07-01 or "
-                             "integer ns since the epoch") from None
+        train_until = None if args.train_until is None else to_ns(args.train_until, "--train-until")
         check_output_dir(args.out, args.overwrite, "index", reads=(args.data or []) + ([args.run] if args.run else []),
                          owns=FILES)
         windows = open_windows(config, run=args.run, checkpoint=args.checkpoint, data=args.data, columns=args.columns,

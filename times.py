@@ -9,7 +9,7 @@ import numpy as np
 from errors import InputError
 
 
-def to_ns(value):
+def to_ns(value, what="time"):
     """A timestamp as int64 ns since the epoch (int passes through; strings are parsed as ISO 8601). A time
     with a UTC offset (2017-05-01T09:30+02:00, ...Z) is taken in UTC, as `convert` stores such times; an
     empty or NaT time is refused (numpy reads it as NaT, which would sort before every row)."""
@@ -25,8 +25,8 @@ def to_ns(value):
     except (UserWarning, DeprecationWarning):
         stamp = _utc_stamp(text)
     if stamp is None or np.isnat(stamp):
-        raise InputError(f"split timestamp {value!r} is not a date; use ISO like 2016-07-01 "
-                         "or an integer of ns since the epoch")
+        raise InputError(f"{what} {value!r} is not a time; use ISO like 2016-07-01 or an integer of ns since "
+                         "the epoch")
     return int(stamp.astype(np.int64))
 
 

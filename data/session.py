@@ -179,7 +179,16 @@ def open_file(path, cache=None):
 
 def open_error(path, exc, writing=False):
     """The InputError for an HDF5 file h5py could not open, with the remedy for its cause: a lock held by
-    another process, too many open files, or a damaged file (a locked file was said to be truncated)."""
+    another process, too many open files, permissions (_known_open_error), else a damaged file (a locked
+    file was said to be truncated)."""
+    return _known_open_error(path, exc, writing) or InputError(
+        f"{path}: cannot be opened as HDF5 ({_first_line(exc)}); the file may be truncated or still being "
+        "written; re-create or re-copy it")
+
+
+def _known_open_error(path, exc, writing=False):
+    """The InputError of an open that failed for a cause outside the file (a lock, the open-file limit,
+    permissions), or None."""
     text = str(exc)
     number = getattr(exc, "errno", None)
     if number in (errno.EAGAIN, errno.EWOULDBLOCK) or "unable to lock file" in text or "errno = 11" in text:
@@ -190,8 +199,7 @@ def open_error(path, exc, writing=False):
                           "limit (ulimit -n 4096) or lower data.max_open_sessions / training.num_workers")
     if number == errno.EACCES or "Permission denied" in text:
         return InputError(f"{path}: permission denied; check the file's permissions")
-    return InputError(f"{path}: cannot be opened as HDF5 ({_first_line(exc)}); the file may be truncated or still "
-                      "being written; re-create or re-copy it")
+    return None
 
 
 def _open_files_limit():
@@ -266,9 +274,9 @@ class SessionData:
             opened = self.pool.get(self.path, self.group)
             dataset = getattr(opened, kind)
         except (OSError, KeyError, AttributeError) as exc:
-            specific = open_error(self.path, exc) if isinstance(exc, OSError) else None
-            if specific is not None and "cannot be opened as HDF5" not in str(specific):
-                raise specific from None              # locked, too many open files, permissions
+            known = _known_open_error(self.path, exc) if isinstance(exc, OSError) else None
+            if known is not None:
+                raise known from None                 # locked, too many open files, permissions
             raise InputError(
                 f"{self.path}: session {self.name!r} cannot be read ({_first_line(exc)}); "
                 "the file may be truncated or changed since it was catalogued") from None
