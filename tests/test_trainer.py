@@ -568,3 +568,15 @@ def test_evaluate_of_a_saved_run_builds_no_optimizer_and_runs_no_probe(demo_path
     again = run_module.evaluate(tmp_path / "run", "test")
     assert {k: v for k, v in again.items() if isinstance(v, float)} == \
         pytest.approx({k: v for k, v in recorded.items() if isinstance(v, float)}, rel=1e-6)
+
+
+def test_the_evaluator_records_no_gradients(demo_path, tmp_path, monkeypatch):
+    """`evaluate` of a saved run scores without autograd (it ran under the Trainer's no_grad before)."""
+    run_module.train(small_config(demo_path, tmp_path, "training.epochs=1", "output.tensorboard=false"), tmp_path / "run")
+    from trainers.evaluator import Evaluator
+    grad_on = []
+    original = Evaluator.model_inputs
+    monkeypatch.setattr(Evaluator, "model_inputs", lambda self, batch: (grad_on.append(torch.is_grad_enabled()),
+                                                                        original(self, batch))[1])
+    run_module.evaluate(tmp_path / "run", "test")
+    assert grad_on and not any(grad_on)

@@ -33,6 +33,7 @@ class Evaluator:
         self.quantiles = list(config.model.quantiles)     # [] for point forecasts
         self._subsets = {}
 
+    @torch.no_grad()
     def evaluate(self, split, model=None, max_windows=0, sample=None):
         """Loss and metrics over every window of `split` (at most `max_windows` of them: a fixed seeded
         subset, see _subset), in order; metrics in original units. `sample`: a ForecastSample the

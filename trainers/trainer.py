@@ -503,7 +503,6 @@ class Trainer:
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
 
-    @torch.no_grad()
     def evaluate(self, split, model=None, max_windows=0):
         """Loss and metrics of `split` (trainers/evaluator.py); a validation keeps its forecast sample
         for the TensorBoard figure."""
