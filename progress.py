@@ -31,18 +31,17 @@ def _duration(seconds):
 
 
 class LogProgress:
-    """A log line at most every `every_s` seconds (and one at the end of work that took that long)."""
+    """A log line at most every LOG_EVERY_S seconds (and one at the end of work that took that long)."""
 
-    def __init__(self, total=None, desc="", unit="it", every_s=None, clock=time.monotonic):
+    def __init__(self, total=None, desc="", unit="it"):
         self.total, self.desc, self.unit = total, desc, unit
-        self.every_s = LOG_EVERY_S if every_s is None else every_s
-        self.clock = clock
+        self.every_s = LOG_EVERY_S
         self.n = 0
         self.postfix = {}
-        self.start = self.last = clock()
+        self.start = self.last = time.monotonic()
 
     def line(self):
-        elapsed = max(self.clock() - self.start, 1e-9)
+        elapsed = max(time.monotonic() - self.start, 1e-9)
         rate = self.n / elapsed
         done = f"{self.n:,}" + (f"/{self.total:,} {self.unit}s ({self.n / self.total:.0%})" if self.total else
                                 f" {self.unit}s")
@@ -55,7 +54,7 @@ class LogProgress:
 
     def update(self, n=1):
         self.n += n
-        now = self.clock()
+        now = time.monotonic()
         if now - self.last >= self.every_s:
             self.last = now
             log.info("%s", self.line())
@@ -64,5 +63,5 @@ class LogProgress:
         self.postfix = {**(postfix or {}), **kwargs}
 
     def close(self):
-        if self.clock() - self.start >= self.every_s:
+        if time.monotonic() - self.start >= self.every_s:
             log.info("%s", self.line())
