@@ -330,6 +330,8 @@ class TrainingConfig:
                              f"{self.checkpoint_every_steps} / {self.checkpoint_every_minutes}")
         if self.num_workers < -1:
             raise InputError(f"training.num_workers must be -1 (auto) or >= 0, got {self.num_workers}")
+        if self.max_val_windows < 0:
+            raise InputError(f"training.max_val_windows must be >= 0 (0 = every window), got {self.max_val_windows}")
         if self.early_stopping_patience < 0:
             raise InputError(f"training.early_stopping_patience must be >= 0 (0 = never stop early), "
                              f"got {self.early_stopping_patience}")

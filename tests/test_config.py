@@ -152,6 +152,7 @@ def test_split_times_stay_text_and_a_bad_one_is_named():
     (["data.split.method=rows", "data.split.rows={train: [a, b]}"], "split.rows.train is ['a', 'b']; give [start, stop)"),
     (["data.split.method=rows", "data.split.rows=[0, 5]"], "data.split.rows must be a mapping, got [0, 5]"),
     (["data.split.holdout_val=[[a]]"], "split.holdout_val is [['a']]; give a list of session names"),
+    (["training.max_val_windows=-5"], "training.max_val_windows must be >= 0 (0 = every window), got -5"),
 ])
 def test_lists_of_the_wrong_type_are_one_line(overrides, message, capsys):
     """A list of lists or of numbers where names or row numbers go: TypeError tracebacks."""
