@@ -278,7 +278,15 @@ def test_latest_skips_a_short_session_by_name_unless_strict(demo_run, tmp_path, 
 
 
 def test_predictions_as_csv_equal_the_prediction_file(demo_run, tmp_path):
+    import subprocess
+    import sys
+
+    from atomic import writer_tag
     predict(demo_run, tmp_path / "p.h5")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    stale = tmp_path / f".p.csv.tmp-{dead}@{writer_tag().split('@')[1]}-h5"    # a predict killed mid-write
+    stale.write_bytes(b"half")
     result = predict(demo_run, tmp_path / "p.csv")
     assert result["out"].endswith("p.csv") and sorted(p.name for p in tmp_path.iterdir()) == ["p.csv", "p.h5"]
     want = read_predictions(tmp_path / "p.h5")

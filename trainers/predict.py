@@ -10,6 +10,7 @@ Windows stream through the block loader (split, --data) or are read per session 
 memory does not grow with the data.
 """
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -82,8 +83,12 @@ def predict(run_dir, out, split=None, *, data=None, latest=False, fit_new_sessio
     stamped = all(s.has_timestamps for s in sessions)
     if latest:
         chosen = _latest_windows(prepared, strict)
+    # The CSV's prediction file is itself a temporary of `out` (.NAME.tmp-PID@HOST-h5): written in place (through
+    # atomic_path it got a temporary of its own that no later run recognised after a SIGKILL), removed after.
+    h5_out.parent.mkdir(parents=True, exist_ok=True)
+    writing = contextlib.nullcontext(h5_out) if as_csv else atomic_path(out, replace=overwrite)
     try:
-        with atomic_path(h5_out, replace=overwrite or as_csv) as tmp:
+        with writing as tmp:
             with h5py.File(tmp, "w", libver=LIBVER) as f:          # (long target name lists: see LIBVER)
                 writer = PredictionWriter(f, horizon=prepared.window.horizon,
                                           n_targets=len(prepared.columns.target_names), stamped=stamped,
