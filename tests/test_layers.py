@@ -1,9 +1,13 @@
 """The layers look down only (STYLE.md, habit 9): main.py / h5series.py > analysis > trainers > models >
 data > config, schema, times, progress, profiles > atomic, errors. Every import of the library's modules, function-level
-ones included, is read from the source. (import-linter takes packages as roots, not the top-level
-modules this layout has: "'main' is a module, not a package".)"""
+ones included, is read from the source. The packages are also held to the contract in .importlinter by
+import-linter itself (it takes packages as roots, not the top-level single-file modules, which the ast
+reading covers)."""
 
 import ast
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,3 +46,27 @@ def test_no_module_imports_a_layer_above_its_own():
     upward = [f"{path}:{line} ({owner}) imports {name}" for path, owner, name, line in _imports()
               if LAYER[name.split(".")[0]] > LAYER[owner] and (path, name) not in KNOWN]
     assert not upward, upward
+
+
+def _lint_imports(root):
+    command = shutil.which("lint-imports") or str(Path(sys.executable).with_name("lint-imports"))
+    return subprocess.run([command, "--no-cache", str(root / ".importlinter")], cwd=root,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_import_linter_contract_is_kept():
+    result = _lint_imports(ROOT)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "broken" in result.stdout and "0 broken" in result.stdout
+
+
+def test_import_linter_contract_fails_on_an_upward_import(tmp_path):
+    """The contract is not vacuous: the same tree with one upward import (data -> trainers) fails it."""
+    for name in ("data", "models", "trainers", "analysis"):
+        shutil.copytree(ROOT / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / ".importlinter", tmp_path / ".importlinter")
+    with open(tmp_path / "data" / "windows.py", "a") as handle:
+        handle.write("\nimport trainers.metrics  # an upward import\n")
+    result = _lint_imports(tmp_path)
+    assert result.returncode != 0
+    assert "data.windows -> trainers.metrics" in result.stdout, result.stdout
