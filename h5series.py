@@ -18,10 +18,10 @@
 Each name is the function the command line itself uses; this module only gathers them.
 """
 
-from analysis.backtest import BacktestConfig, run_backtest
-from analysis.similar_index import build_index
-from analysis.similar_query import QueryConfig, run_query
-from analysis.similar_source import open_windows
+from analysis.backtest.run import BacktestConfig, run_backtest
+from analysis.similar.index import build_index
+from analysis.similar.query import QueryConfig, run_query
+from analysis.similar.source import open_windows
 from config import load_config as _load_config
 from data.catalog import open_catalog
 from data.dataloader import LoaderConfig, build_loader

@@ -357,8 +357,8 @@ def cmd_predict(args):
 
 
 def cmd_backtest(args):
-    from analysis.backtest import BacktestConfig, run_backtest
-    from analysis.report import summary_lines
+    from analysis.backtest.run import BacktestConfig, run_backtest
+    from analysis.backtest.report import summary_lines
     cfg = BacktestConfig(
         prices=args.prices, out=args.out, price_column=args.price_column, return_column=args.return_column,
         predictions=args.predictions, signal=args.signal, step=args.step, target=args.target,
@@ -377,8 +377,8 @@ def cmd_backtest(args):
 
 def cmd_similar(args):
     if args.similar_command == "index":
-        from analysis.similar_index import FILES, build_index
-        from analysis.similar_source import open_windows
+        from analysis.similar.index import FILES, build_index
+        from analysis.similar.source import open_windows
         from atomic import check_output_dir
         from config import load_config
         from times import to_ns
@@ -403,7 +403,7 @@ def cmd_similar(args):
                   if s["point_in_time"] else "not point-in-time: IVF-PQ trained on windows from the whole history; "
                   "for analog forecasts a backtest can trust, build with --train-until TIME (or --split)")
         return
-    from analysis.similar_query import QueryConfig, run_query
+    from analysis.similar.query import QueryConfig, run_query
     from config import load_config
     similar_cfg = load_config(args.profile, args.config_file, args.overrides).similar
     cfg = QueryConfig(index=args.index, session=args.session, time=args.time, queries=args.queries, split=args.split,

@@ -112,7 +112,7 @@ def in_process(repeat=3, **kw):
 
 
 def timing_child(spec):
-    from analysis.backtest import BacktestConfig, run_backtest
+    from analysis.backtest.run import BacktestConfig, run_backtest
     kw = json.loads(spec)
     repeat = kw.pop("repeat")
     kw["strategies"] = tuple(kw.get("strategies", ()))
@@ -145,9 +145,9 @@ def vectorbt_child(args):
 def threshold_orders(prices_path):
     """(close ffilled (T, N), the rule's target weights at each bar (NaN: no order)) from our run's inputs:
     recomputed here from the same RSI signal so vectorbt gets the very orders our engine followed."""
-    from analysis.inputs import open_prices
-    from analysis.portfolio import StrategySpec, _block_targets
-    from analysis.signals import SignalSpec, indicator
+    from analysis.backtest.inputs import open_prices
+    from analysis.backtest.portfolio import StrategySpec, _block_targets
+    from analysis.backtest.signals import SignalSpec, indicator
     names, sources = open_prices([str(prices_path)], "close")
     spec = SignalSpec("rsi", 14, 30, 70)
     frames, signals = {}, {}
@@ -210,7 +210,7 @@ def stage_daily(args):
 
 
 def _plain(result):
-    from analysis.report import _clean
+    from analysis.backtest.report import _clean
     return _clean({k: v for k, v in result.items() if k in ("signal_analysis", "portfolios", "benchmark",
                                                               "periods_per_year", "first_period", "last_period_end")})
 
@@ -272,8 +272,8 @@ def stage_minute(args):
 
 def stage_pools(args):
     """RSI 14 for every session of the minute preset (90M bars): 1 process, 2 threads, 2 processes."""
-    from analysis.inputs import open_prices
-    from analysis.signals import compute_signals, parse_signal
+    from analysis.backtest.inputs import open_prices
+    from analysis.backtest.signals import compute_signals, parse_signal
     path = minute_file(1)
     warm_page_cache(path)
     names, _ = open_prices([str(path)], "next_log_return", "log_return")

@@ -33,7 +33,7 @@ class RecurrentNet(nn.Module):
 
     def embed(self, x):                                 # (B, L, F)
         """The last layer's hidden state after the window's last step: what the head reads (B, D).
-        `similar index --run` searches these (analysis/similar_source.py)."""
+        `similar index --run` searches these (analysis/similar/source.py)."""
         out = x
         for i, layer in enumerate(self.layers):
             if i:

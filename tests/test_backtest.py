@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.backtest import BacktestConfig, run_backtest
+from analysis.backtest.run import BacktestConfig, run_backtest
 from tests.helpers.market import random_prices, read_periods, report, write_predictions, write_prices
 
 al = pytest.importorskip("alphalens")
@@ -299,7 +299,7 @@ def test_prices_rebuilt_from_a_log_return_target_equal_the_prices(tmp_path, mark
 
 def test_a_portfolio_that_loses_everything_reports_it():
     """A period losing more than 100% (a leveraged short): the drawdown is that loss, not 0.0 (log1p gave NaN)."""
-    from analysis.stats import Performance
+    from analysis.backtest.stats import Performance
     day = 86_400 * 10**9
     times = np.arange(1, 7) * day
     perf = Performance(252, start_time=0)

@@ -70,7 +70,7 @@ def test_signal_pools_give_the_same_report(tmp_path, files, capsys):
 
 
 def test_rsi_equals_wilders_definition(tmp_path, files):
-    from analysis.signals import RSI
+    from analysis.backtest.signals import RSI
     _, _, prices, _ = files
     close = prices["A00"].to_numpy()
     change = np.diff(close)
@@ -217,7 +217,7 @@ def test_the_report_reads_plainly(tmp_path, files, capsys):
     """Times printed as 2017-11-06, table rows out of line, long/short counts unnamed,
     ic.png without a y-label, the equity chart without the gross curve."""
     import main
-    from analysis.report import figures
+    from analysis.backtest.report import figures
     price_path, *_ = files
     out = tmp_path / "bt"
     assert main.main(["backtest", "--prices", str(price_path), "--price-column", "close", "--signal", "momentum:5",

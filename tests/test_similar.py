@@ -10,9 +10,9 @@ import pytest
 import torch
 
 import main
-from analysis.similar_index import SimilarIndex, build_index
-from analysis.similar_query import QueryConfig, run_query
-from analysis.similar_source import open_windows
+from analysis.similar.index import SimilarIndex, build_index
+from analysis.similar.query import QueryConfig, run_query
+from analysis.similar.source import open_windows
 from config import SimilarConfig, load_config
 from data.layout import write_session
 from data.predictions import read_attrs
@@ -547,7 +547,7 @@ def test_point_reads_equal_slices(tmp_path):
 def test_outcomes_of_far_apart_windows_equal_the_formula(tmp_path, kind, column, ahead):
     """Windows far apart in long sessions are read as points (minute data); both ways equal the formula,
     the target's lead included, and rows past the end are NaN / NaT."""
-    from analysis.similar_outcomes import ONE_READ_ROWS, Outcomes
+    from analysis.similar.outcomes import ONE_READ_ROWS, Outcomes
     from data.catalog import open_catalog
     catalog = open_catalog(_minute_file(tmp_path / "m.h5"))
     price = {s.name: s.read_column("close", 0, s.n_rows) for s in catalog.sessions}
@@ -572,8 +572,8 @@ def test_outcomes_of_far_apart_windows_equal_the_formula(tmp_path, kind, column,
 def test_query_times_resolved_from_the_index_equal_the_data(market, tmp_path, stride, split):
     """Most query times are settled by the index's own window ends (no data read); every answer equals
     the data's last bar at or before the time, and the window's vector equals the one read from data."""
-    from analysis.similar_query import _in_index, _resolve, windows_from_settings
-    from analysis.similar_search import times_at
+    from analysis.similar.query import _in_index, _resolve, windows_from_settings
+    from analysis.similar.search import times_at
     prices = market["prices"]
     built = _index(market["path"], tmp_path / "ix", L, stride, split, "data.split.method=fractions")
     index = SimilarIndex(tmp_path / "ix")
@@ -599,7 +599,7 @@ def test_query_times_resolved_from_the_index_equal_the_data(market, tmp_path, st
     np.testing.assert_allclose(index.vectors.take(ids[stored]), read[stored], rtol=0, atol=1e-6)
     np.testing.assert_array_equal(np.asarray(index.end_row[ids[stored]]), row[stored])
     # the time what followed a query is known at (row + ahead): from the index where it holds that row
-    from analysis.similar_outcomes import Outcomes
+    from analysis.similar.outcomes import Outcomes
     for ahead in (1, 4):
         at = times_at(index, Outcomes(windows.catalog, "close", "price", ahead), session, row + ahead)
         inside = row + ahead < len(stamps)
@@ -621,7 +621,7 @@ def test_ivfpq_analog_search_is_point_in_time_by_garbling(tmp_path, monkeypatch)
     """Every row after D rewritten with garbage: an IVF-PQ index trained until T <= D gives every past-only
     query ending at or before D bitwise the same neighbours, distances and analog forecast. Trained on the
     whole history it does not (the test would catch the look-ahead) and says it is not point-in-time."""
-    import analysis.similar_search as search
+    import analysis.similar.search as search
     monkeypatch.setattr(search, "BRUTE_MAX", 0)         # every query through FAISS, as at 500-stock scale
     prices = random_prices(n_dates=2600, n_assets=8, seed=11)
     D, T = prices.index[2000], prices.index[1500]

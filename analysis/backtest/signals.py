@@ -167,7 +167,7 @@ _worker = threading.local()     # per worker process (its main thread) or per th
 
 
 def _init_worker(price_paths, price_column, price_kind, spec, out_dir):
-    from analysis.inputs import open_prices          # opened in the worker: no h5py handle crosses a fork
+    from analysis.backtest.inputs import open_prices          # opened in the worker: no h5py handle crosses a fork
     _, sources = open_prices(price_paths, price_column, price_kind)
     _worker.sources, _worker.spec = sources, spec
     # One output file per worker (process or thread): an HDF5 file takes one writer. None: the
@@ -246,7 +246,7 @@ def compute_signals(price_paths, price_column, price_kind, names, spec, spill_di
     data comes back whole (signal, times and prices: the walk reads nothing again); with `spill_dir`,
     workers write the signals to files there and the walk reads the prices itself (None).
     `pool`: process (default), thread, or serial (this process only)."""
-    from analysis.panel import ArrayPrices, ArrayRows
+    from analysis.backtest.panel import ArrayPrices, ArrayRows
     if pool not in POOLS:
         raise InputError(f"--pool {pool!r} is unknown; choose {', '.join(POOLS)}")
     args = (price_paths, price_column, price_kind, spec, spill_dir)

@@ -27,9 +27,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from analysis.similar_index import FILES, SimilarIndex, index_window, point_in_time_from
-from analysis.similar_outcomes import Outcomes
-from analysis.similar_search import Searcher, times_at
+from analysis.similar.index import FILES, SimilarIndex, index_window, point_in_time_from
+from analysis.similar.outcomes import Outcomes
+from analysis.similar.search import Searcher, times_at
 from atomic import atomic_path, check_not_input, check_output, check_outputs_distinct
 from data.catalog import open_catalog, time_text
 from data.predictions import NAT, PredictionWriter
@@ -113,7 +113,7 @@ def windows_from_settings(settings, similar_cfg):
     queries over 500 stocks reopened ~0.25 ms per dataset per read)."""
     spec = SplitSpec(**settings["split_spec"])
     if settings["vectors"] == "model":
-        from analysis.similar_source import run_windows
+        from analysis.similar.source import run_windows
         windows = run_windows(settings["run"], similar_cfg, data=settings["data"] if settings["other_data"] else None,
                               stride=settings["stride"], checkpoint=settings["checkpoint"])
         windows.split_spec = spec
@@ -146,7 +146,7 @@ class _RawWindows:
 
     def _read(self):
         if self._loader_windows is None:
-            from analysis.similar_source import raw_windows
+            from analysis.similar.source import raw_windows
             from config import DataConfig
             s = self.settings
             data_cfg = DataConfig(paths=s["data"], lookback=s["lookback"], stride=s["stride"], feature_columns=s["columns"])
@@ -402,7 +402,7 @@ def run_query(cfg, similar_cfg):
             for sink in sinks:
                 sink.finish(point_in_time=not_pit == 0)
             if cfg.plot:
-                from analysis.similar_plot import draw
+                from analysis.similar.plot import draw
                 with atomic_path(cfg.plot, replace=cfg.overwrite) as tmp:
                     draw(shown, windows, cfg, tmp)
         timings.update(searcher.seconds)

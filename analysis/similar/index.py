@@ -154,7 +154,7 @@ def point_in_time_from(settings):
 
 
 def build_index(windows, similar_cfg, out, *, overwrite=False, progress=True, seed=0, train_until=None):
-    """Index every window of `windows` (analysis.similar_source.WindowSet) into the folder `out`; IVF-PQ
+    """Index every window of `windows` (analysis.similar.source.WindowSet) into the folder `out`; IVF-PQ
     is trained on windows ending before `train_until` (ns; see training_ranges). Returns the settings
     dict (also written to out/settings.json)."""
     reads = list(windows.catalog.paths) + ([windows.run] if windows.run else [])

@@ -3,7 +3,7 @@
 A *source* is one session's column with times: `read(start, stop) -> (times int64 ns (n,),
 values float64 (n,))`, read strictly in order. Prices come from a session column (or are
 rebuilt from a log-return column); signals from a prediction file or from the signal files
-the workers write (analysis/signals.py).
+the workers write (analysis/backtest/signals.py).
 
 `Panel.blocks()` walks time: each block is the next `block_rows` timestamps of the union of
 the price sessions' calendars, as (T, N) arrays with NaN where a session has no bar at that

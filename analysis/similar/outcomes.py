@@ -4,7 +4,7 @@ the time that return was known (the time of row end + ahead).
     price column       p[e + ahead] / p[e] - 1
     log-return column  exp(sum of the returns ending at rows e+1 .. e+ahead) - 1; a return ending at
                        row u is stored at row u - lead (the file's target_lead_rows for a target, 0 for
-                       a feature), as in analysis/panel.py's PriceFromLogReturns
+                       a feature), as in analysis/backtest/panel.py's PriceFromLogReturns
 Rows past a session's end give NaN and NaT (not known yet). A short session (daily data) is read
 whole once and kept (at most KEEP_BYTES in all): a query run looks at each session several times
 (the queries' own outcomes, the neighbours', the past-only check). A long one is read in one call

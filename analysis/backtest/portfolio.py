@@ -20,7 +20,7 @@ import dataclasses
 
 import numpy as np
 
-from analysis.factor import quantile_bins
+from analysis.backtest.factor import quantile_bins
 
 STRATEGIES = ("topk", "longshort", "threshold")
 

@@ -16,7 +16,7 @@ alphalens-reloaded to 1e-9.
 import math
 
 import numpy as np
-from analysis.stats import Moments
+from analysis.backtest.stats import Moments
 
 
 def quantile_bins(signal, q):
@@ -114,7 +114,7 @@ class SignalAnalysis:
 
     def update(self, signal, forward, periods=None):
         """signal (T, N) with NaN where there is none (or no price); forward {j: (T, N)} from
-        analysis.returns.forward_returns; `periods`: how many of the T rows have a next bar (the data's
+        analysis.backtest.returns.forward_returns; `periods`: how many of the T rows have a next bar (the data's
         last bar has none: its bins count for no turnover, as in alphalens). Returns per-period columns."""
         t = len(signal)
         if t == 0:

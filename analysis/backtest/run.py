@@ -1,11 +1,11 @@
 """`backtest`: signal analysis and portfolio backtests of a signal, streamed over time blocks.
 
-    signal  a prediction file (`predict`), or an indicator computed from the prices (analysis/signals.py)
+    signal  a prediction file (`predict`), or an indicator computed from the prices (analysis/backtest/signals.py)
     prices  a session file's price column (or a log-return column), aligned by time across sessions
-    walk    analysis.panel.Panel: (T_block, N) blocks; forward returns look `decay` rows ahead
-    per block: signal analysis (analysis/factor.py), each strategy (analysis/portfolio.py), the
+    walk    analysis.backtest.panel.Panel: (T_block, N) blocks; forward returns look `decay` rows ahead
+    per block: signal analysis (analysis/backtest/factor.py), each strategy (analysis/backtest/portfolio.py), the
             equal-weight benchmark; per-period rows appended to periods.h5
-    end     report.json, periods.csv, positions.csv, PNGs and TensorBoard (analysis/report.py)
+    end     report.json, periods.csv, positions.csv, PNGs and TensorBoard (analysis/backtest/report.py)
 Everything is written into a temporary folder renamed to --out at the end: a failure leaves
 nothing half-written, and an existing --out is replaced only with --overwrite.
 """
@@ -19,13 +19,13 @@ from pathlib import Path
 import numpy as np
 
 import progress
-from analysis import inputs, report, signals
+from analysis.backtest import inputs, report, signals
 from atomic import atomic_dir, check_output_dir
-from analysis.factor import SignalAnalysis
-from analysis.panel import Panel
-from analysis.portfolio import STRATEGIES, Portfolio, StrategySpec, benchmark_returns
-from analysis.returns import ForwardFill, forward_returns
-from analysis.stats import Moments, Performance, iso
+from analysis.backtest.factor import SignalAnalysis
+from analysis.backtest.panel import Panel
+from analysis.backtest.portfolio import STRATEGIES, Portfolio, StrategySpec, benchmark_returns
+from analysis.backtest.returns import ForwardFill, forward_returns
+from analysis.backtest.stats import Moments, Performance, iso
 from errors import InputError
 
 NS_PER_DAY = 86_400 * 10**9

@@ -4,7 +4,7 @@ A window is `lookback` rows of the chosen columns ending at row e (its end row; 
 time of row e). Windows stream through the block loader (data/dataloader.py) in plan order: every
 window once, session after session, rows increasing. Queries go through the same loader with
 one-window blocks, so an index window and a query window are read and turned into vectors the
-same way (a query window the index holds takes its stored vector: analysis/similar_query.py).
+same way (a query window the index holds takes its stored vector: analysis/similar/query.py).
 
 Two kinds of vector:
   raw    each column of the window z-normalized over its own rows, then reduced by piecewise
@@ -21,7 +21,7 @@ import math
 import numpy as np
 import torch
 
-from analysis.similar_index import index_window
+from analysis.similar.index import index_window
 from data.catalog import open_catalog
 from data.dataloader import LoaderConfig, WindowLoader
 from data.dataset import PreparedData, make_pool

@@ -1,11 +1,11 @@
 """What a backtest reads: prices from session files, a signal from a prediction file or from the
-signal files analysis/signals.py writes; each checked here, before any work, with one-line errors."""
+signal files analysis/backtest/signals.py writes; each checked here, before any work, with one-line errors."""
 
 import json
 
 import numpy as np
 
-from analysis.panel import ColumnSource, PriceFromLogReturns
+from analysis.backtest.panel import ColumnSource, PriceFromLogReturns
 from data.catalog import open_catalog
 from data.session import ChunkCache, HandlePool
 from data.predictions import _open as open_prediction_file
