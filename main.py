@@ -23,6 +23,8 @@ import logging
 import sys
 from pathlib import Path
 
+from options import add_options, from_args
+
 SELECTED_CONFIG = "quick_demo"   # profile used by a bare `python main.py`; see configs/
 DEMO_PATH = "demo_data/demo.h5"  # where a missing demo dataset is generated
 
@@ -38,139 +40,47 @@ def _config_args(parser):
                         help="overrides applied last, e.g. data.lookback=128")
 
 
-def build_parser():
-    parser = argparse.ArgumentParser(prog="main.py", description="h5series: deep learning on time "
-                                     "series too big for memory, from chunked HDF5.")
-    sub = parser.add_subparsers(dest="command")
-
-    p = sub.add_parser("train", help="train a model (the default command)")
+def _train_flags(p):
     _config_args(p)
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
     p.add_argument("--run-dir", help="run directory (default: runs/<profile>-<time>)")
     p.add_argument("--overwrite", action="store_true", help="replace the run already in --run-dir")
 
-    p = sub.add_parser("evaluate", help="metrics of a run's best checkpoint on a split")
-    p.add_argument("--run", required=True, help="run directory")
-    p.add_argument("--split", default="test", choices=("train", "val", "test"))
-    p.add_argument("--checkpoint", choices=("best", "last"), default=None,
-                   help="which checkpoint to score (default: best, or last where there is no best yet)")
+
+def _evaluate_flags(p):
+    from trainers.options import EvaluateConfig
+    add_options(p, EvaluateConfig)
     p.add_argument("--json", action="store_true", help="print JSON")
 
-    p = sub.add_parser("predict", help="stream a run's forecasts to HDF5: a split, new files (--data), or "
-                       "the next step after each session's last rows (--latest)")
-    p.add_argument("--run", required=True, help="run directory")
-    p.add_argument("--out", required=True, help="output file: PRED.h5 (read it with data.predictions.read_predictions; "
-                   "backtest takes it) or PRED.csv (the same long table as CSV)")
-    p.add_argument("--split", default=None, choices=("train", "val", "test"),
-                   help="every window of this split of the run's data (default: test)")
-    p.add_argument("--data", nargs="+", metavar="PATH", default=None,
-                   help="predict on these HDF5 files (session format, the run's columns) instead of the run's data")
-    p.add_argument("--latest", action="store_true",
-                   help="one forecast per session from its last lookback rows (the step after the data)")
-    p.add_argument("--plot", type=int, metavar="N", default=0,
-                   help="also draw N sessions' forecasts vs truth to a PNG beside --out (quantile bands when present)")
-    p.add_argument("--fit-new-sessions", type=int, metavar="ROWS", default=None,
-                   help="per_session runs: fit statistics of --data sessions the run does not know on their "
-                   "first ROWS rows (only later targets are predicted)")
-    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
-    p.add_argument("--checkpoint", choices=("best", "last"), default=None,
-                   help="which checkpoint predicts (default: best, or last where there is no best yet)")
-    p.add_argument("--strict", action="store_true", help="--latest: refuse a session shorter than the lookback "
-                   "(default: skip it with a warning naming it)")
 
-    p = sub.add_parser("backtest", help="signal analysis (IC, quantiles) and portfolio backtests (topk, longshort, "
-                       "threshold) of predictions or of an indicator, streamed over time (docs/backtest.md)")
-    p.add_argument("--prices", nargs="+", required=True, metavar="PATH", help="session HDF5 files with prices and timestamps")
-    p.add_argument("--price-column", default=None, help="the column holding prices (a feature or target)")
-    p.add_argument("--return-column", default=None,
-                   help="or a column of log returns (e.g. convert's next_log_return): prices are rebuilt from it")
-    p.add_argument("--predictions", default=None, metavar="PRED.h5", help="the signal: a file from `predict`")
-    p.add_argument("--step", type=int, default=1, help="which forecast step of the predictions is the signal")
-    p.add_argument("--target", default=None, help="which predicted target is the signal (when there are several)")
-    p.add_argument("--signal", default=None, metavar="SPEC",
-                   help="or an indicator of the prices: rsi:N:LOW:HIGH, momentum:N, reversal:N")
-    p.add_argument("--strategy", nargs="+", default=[], choices=("topk", "longshort", "threshold"),
-                   help="default: threshold for rsi, else topk and longshort")
-    p.add_argument("--k", type=int, default=0, help="topk: names held (default: a tenth of the sessions)")
-    p.add_argument("--drop", type=int, default=0, help="topk: at most this many names replaced per rebalance "
-                   "(Qlib's TopkDropout; default k = plain top k)")
-    p.add_argument("--quantiles", type=int, default=5, help="signal bins (longshort: top vs bottom)")
-    p.add_argument("--decay", type=int, default=5, help="IC decay over 1..N periods ahead")
-    p.add_argument("--no-analysis", action="store_true", help="portfolios only: no IC / quantile analysis")
-    p.add_argument("--long-above", type=float, default=None, help="threshold: long where the signal is above")
-    p.add_argument("--short-below", type=float, default=None, help="threshold: short where the signal is below")
-    p.add_argument("--long-only", action="store_true", help="threshold / longshort: no short positions")
-    p.add_argument("--rebalance", type=int, default=1, help="periods between rebalances")
-    p.add_argument("--cost-bps", type=float, default=0.0, help="cost per side on the traded value, in bps")
-    p.add_argument("--min-cost", type=float, default=0.0, help="minimum cost per traded name, in money (see --capital)")
-    p.add_argument("--capital", type=float, default=1_000_000.0, help="starting value in money")
-    p.add_argument("--periods-per-year", type=float, default=None,
-                   help="to annualize (default: from the bars' spacing: daily 252, weekly 52, monthly 12)")
-    p.add_argument("--block-rows", type=int, default=0, help="time rows per block (default: from --memory-mb)")
-    p.add_argument("--memory-mb", type=float, default=64.0, help="memory for the time blocks (default 64)")
-    p.add_argument("--workers", type=int, default=2, help="signal processes")
-    p.add_argument("--pool", default="process", choices=("process", "thread", "serial"),
-                   help="how the signal work is spread (process: past the GIL)")
-    p.add_argument("--no-plots", action="store_true", help="no PNGs")
-    p.add_argument("--no-tensorboard", action="store_true", help="no TensorBoard events")
-    p.add_argument("--out", required=True, help="report folder (report.json, periods.h5/.csv, positions.csv, PNGs)")
-    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+def _predict_flags(p):
+    from trainers.options import PredictConfig
+    add_options(p, PredictConfig)
 
-    p = sub.add_parser("similar", help="similar past windows: index every window with FAISS, then find the "
-                       "nearest past ones of a window and what followed them (docs/similar.md)")
+
+def _backtest_flags(p):
+    from analysis.backtest.config import BacktestConfig
+    add_options(p, BacktestConfig)
+
+
+def _similar_flags(p):
+    from analysis.similar.config import IndexConfig, QueryConfig
     similar = p.add_subparsers(dest="similar_command", required=True)
     p = similar.add_parser("index", help="build the index of every window (raw z-normalized or a run's embeddings)")
     _config_args(p)
-    p.add_argument("--data", nargs="+", metavar="PATH", default=None, help="session HDF5 files (default: data.paths, "
-                   "or the run's data with --run)")
-    p.add_argument("--run", default=None, help="a trained run: vectors are its model's embed(x) of its windows")
-    p.add_argument("--checkpoint", choices=("best", "last"), default=None, help="with --run (default: best)")
-    p.add_argument("--columns", nargs="+", default=None, help="columns a window is made of (raw windows)")
-    p.add_argument("--lookback", type=int, default=None, help="rows per window (default: data.lookback)")
-    p.add_argument("--stride", type=int, default=None, help="rows between indexed window ends (default: data.stride)")
-    p.add_argument("--split", default="all", choices=("all", "train", "val", "test"),
-                   help="index the windows of one split only (borders: data.split, or the run's)")
-    p.add_argument("--train-until", default=None, metavar="TIME",
-                   help="IVF-PQ: learn the clusters from windows ending before TIME only, so queries from TIME on "
-                   "are point-in-time (default: the train split's end with --split; with --split all the whole "
-                   "history, and the index says it is not point-in-time)")
-    p.add_argument("--out", required=True, help="index folder")
-    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
-
+    add_options(p, IndexConfig)
     p = similar.add_parser("query", help="the nearest past windows of windows, and what followed them")
-    _config_args(p)          # (similar.batch_windows and the like: it ignored --profile/--config before)
-    p.add_argument("--index", required=True, help="index folder (similar index --out)")
-    p.add_argument("--session", default=None, help="one query: this session's window ...")
-    p.add_argument("--time", default=None, help="... ending at this time (the last bar at or before it)")
-    p.add_argument("--queries", default=None, metavar="FILE.csv", help="many queries: a CSV with columns session,time")
-    p.add_argument("--split", default=None, choices=("train", "val", "test"), help="or every window of a split")
-    p.add_argument("--k", type=int, default=10, help="neighbours per query")
-    p.add_argument("--ahead", type=int, default=1, help="rows after a window whose return is reported")
-    p.add_argument("--price-column", default=None, help="what followed: the return of this price column ...")
-    p.add_argument("--return-column", default=None, help="... or of this log-return column")
-    p.add_argument("--all-times", action="store_true", help="also neighbours after the query (not past-only: "
-                   "for study, never for a forecast)")
-    p.add_argument("--random", action="store_true", help="k random windows under the same rules: the null an "
-                   "analog forecast must beat")
-    p.add_argument("--seed", type=int, default=0, help="--random's draws")
-    p.add_argument("--columns", nargs="+", default=None, help="checked against the index's columns")
-    p.add_argument("--lookback", type=int, default=None, help="checked against the index's lookback")
-    p.add_argument("--nprobe", type=int, default=0, help="IVF-PQ clusters searched (default: the index's)")
-    p.add_argument("--out", default=None, help="results: FILE.h5 or FILE.csv")
-    p.add_argument("--forecast", default=None, metavar="PRED.h5", help="the neighbours' mean as a prediction file "
-                   "(backtest --predictions takes it)")
-    p.add_argument("--plot", default=None, metavar="PNG", help="draw the first queries with their neighbours")
-    p.add_argument("--overwrite", action="store_true", help="replace outputs that exist")
+    _config_args(p)          # (similar.batch_windows and the like)
+    add_options(p, QueryConfig)
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
-    p.add_argument("--strict", action="store_true", help="--queries: a row that cannot be answered (unknown "
-                   "session, bad time, no full window) refuses the run (default: listed and left out)")
 
-    p = sub.add_parser("prepare", help="catalog, split and normalize the data of a config; print "
-                       "the memory plan; write the run directory (no training)")
+
+def _prepare_flags(p):
     _config_args(p)
     p.add_argument("--run-dir", help="run directory (default: runs/<profile>-<time>)")
 
-    p = sub.add_parser("convert", help="CSV / Parquet / pandas-HDF5 -> session HDF5")
+
+def _convert_flags(p):
     p.add_argument("inputs", nargs="+", help="files or directories")
     p.add_argument("--out", required=True, help="output HDF5 file")
     p.add_argument("--features", nargs="*", default=[], help="feature columns (default: all numeric)")
@@ -186,7 +96,8 @@ def build_parser():
     p.add_argument("--hdf-key", default=None, help="pandas HDF5: convert only this key")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
 
-    p = sub.add_parser("make-demo", help="write synthetic market-like sessions")
+
+def _make_demo_flags(p):
     p.add_argument("--out", default=DEMO_PATH)
     p.add_argument("--preset", default=None, help="demo (16 x 20,000 x 8) or market-500x3y "
                    "(500 sessions x 181,440 minute bars x 16 features, ~90M rows)")
@@ -197,17 +108,45 @@ def build_parser():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
 
-    p = sub.add_parser("inspect", help="sessions, rows, columns, dtypes, chunking, compression, size")
+
+def _inspect_flags(p):
     p.add_argument("paths", nargs="+")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--allow-external-links", action="store_true")
 
-    p = sub.add_parser("index", help="check every session of HDF5 files written by other tools and "
-                       "add a session index, so opening them takes milliseconds (modifies the files)")
+
+def _index_flags(p):
     p.add_argument("paths", nargs="+")
 
-    p = sub.add_parser("config", help="print the resolved config")
-    _config_args(p)
+
+# The commands in the order `--help` lists them: (name, help, its flags). Each option of evaluate, predict,
+# backtest and similar is written once, as a field of its command's dataclass (options.py).
+COMMANDS = (
+    ("train", "train a model (the default command)", _train_flags),
+    ("evaluate", "metrics of a run's best checkpoint on a split", _evaluate_flags),
+    ("predict", "stream a run's forecasts to HDF5: a split, new files (--data), or the next step after each "
+     "session's last rows (--latest)", _predict_flags),
+    ("backtest", "signal analysis (IC, quantiles) and portfolio backtests (topk, longshort, threshold) of "
+     "predictions or of an indicator, streamed over time (docs/backtest.md)", _backtest_flags),
+    ("similar", "similar past windows: index every window with FAISS, then find the nearest past ones of a "
+     "window and what followed them (docs/similar.md)", _similar_flags),
+    ("prepare", "catalog, split and normalize the data of a config; print the memory plan; write the run "
+     "directory (no training)", _prepare_flags),
+    ("convert", "CSV / Parquet / pandas-HDF5 -> session HDF5", _convert_flags),
+    ("make-demo", "write synthetic market-like sessions", _make_demo_flags),
+    ("inspect", "sessions, rows, columns, dtypes, chunking, compression, size", _inspect_flags),
+    ("index", "check every session of HDF5 files written by other tools and add a session index, so opening "
+     "them takes milliseconds (modifies the files)", _index_flags),
+    ("config", "print the resolved config", _config_args),
+)
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="main.py", description="h5series: deep learning on time "
+                                     "series too big for memory, from chunked HDF5.")
+    sub = parser.add_subparsers(dest="command")
+    for name, text, add_flags in COMMANDS:
+        add_flags(sub.add_parser(name, help=text))
     return parser
 
 
@@ -336,8 +275,10 @@ def cmd_train(args):
 
 
 def cmd_evaluate(args):
+    from trainers.options import EvaluateConfig
     from trainers.run import evaluate
-    result = evaluate(args.run, args.split, checkpoint=args.checkpoint)
+    cfg = from_args(EvaluateConfig, args)
+    result = evaluate(cfg.run, cfg.split, checkpoint=cfg.checkpoint)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -346,10 +287,10 @@ def cmd_evaluate(args):
 
 
 def cmd_predict(args):
+    import dataclasses
+    from trainers.options import PredictConfig
     from trainers.predict import predict
-    result = predict(args.run, args.out, args.split, data=args.data, latest=args.latest,
-                     fit_new_sessions=args.fit_new_sessions, overwrite=args.overwrite, checkpoint=args.checkpoint,
-                     plot=args.plot, strict=args.strict)
+    result = predict(**dataclasses.asdict(from_args(PredictConfig, args)))
     print(f"wrote {result['windows']:,} predictions of {result['sessions']:,} sessions to {result['out']}"
           + ("" if result["out"].lower().endswith(".csv") else " (read with data.predictions.read_predictions)"))
     if "plot" in result:
@@ -357,18 +298,10 @@ def cmd_predict(args):
 
 
 def cmd_backtest(args):
-    from analysis.backtest.run import BacktestConfig, run_backtest
+    from analysis.backtest.config import BacktestConfig
+    from analysis.backtest.run import run_backtest
     from analysis.backtest.report import summary_lines
-    cfg = BacktestConfig(
-        prices=args.prices, out=args.out, price_column=args.price_column, return_column=args.return_column,
-        predictions=args.predictions, signal=args.signal, step=args.step, target=args.target,
-        strategies=tuple(args.strategy), k=args.k, drop=args.drop, quantiles=args.quantiles, decay=args.decay,
-        analysis=not args.no_analysis,
-        long_above=args.long_above, short_below=args.short_below, long_only=args.long_only,
-        rebalance=args.rebalance, cost_bps=args.cost_bps, min_cost=args.min_cost, capital=args.capital,
-        periods_per_year=args.periods_per_year, block_rows=args.block_rows, memory_mb=args.memory_mb,
-        workers=args.workers, pool=args.pool, plots=not args.no_plots, tensorboard=not args.no_tensorboard,
-        overwrite=args.overwrite)
+    cfg = from_args(BacktestConfig, args)
     result = run_backtest(cfg)
     print("\n".join(summary_lines(result)))
     print(f"report: {args.out}/report.json  (periods.csv, positions.csv, PNGs; "
@@ -377,19 +310,10 @@ def cmd_backtest(args):
 
 def cmd_similar(args):
     if args.similar_command == "index":
-        from analysis.similar.index import FILES, build_index
-        from analysis.similar.source import open_windows
-        from atomic import check_output_dir
+        from analysis.similar.config import IndexConfig
+        from analysis.similar.source import index_command
         from config import load_config
-        from times import to_ns
-        config = load_config(args.profile, args.config_file, args.overrides)
-        train_until = None if args.train_until is None else to_ns(args.train_until, "--train-until")
-        check_output_dir(args.out, args.overwrite, "index", reads=(args.data or []) + ([args.run] if args.run else []),
-                         owns=FILES)
-        windows = open_windows(config, run=args.run, checkpoint=args.checkpoint, data=args.data, columns=args.columns,
-                               lookback=args.lookback, stride=args.stride, split=args.split)
-        s = build_index(windows, config.similar, args.out, overwrite=args.overwrite, seed=config.seed,
-                        train_until=train_until)
+        s = index_command(from_args(IndexConfig, args), load_config(args.profile, args.config_file, args.overrides))
         what = f"{s['model']} embeddings ({s['dim']} dims)" if s["vectors"] == "model" else \
             f"z-normalized {s['columns']} ({s['dim']} dims)"
         print(f"indexed {s['windows']:,} windows of {s['lookback']} rows (stride {s['stride']}, split {s['split']}) as "
@@ -403,14 +327,11 @@ def cmd_similar(args):
                   if s["point_in_time"] else "not point-in-time: IVF-PQ trained on windows from the whole history; "
                   "for analog forecasts a backtest can trust, build with --train-until TIME (or --split)")
         return
-    from analysis.similar.query import QueryConfig, run_query
+    from analysis.similar.config import QueryConfig
+    from analysis.similar.query import run_query
     from config import load_config
     similar_cfg = load_config(args.profile, args.config_file, args.overrides).similar
-    cfg = QueryConfig(index=args.index, session=args.session, time=args.time, queries=args.queries, split=args.split,
-                      k=args.k, ahead=args.ahead, price_column=args.price_column, return_column=args.return_column,
-                      past_only=not args.all_times, random=args.random, seed=args.seed, columns=args.columns,
-                      lookback=args.lookback, nprobe=args.nprobe, out=args.out, forecast=args.forecast,
-                      plot=args.plot, overwrite=args.overwrite, strict=args.strict)
+    cfg = from_args(QueryConfig, args)
     summary = run_query(cfg, similar_cfg)
     if summary["bad_queries"]:
         print(f"warning: {summary['bad_queries']:,} row(s) of {args.queries} left out (--strict refuses them): "

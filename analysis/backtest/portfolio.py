@@ -20,9 +20,8 @@ import dataclasses
 
 import numpy as np
 
+from analysis.backtest.config import STRATEGIES  # noqa: F401  (the strategies a config may name)
 from analysis.backtest.factor import quantile_bins
-
-STRATEGIES = ("topk", "longshort", "threshold")
 
 
 @dataclasses.dataclass

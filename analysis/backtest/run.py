@@ -25,45 +25,12 @@ from analysis.backtest.factor import SignalAnalysis
 from analysis.backtest.panel import Panel
 from analysis.backtest.portfolio import STRATEGIES, Portfolio, StrategySpec, benchmark_returns
 from analysis.backtest.returns import ForwardFill, forward_returns
+from analysis.backtest.config import BacktestConfig  # noqa: F401  (run_backtest's argument; re-exported)
 from analysis.backtest.stats import Moments, Performance, iso
 from errors import InputError
 
 NS_PER_DAY = 86_400 * 10**9
 CELL_BYTES = 240          # panel bytes per (row, session): price, carried, signal, decay returns, bins, masks
-
-
-@dataclasses.dataclass
-class BacktestConfig:
-    prices: list                           # session files with prices
-    out: str                               # output folder
-    price_column: str = None               # a column holding prices
-    return_column: str = None              # or one holding log returns (prices rebuilt from them)
-    predictions: str = None                # signal: a prediction file ...
-    signal: str = None                     # ... or an indicator spec (rsi:14:30:70, momentum:20, reversal:1)
-    step: int = 1                          # prediction step used as the signal
-    target: str = None                     # predicted target used (when several)
-    strategies: tuple = ()                 # default: threshold for rsi, else topk + longshort
-    k: int = 0                             # topk names (0 = a tenth of the sessions)
-    drop: int = 0                          # topk: names replaced per rebalance at most (0 = k)
-    quantiles: int = 5
-    decay: int = 5                         # IC decay over 1 .. decay periods
-    analysis: bool = True                  # signal analysis (IC, quantiles); off: portfolios only
-    long_above: float = None               # threshold rule (default: the signal's own)
-    short_below: float = None
-    long_only: bool = False
-    rebalance: int = 1
-    cost_bps: float = 0.0
-    min_cost: float = 0.0
-    capital: float = 1_000_000.0
-    periods_per_year: float = None         # default: inferred from the spacing of the bars (daily -> 252)
-    block_rows: int = 0                    # 0 = from memory_mb
-    memory_mb: float = 64.0                # panel memory aimed at when block_rows is 0
-    workers: int = 2                       # signal processes
-    pool: str = "process"
-    plots: bool = True
-    tensorboard: bool = True
-    overwrite: bool = False
-    progress: bool = True
 
 
 def _check(cfg):

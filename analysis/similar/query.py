@@ -27,6 +27,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from analysis.similar.config import QueryConfig  # noqa: F401  (run_query's argument; re-exported)
 from analysis.similar.index import FILES, SimilarIndex, index_window, point_in_time_from
 from analysis.similar.outcomes import Outcomes
 from analysis.similar.search import Searcher, times_at
@@ -40,32 +41,6 @@ import progress
 
 RESULTS_FORMAT = "h5series-similar-results"
 PLOT_QUERIES = 4
-
-
-@dataclasses.dataclass
-class QueryConfig:
-    index: str                      # index folder (`similar index --out`)
-    session: str = None             # one query: a session ...
-    time: str = None                # ... and the time its window ends at (the last bar at or before it)
-    queries: str = None             # or a CSV with columns session,time
-    split: str = None               # or every window of a split (train, val, test)
-    k: int = 10
-    ahead: int = 1                  # rows after a window whose return is reported
-    price_column: str = None        # what followed: the return of a price column ...
-    return_column: str = None       # ... or of a log-return column
-    past_only: bool = True          # neighbours (and what followed them) known at the query's time
-    random: bool = False            # k random windows under the same rules instead: the null
-    seed: int = 0
-    columns: list = None            # when given: must be the index's
-    lookback: int = None            # when given: must be the index's
-    nprobe: int = 0                 # IVF-PQ clusters searched (0: the index's setting)
-    batch: int = 4096               # queries per FAISS call
-    out: str = None                 # results, .h5 or .csv
-    forecast: str = None            # analog forecast as a prediction file
-    plot: str = None                # PNG of the first queries
-    overwrite: bool = False
-    progress: bool = True
-    strict: bool = False            # a query file's bad rows refuse the run (default: listed and left out)
 
 
 def _check(cfg):

@@ -21,7 +21,8 @@ import math
 import numpy as np
 import torch
 
-from analysis.similar.index import index_window
+from analysis.similar.index import FILES, build_index, index_window
+from atomic import check_output_dir
 from data.catalog import open_catalog
 from data.dataloader import LoaderConfig, WindowLoader
 from data.dataset import PreparedData, make_pool
@@ -29,6 +30,7 @@ from data.normalize import Normalizer
 from data.splits import SPLITS, SplitSpec, split_ranges
 from data.windows import block_windows_for, plan_blocks, resolve_columns
 from errors import InputError
+from times import to_ns
 
 STD_FLOOR = 1e-7        # a column whose window std is below this is constant: its z-values are 0 (as stumpy)
 SAMPLE_BLOCK_ROWS = 512  # rows per block when sampling windows to train IVF-PQ: many small, spread-out blocks
@@ -249,3 +251,15 @@ def open_windows(config, *, run=None, checkpoint=None, data=None, columns=None, 
                                              ("stride", stride)) if value is not None}
     data_cfg = dataclasses.replace(config.data, **changes)
     return raw_windows(data_cfg, config.similar, columns, split)
+
+
+def index_command(cfg, config, progress=True):
+    """`similar index` (an IndexConfig over the run's `config`): outputs checked before any window is read,
+    then the windows opened and indexed. Returns build_index's settings."""
+    train_until = None if cfg.train_until is None else to_ns(cfg.train_until, "--train-until")
+    check_output_dir(cfg.out, cfg.overwrite, "index", reads=(cfg.data or []) + ([cfg.run] if cfg.run else []),
+                     owns=FILES)
+    windows = open_windows(config, run=cfg.run, checkpoint=cfg.checkpoint, data=cfg.data, columns=cfg.columns,
+                           lookback=cfg.lookback, stride=cfg.stride, split=cfg.split)
+    return build_index(windows, config.similar, cfg.out, overwrite=cfg.overwrite, seed=config.seed,
+                       train_until=train_until, progress=progress)
