@@ -143,7 +143,7 @@ def test_messages_say_what_the_data_really_is(tmp_path):
 
 
 def test_bf16_on_a_cpu_without_it_is_refused(monkeypatch):
-    import trainers.trainer as trainer_module
+    import trainers.setup as trainer_module  # (device and AMP set-up moved out of trainer.py)
     monkeypatch.setattr(trainer_module, "cpu_has_bf16", lambda: False)
     with pytest.raises(InputError, match="this CPU has no native bf16"):
         trainer_module.amp_setup("bf16", torch.device("cpu"))

@@ -170,7 +170,7 @@ def test_classification_run(tmp_path):
 
 
 def test_thread_count_leaves_busy_cores_alone(monkeypatch):
-    from trainers import trainer as trainer_module
+    from trainers import setup as trainer_module  # (moved out of trainer.py)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(trainer_module, "_TORCH_DEFAULT_THREADS", 2)
     assert trainer_module.thread_count(-1, cores=2, busy_cores=0.9)[0] == 1
@@ -580,3 +580,20 @@ def test_the_evaluator_records_no_gradients(demo_path, tmp_path, monkeypatch):
                                                                         original(self, batch))[1])
     run_module.evaluate(tmp_path / "run", "test")
     assert grad_on and not any(grad_on)
+
+
+def test_learning_rate_schedule_is_a_pure_function_of_the_step():
+    """trainers/schedule.py: the LambdaLR the trainer steps gives, step by step, the pure function's value."""
+    from trainers.schedule import build_scheduler, lr_factor
+    cfg = small_config("unused.h5", "unused", "training.epochs=3", "training.warmup_steps=5",
+                       "training.learning_rate=0.01").training
+    assert [lr_factor(s, "cosine", 10, 3, 3) for s in (0, 1, 2)] == [pytest.approx(1 / 3), pytest.approx(2 / 3), 1.0]
+    assert lr_factor(10**6, "cosine", 10, 3, 0) == pytest.approx(0.05)       # never below 5% of the rate
+    assert [lr_factor(s, "halving", 4, 3, 0) for s in (0, 3, 4, 9)] == [1.0, 1.0, 0.5, 0.25]
+    assert [lr_factor(s, "hold_decay", 1, 9, 0) for s in (0, 3, 4, 5)] == [1.0, 1.0, 0.9, pytest.approx(0.81)]
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.learning_rate)
+    scheduler = build_scheduler(optimizer, cfg, steps_per_epoch=10)
+    for step in range(30):
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(0.01 * lr_factor(step, "cosine", 10, 3, 5))
+        optimizer.step()
+        scheduler.step()

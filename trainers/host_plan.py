@@ -21,12 +21,17 @@ peak PSS per profile and model: docs/memory.md (`benchmarks/host_plan.py`).
 """
 
 import contextlib
+import dataclasses
+import logging
 
 import psutil
 import torch
 
+from data.dataloader import loader_options
 from data.memory_plan import MAIN_PROCESS_MB, MB, PlanLine, loader_plan
 from errors import InputError
+
+log = logging.getLogger("h5series")
 
 STEP_GROWTH = 1.4
 SAVED_TO_PEAK = 1.75        # measured peak / saved bytes: GRU 1.75, TCN 1.63, PatchTST 1.71 (fp32)
@@ -126,3 +131,23 @@ def host_plan(prepared, config, loader_cfg, loader_options, model, activations, 
     size, how = activations
     lines.append(PlanLine("activations", size / MB, "training.batch_size", how))
     return lines
+
+
+def fit_workers(training_cfg, device, plan_mb, budget_mb):
+    """The training section the loaders use: with num_workers=-1 (auto), the auto count lowered until
+    the host plan (`plan_mb(cfg)`, MB) fits memory_budget_mb. Measured on a 16-core GPU machine: auto
+    gave 4 workers, and low_memory (1 GB) refused to start with them (plan 1,441 MB)."""
+    tc = training_cfg
+    if tc.num_workers != -1:
+        return tc
+    auto = loader_options(tc, device)[0]["num_workers"]
+    for workers in range(auto, 0, -1):
+        cfg = dataclasses.replace(tc, num_workers=workers)
+        if plan_mb(cfg) <= budget_mb:
+            break
+    else:
+        cfg = dataclasses.replace(tc, num_workers=0)
+    if cfg.num_workers < auto:
+        log.info("training.num_workers=-1 (auto): %d workers, not %d, to fit memory_budget_mb=%d",
+                 cfg.num_workers, auto, budget_mb)
+    return cfg

@@ -7,15 +7,12 @@ step (to skip a non-finite step) and at log intervals.
 """
 
 import contextlib
-import dataclasses
 import gc
 import logging
 import math
-import os
 import signal
 import time
 
-import psutil
 import torch
 
 from data import quality
@@ -28,70 +25,15 @@ from trainers.checkpoint import Checkpointer
 from trainers.cuda_plan import cuda_plan, format_cuda_plan
 from trainers.distributed import Group
 from trainers.evaluator import Evaluator, global_sum
-from trainers.host_plan import host_plan, probe_activations, process_mb
+from trainers.host_plan import fit_workers, host_plan, probe_activations, process_mb
 from trainers.losses import training_loss
 from trainers.plots import ForecastSample, figure
+from trainers.schedule import build_scheduler
+from trainers.setup import amp_setup, build_optimizer, resolve_device, thread_count  # noqa: F401  (re-exported)
 from trainers.monitor import Monitor
 
 log = logging.getLogger("h5series")
 MB = 1024 * 1024
-_TORCH_DEFAULT_THREADS = torch.get_num_threads()   # before any run of this process changes it
-
-
-def resolve_device(name, group):
-    """The device of this process: under torchrun on CUDA, the GPU of its local rank."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"training.device is {name!r} but CUDA is not available here; use auto or cpu")
-    if device.type == "cuda" and group.enabled:
-        device = torch.device("cuda", group.local_rank)
-    return device
-
-
-def cpu_has_bf16():
-    """Native bf16 math on this CPU (AVX512-BF16 or AMX); without it bf16 is emulated and slower."""
-    try:
-        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
-    except AttributeError:
-        return False
-
-
-def amp_setup(mode, device):
-    """(autocast context, GradScaler, mode): fp16 + GradScaler on CUDA; bf16 on a CPU with native
-    bf16, else full precision (measured: emulated bf16 made TCN/PatchTST steps 2-5x slower)."""
-    if mode == "auto":
-        mode = "fp16" if device.type == "cuda" else "bf16" if cpu_has_bf16() else "off"
-        log.info("training.amp=auto: %s on %s", mode, device.type)
-    if mode == "fp16" and device.type != "cuda":
-        raise InputError("training.amp is fp16, which needs CUDA; use bf16 or auto on CPU")
-    if mode == "bf16" and device.type == "cpu" and not cpu_has_bf16():
-        # Emulated bf16 crashed LSTM inside oneDNN (and made TCN/PatchTST 2-5x slower).
-        raise InputError("training.amp is bf16, but this CPU has no native bf16 (avx512_bf16 / amx); use "
-                         "training.amp=auto or off")
-    if mode == "off":
-        ctx = contextlib.nullcontext()
-    else:
-        ctx = torch.autocast(device_type=device.type, dtype=torch.float16 if mode == "fp16" else torch.bfloat16)
-    scaler = torch.amp.GradScaler(device.type, enabled=mode == "fp16")
-    return ctx, scaler, mode
-
-
-def thread_count(setting, cores=None, busy_cores=None):
-    """(threads to set or 0 to leave PyTorch's choice, reason to log). Auto (-1): the cores that other
-    processes leave free, measured over 0.3 s while this process waits. Measured here (2 cores, GRU):
-    with one core busy elsewhere, 2 threads took 28-32 s where 1 took 13-17 s (the second thread
-    spin-waits for one the OS paused); on an idle machine both took 14-16 s."""
-    if setting >= 0:
-        return setting, ""
-    if os.environ.get("OMP_NUM_THREADS"):
-        return 0, f"auto: OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} from the environment"
-    cores = cores or os.cpu_count() or 1
-    if busy_cores is None:
-        busy_cores = psutil.cpu_percent(interval=0.3) / 100 * cores
-    threads = max(1, min(_TORCH_DEFAULT_THREADS, cores - round(busy_cores)))
-    return threads, f"auto: {threads} thread(s); other processes keep {busy_cores:.1f} of {cores} cores busy"
 
 
 def model_shapes(prepared, model_cfg, vocabulary=()):
@@ -151,8 +93,7 @@ class Trainer:
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
             # Same initial weights on every rank (seeded above), but each rank its own dropout masks.
             torch.manual_seed(config.seed + self.rank)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=tc.learning_rate,
-                                           weight_decay=tc.weight_decay)
+        self.optimizer = build_optimizer(self.model, tc)
         self.autocast, self.scaler, self.amp = amp_setup(tc.amp, self.device)
         self._host_measured = None      # (process MB, activations) of the host plan, measured once
         self.loader_cfg = self._loader_training_config()
@@ -161,7 +102,7 @@ class Trainer:
         self.evaluator = Evaluator(config, prepared, self.model, self.device, self.autocast, self.loader_cfg,
                                    group=self.group, session_codes=self.session_codes)
         self.steps_per_epoch = self._steps_per_epoch()
-        self.scheduler = self._scheduler()
+        self.scheduler = build_scheduler(self.optimizer, tc, self.steps_per_epoch)
         # monitor=False: a trainer built only to evaluate or predict writes no TensorBoard files.
         self.monitor = Monitor(run_dir, config.output.tensorboard and monitor, enabled=self.group.is_main)
         self.checkpoints = Checkpointer(run_dir)
@@ -185,46 +126,10 @@ class Trainer:
         steps = max(1, len(self.train_loader) // tc.gradient_accumulation_steps)
         return min(steps, tc.max_steps_per_epoch) if tc.max_steps_per_epoch else steps
 
-    def _scheduler(self):
-        tc = self.config.training
-        if tc.scheduler == "plateau":
-            return torch.optim.lr_scheduler.ReduceLROnPlateau(self.optimizer, factor=0.5, patience=1)
-        if tc.scheduler == "none":
-            return torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: 1.0)
-        per_epoch = self.steps_per_epoch
-        if tc.scheduler == "halving":
-            return torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: 0.5 ** (step // per_epoch))
-        if tc.scheduler == "hold_decay":
-            return torch.optim.lr_scheduler.LambdaLR(
-                self.optimizer, lambda step: 0.9 ** max(0, step // per_epoch - 3))
-        total = max(1, tc.epochs * self.steps_per_epoch)
-        warmup = min(tc.warmup_steps, total // 10) if tc.warmup_steps else 0
-
-        def cosine_with_warmup(step):
-            if step < warmup:
-                return (step + 1) / warmup
-            progress = min(1.0, (step - warmup) / max(1, total - warmup))
-            return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress))
-        return torch.optim.lr_scheduler.LambdaLR(self.optimizer, cosine_with_warmup)
-
     def _loader_training_config(self):
-        """The training section the loaders use: with num_workers=-1 (auto), the auto count lowered
-        until the memory plan fits memory_budget_mb. Measured on a 16-core GPU machine: auto gave 4
-        workers, and low_memory (1 GB) refused to start with them (plan 1,441 MB)."""
         tc = self.config.training
-        if tc.num_workers != -1:
-            return tc
-        auto = loader_options(tc, self.device)[0]["num_workers"]
-        for workers in range(auto, 0, -1):
-            cfg = dataclasses.replace(tc, num_workers=workers)
-            if sum(line.mb for line in self.memory_plan(cfg)) <= self.config.memory_budget_mb:
-                break
-        else:
-            cfg = dataclasses.replace(tc, num_workers=0)
-        if cfg.num_workers < auto:
-            log.info("training.num_workers=-1 (auto): %d workers, not %d, to fit memory_budget_mb=%d",
-                     cfg.num_workers, auto, self.config.memory_budget_mb)
-        return cfg
+        return fit_workers(tc, self.device, lambda cfg: sum(line.mb for line in self.memory_plan(cfg)),
+                           self.config.memory_budget_mb)
 
     def memory_plan(self, loader_cfg=None):
         """The whole host plan (trainers/host_plan.py); the activation probe runs once."""
