@@ -19,6 +19,8 @@ from profiles import PROFILES  # noqa: F401  (kept importable from here)
 from schema import from_dict, merge, parse_override, read_yaml, to_dict  # noqa: F401  (read_yaml, to_dict: config's API)
 from times import to_ns
 
+DEMO_PATH = "demo_data/demo.h5"  # the built-in demo data: a run on it makes the file when missing (data/demo.py)
+
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 MIB = 1024 * 1024
 
@@ -103,7 +105,7 @@ def _check_choice(section, obj, choices):
 class DataConfig:
     """Where the data is, how windows are cut, split and normalized, and how HDF5 is read."""
 
-    paths: list = dataclasses.field(default_factory=lambda: ["demo_data/demo.h5"])
+    paths: list = dataclasses.field(default_factory=lambda: [DEMO_PATH])
     """HDF5 files, directories or globs; each file holds one or many sessions."""
     feature_columns: list = dataclasses.field(default_factory=list)
     """Model inputs by name; empty = every feature column."""

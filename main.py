@@ -21,12 +21,9 @@ import argparse
 import json
 import logging
 import sys
-from pathlib import Path
-
 from options import add_options, from_args
 
 SELECTED_CONFIG = "quick_demo"   # profile used by a bare `python main.py`; see configs/
-DEMO_PATH = "demo_data/demo.h5"  # where a missing demo dataset is generated
 
 log = logging.getLogger("h5series")
 
@@ -98,6 +95,7 @@ def _convert_flags(p):
 
 
 def _make_demo_flags(p):
+    from config import DEMO_PATH
     p.add_argument("--out", default=DEMO_PATH)
     p.add_argument("--preset", default=None, help="demo (16 x 20,000 x 8) or market-500x3y "
                    "(500 sessions x 181,440 minute bars x 16 features, ~90M rows)")
@@ -227,16 +225,9 @@ def cmd_config(args):
     print(yaml.safe_dump(to_dict(config), sort_keys=False), end="")
 
 
-def ensure_demo(config):
-    """A bare `python main.py` on a fresh clone makes its demo data first."""
-    if config.data.paths == [DEMO_PATH] and not Path(DEMO_PATH).exists():
-        from data.demo import PRESETS, generate
-        log.info("demo data missing: generating %s", DEMO_PATH)
-        generate(DEMO_PATH, **PRESETS["demo"])
-
-
 def cmd_train(args):
     from config import load_config, resume_config
+    from data.demo import ensure_demo
     from errors import InputError
     from trainers import distributed
     from trainers.run import load_run_config, train
@@ -254,7 +245,7 @@ def cmd_train(args):
         log.setLevel(logging.WARNING)                      # rank 0 speaks for the run
     try:
         if group.is_main and not args.resume:
-            ensure_demo(config)
+            ensure_demo(config.data)
         group.barrier()
         source = "from --profile" if args.profile_given else "main.py's SELECTED_CONFIG, no --profile given" + (
             "; for your own data choose --profile default" if args.profile == "quick_demo" else "")
@@ -362,30 +353,10 @@ def cmd_similar(args):
 
 def cmd_prepare(args):
     from config import load_config
+    from data.memory_plan import format_plan
+    from trainers.run import prepare
     config = load_config(args.profile, args.config_file, args.overrides)
-    run_dir = Path(args.run_dir) if args.run_dir else None
-    prepare_run(config, run_dir)
-
-
-def prepare_run(config, run_dir=None):
-    """Catalog, split and normalize; write the resolved config and statistics to the run dir."""
-    from data.dataset import prepare_data
-    from data.memory_plan import check_plan, format_plan
-    from trainers.run import check_run_dir, new_run_dir, save_config
-    from trainers.trainer import Trainer
-    if run_dir:
-        check_run_dir(run_dir)
-    ensure_demo(config)
-    prepared = prepare_data(config.data, seed=config.seed)
-    # The same whole plan `train` prints and checks (model and activations included); nothing is
-    # written by a trainer made only to plan.
-    plan = Trainer(config, prepared, Path("unused"), monitor=False).memory_plan()
-    print(format_plan(plan, config.memory_budget_mb))
-    check_plan(plan, config.memory_budget_mb)
-    run_dir = Path(run_dir) if run_dir else new_run_dir(config)     # created once data and plan check out
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(config, run_dir)
-    prepared.normalizer.save(run_dir / "normalizer.json")
+    prepared, run_dir = prepare(config, args.run_dir, show_plan=lambda plan: print(format_plan(plan, config.memory_budget_mb)))
     catalog = prepared.catalog
     print(f"data: {len(catalog.sessions)} sessions, {catalog.n_rows:,} rows, "
           f"{len(prepared.columns.feature_names)} features -> {len(prepared.columns.target_names)} "
@@ -398,7 +369,6 @@ def prepare_run(config, run_dir=None):
         print(f"normalization: {prepared.normalizer.mode}, from {info['rows_used']:,} of "
               f"{info['train_rows']:,} train rows ({'exact' if info['exact'] else 'sampled'})")
     print(f"run directory: {run_dir} (config.yaml, normalizer.json)")
-    return prepared, run_dir
 
 
 def _one_line(exc):

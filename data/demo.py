@@ -8,6 +8,9 @@ next bar's log return (a label at its own row: docs/data_format.md).
 Sessions are generated and written in pieces, so the 90M-row preset streams.
 """
 
+import logging
+from pathlib import Path
+
 import h5py
 import numpy as np
 from scipy.signal import lfilter
@@ -17,6 +20,8 @@ from atomic import SpaceGuard, atomic_path
 from data.catalog import write_index
 from data.layout import ATTR_TARGET_LEAD, COMPRESSIONS, LIBVER, SessionWriter
 from errors import InputError
+
+log = logging.getLogger("h5series")
 
 PRESETS = {
     # 3 years x 252 days x 240 minutes per day ~ 181k rows; x 500 stocks ~ 90M rows (~6 GB float32 at 16 features)
@@ -93,3 +98,13 @@ def generate(out, *, sessions=16, rows=20_000, features=8, seed=0, compression="
                 writer.close()
         write_index(tmp)
     return {"out": str(out), "sessions": sessions, "rows": rows, "features": names}
+
+
+def ensure_demo(data_cfg):
+    """A run on the built-in demo data (config.DEMO_PATH) on a fresh clone makes the file first; True when made."""
+    from config import DEMO_PATH
+    if list(data_cfg.paths) != [DEMO_PATH] or Path(DEMO_PATH).exists():
+        return False
+    log.info("demo data missing: generating %s", DEMO_PATH)
+    generate(DEMO_PATH, **PRESETS["demo"])
+    return True

@@ -9,19 +9,19 @@ holds only tensors and plain containers, never pickled code.
 import errno
 import shutil
 import zipfile
-from pathlib import Path
 
 import torch
 
 from atomic import atomic_path
 from errors import InputError
+from trainers.rundir import RunDir
 
 NAMES = ("last", "best")
 
 
 class Checkpointer:
     def __init__(self, run_dir):
-        self.dir = Path(run_dir) / "checkpoints"
+        self.dir = RunDir(run_dir).checkpoints
 
     def path(self, name):
         return self.dir / f"{name}.pt"

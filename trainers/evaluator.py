@@ -1,6 +1,6 @@
 """Scoring a model on a split: loss and streaming metrics in original units, over every window (or a
-fixed seeded subset), across ranks. The Trainer validates with it; `evaluate` of a saved run uses it
-alone: no optimizer, no training loader, no memory probe."""
+fixed seeded subset), across ranks, through the run's Forecaster (trainers/forecaster.py). The Trainer
+validates with it; `evaluate` of a saved run uses it alone: no optimizer, no training loader, no memory probe."""
 
 import dataclasses
 import logging
@@ -14,7 +14,8 @@ from errors import InputError
 from trainers.distributed import Group
 from trainers.losses import training_loss
 from trainers.metrics import ClassificationMetrics, RegressionMetrics
-from trainers.quantiles import QuantileMetrics, denormalize_quantiles, point_forecast
+from trainers.forecaster import Forecaster
+from trainers.quantiles import QuantileMetrics, denormalize_quantiles
 
 log = logging.getLogger("h5series")
 
@@ -25,9 +26,9 @@ class Evaluator:
 
     def __init__(self, config, prepared, model, device, autocast, loader_cfg, *, group=None, session_codes=None):
         self.config, self.prepared, self.model, self.device = config, prepared, model, device
-        self.autocast, self.loader_cfg = autocast, loader_cfg
+        self.loader_cfg = loader_cfg
         self.group = group or Group()
-        self.session_codes = session_codes
+        self.forecaster = Forecaster(model, config, prepared.normalizer, device, autocast, session_codes)
         self.task = config.model.task
         self.loss_fn = training_loss(config)              # None for classify (cross-entropy)
         self.quantiles = list(config.model.quantiles)     # [] for point forecasts
@@ -64,16 +65,14 @@ class Evaluator:
         for batch in loader:
             bar.update(len(batch.x))
             x, y = batch.x.to(self.device), batch.y.to(self.device)
-            with self.autocast:
-                out = model(x, **self.model_inputs(batch))
-            out = out.float()
+            out = self.forecaster.apply(x, self.model_inputs(batch), model)
             if self.task == "classify":
                 loss_sum += torch.nn.functional.cross_entropy(out, y.reshape(-1).long(), reduction="sum").double()
                 metrics[""].update(out, y)
             else:
                 loss_sum += self.loss_fn(out, y, reduction="sum").double() / y[0].numel()
                 ids = batch.session.to(self.device)
-                point = point_forecast(out, self.quantiles)            # (B, H, K)
+                point = self.forecaster.point(out)                     # (B, H, K)
                 y_units = norm.denormalize_targets(y, ids)
                 point_units = norm.denormalize_targets(point, ids)
                 metrics[""].update(point_units, y_units)
@@ -102,12 +101,7 @@ class Evaluator:
     def model_inputs(self, batch):
         """What the model takes besides x: the sessions' embedding codes (with a session embedding) and
         the known-future values (with data.known_future_columns)."""
-        inputs = {}
-        if self.session_codes is not None:
-            inputs["session"] = self.session_codes[batch.session.to(self.device, non_blocking=True)]
-        if batch.future is not None:
-            inputs["future"] = batch.future.to(self.device, non_blocking=True)
-        return inputs
+        return self.forecaster.inputs(batch.session, batch.future)
 
     def _subset(self, split, max_windows):
         """The block table (session, first row, windows) of a seeded subset of `split`'s blocks holding

@@ -151,3 +151,34 @@ def fit_workers(training_cfg, device, plan_mb, budget_mb):
         log.info("training.num_workers=-1 (auto): %d workers, not %d, to fit memory_budget_mb=%d",
                  cfg.num_workers, auto, budget_mb)
     return cfg
+
+
+class HostPlanner:
+    """The whole host plan of training `model` on `prepared` (host_plan), its measurements taken once:
+    the process's PSS before the probe's step (whose memory stays mapped) and the activations of one
+    forward/backward; on a GPU the activations live on the device (the CUDA plan, trainers/cuda_plan.py).
+    Used by the Trainer and by `prepare`, which builds no optimizer and no training loader."""
+
+    def __init__(self, config, prepared, model, device, autocast, shapes):
+        self.config, self.prepared, self.model, self.device = config, prepared, model, device
+        self.autocast, self.shapes = autocast, shapes
+        self._measured = None
+
+    def plan(self, loader_cfg):
+        options, _ = loader_options(loader_cfg, self.device)
+        if self._measured is None:
+            process = process_mb()
+            if self.device.type == "cuda":
+                activations = (0, "on the GPU: see the CUDA plan")
+            else:
+                size, how = probe_activations(self.model, self.autocast, self.config.model.task, self.shapes,
+                                              loader_cfg.batch_size)
+                activations = (size, f"{how}: one forward/backward at batch {loader_cfg.batch_size}")
+            self._measured = process, activations
+        process, activations = self._measured
+        return host_plan(self.prepared, self.config, loader_cfg, options, self.model, activations, process=process)
+
+    def loader_config(self):
+        """The training section the loaders use (fit_workers: auto workers lowered to fit the budget)."""
+        return fit_workers(self.config.training, self.device, lambda cfg: sum(line.mb for line in self.plan(cfg)),
+                           self.config.memory_budget_mb)

@@ -13,6 +13,7 @@ from tqdm import tqdm
 import progress
 
 from trainers.memory import cuda_memory_mb, tree_pss_mb
+from trainers.rundir import RunDir
 
 log = logging.getLogger("h5series")
 PSS_EVERY_S = 10.0
@@ -27,7 +28,7 @@ class Monitor:
         self._pss_mb, self._pss_at = 0.0, None
         if enabled and tensorboard:
             from torch.utils.tensorboard import SummaryWriter
-            self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+            self.writer = SummaryWriter(log_dir=str(RunDir(run_dir).tensorboard))
 
     def memory(self, device=None):
         """PSS of the process tree (main + workers) and CUDA memory, in MiB. PSS is read at most every

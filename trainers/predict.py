@@ -29,9 +29,9 @@ from data.dataset import prepare_new_data
 from data.predictions import NAT, PredictionWriter, write_predictions_csv
 from errors import InputError
 from trainers.plots import panels_from_file, save_png
-from trainers.quantiles import denormalize_quantiles, point_forecast
-from trainers.run import load_run
-from trainers.trainer import amp_setup
+
+from trainers.forecaster import load_run
+from trainers.rundir import RunDir
 
 
 @torch.no_grad()
@@ -50,8 +50,7 @@ def predict(run_dir, out, split=None, *, data=None, latest=False, fit_new_sessio
     if plot < 0:
         raise InputError(f"--plot {plot}: give the number of sessions to draw (1 or more)")
     # What the run directory holds that predict reads (its own predictions files are outputs to replace)
-    reads = [Path(run_dir) / name for name in ("config.yaml", "normalizer.json")] + \
-        sorted((Path(run_dir) / "checkpoints").glob("*")) + list(data or [])
+    reads = RunDir(run_dir).inputs() + list(data or [])
     # before the work (issue 10, case 14)
     check_output(out, overwrite, reads=reads, suffixes=HDF5_SUFFIXES + (".csv",))
     as_csv = Path(out).suffix.lower() == ".csv"
@@ -73,7 +72,7 @@ def predict(run_dir, out, split=None, *, data=None, latest=False, fit_new_sessio
     if data is not None:
         prepared = prepare_new_data(config.data, data, prepared.normalizer, fit_new_sessions=fit_new_sessions,
                                     progress=False)
-    scorer = _Scorer(run, prepared)
+    scorer = run.forecaster(prepared)
     sessions = prepared.catalog.sessions
     # Windows are read in order, session after session: a session is not read again once passed, so
     # the open sessions (each with its chunk caches) need not outnumber one round's. With the
@@ -131,45 +130,6 @@ def predict(run_dir, out, split=None, *, data=None, latest=False, fit_new_sessio
     finally:
         if as_csv:
             h5_out.unlink(missing_ok=True)          # the prediction file the CSV was made from
-
-
-class _Scorer:
-    """The run's model on its device, applied to normalized windows; outputs in original units."""
-
-    def __init__(self, run, prepared):
-        self.model = run.model
-        # Sessions matched to the run's embedding rows by name; a new one gets the 'unknown' row.
-        self.codes = run.session_codes(prepared.catalog) if run.config.model.session_embedding else None
-        self.device = next(run.model.parameters()).device
-        self.autocast, _, _ = amp_setup(run.config.training.amp, self.device)
-        self.classify = run.config.model.task == "classify"
-        self.quantiles = list(run.config.model.quantiles)
-        self.norm = prepared.normalizer
-
-    def score(self, ids, x, y, future=None):
-        """{"session", "prediction", "truth"[, "class_probability"]} of one batch as numpy arrays;
-        x (B, L, F) normalized, y (B, H, K) normalized (or None: filled in by the caller)."""
-        ids_t = torch.as_tensor(ids, device=self.device)
-        inputs = {} if self.codes is None else {"session": self.codes[ids_t]}
-        if future is not None:
-            inputs["future"] = future.to(self.device)
-        with self.autocast:
-            out = self.model(x.to(self.device), **inputs).float()
-        columns = {"session": np.asarray(ids, np.int32)}
-        if self.classify:
-            probability = torch.softmax(out, dim=-1)                         # (B, C)
-            columns["class_probability"] = probability.cpu().numpy()
-            columns["prediction"] = probability.argmax(-1).float().reshape(-1, 1, 1).cpu().numpy()
-            truth = None if y is None else y.reshape(-1, 1, 1).float()
-        else:
-            point = point_forecast(out, self.quantiles)
-            columns["prediction"] = self.norm.denormalize_targets(point, ids_t).cpu().numpy()   # (B, H, K)
-            if self.quantiles:
-                columns["quantiles"] = denormalize_quantiles(out, self.quantiles, self.norm, ids_t).cpu().numpy()
-            truth = None if y is None else self.norm.denormalize_targets(y.to(self.device).float(), ids_t)
-        if truth is not None:
-            columns["truth"] = truth.cpu().numpy().astype(np.float32)
-        return columns
 
 
 def _split_batches(prepared, split, training_cfg, device):

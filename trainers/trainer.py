@@ -16,16 +16,17 @@ import time
 import torch
 
 from data import quality
-from data.dataloader import build_loader, loader_options
+from data.dataloader import build_loader
 from data.dataset import fingerprint_changes
 from data.memory_plan import check_plan, format_plan
 from errors import InputError
-from models import Shapes, build_model
+from models import build_model
 from trainers.checkpoint import Checkpointer
 from trainers.cuda_plan import cuda_plan, format_cuda_plan
 from trainers.distributed import Group
 from trainers.evaluator import Evaluator, global_sum
-from trainers.host_plan import fit_workers, host_plan, probe_activations, process_mb
+from trainers.forecaster import model_shapes, session_codes
+from trainers.host_plan import HostPlanner, probe_activations  # noqa: F401  (tests patch probe_activations here)
 from trainers.losses import training_loss
 from trainers.plots import ForecastSample, figure
 from trainers.schedule import build_scheduler
@@ -34,27 +35,6 @@ from trainers.monitor import Monitor
 
 log = logging.getLogger("h5series")
 MB = 1024 * 1024
-
-
-def model_shapes(prepared, model_cfg, vocabulary=()):
-    """What the model is built for (quantile forecasts: Q values per target and step; `vocabulary`:
-    the names of the sessions the run trains on, for a session embedding)."""
-    cols = prepared.columns
-    same = cols.target_source == "features"
-    target_channels = tuple(list(cols.feature_index).index(c) for c in cols.target_index) \
-        if same and set(cols.target_index) <= set(cols.feature_index) else None
-    n_targets = model_cfg.n_classes if model_cfg.task == "classify" else len(cols.target_index)
-    return Shapes(prepared.window.lookback, prepared.window.horizon, len(cols.feature_index), n_targets,
-                  target_channels, task=model_cfg.task, n_quantiles=max(1, len(model_cfg.quantiles)),
-                  n_sessions=len(vocabulary), session_embedding=model_cfg.session_embedding,
-                  n_future=len(cols.future_names))
-
-
-def session_codes(vocabulary, catalog, device="cpu"):
-    """(S,) the embedding code of each catalog session, matched by name: 1 + its place in the run's
-    vocabulary, 0 for a session the run did not train on."""
-    place = {name: i + 1 for i, name in enumerate(vocabulary)}
-    return torch.as_tensor([place.get(s.name, 0) for s in catalog.sessions], dtype=torch.long, device=device)
 
 
 class Trainer:
@@ -95,8 +75,8 @@ class Trainer:
             torch.manual_seed(config.seed + self.rank)
         self.optimizer = build_optimizer(self.model, tc)
         self.autocast, self.scaler, self.amp = amp_setup(tc.amp, self.device)
-        self._host_measured = None      # (process MB, activations) of the host plan, measured once
-        self.loader_cfg = self._loader_training_config()
+        self.planner = HostPlanner(config, prepared, self.model, self.device, self.autocast, self.shapes)
+        self.loader_cfg = self.planner.loader_config()
         self.train_loader = build_loader(prepared, "train", self.loader_cfg, seed=config.seed, rank=self.rank,
                                          world_size=self.world_size, device=self.device, return_ids=True)
         self.evaluator = Evaluator(config, prepared, self.model, self.device, self.autocast, self.loader_cfg,
@@ -126,27 +106,9 @@ class Trainer:
         steps = max(1, len(self.train_loader) // tc.gradient_accumulation_steps)
         return min(steps, tc.max_steps_per_epoch) if tc.max_steps_per_epoch else steps
 
-    def _loader_training_config(self):
-        tc = self.config.training
-        return fit_workers(tc, self.device, lambda cfg: sum(line.mb for line in self.memory_plan(cfg)),
-                           self.config.memory_budget_mb)
-
     def memory_plan(self, loader_cfg=None):
         """The whole host plan (trainers/host_plan.py); the activation probe runs once."""
-        loader_cfg = loader_cfg or self.loader_cfg
-        options, _ = loader_options(loader_cfg, self.device)
-        if self._host_measured is None:
-            # Measured once: the process's PSS before the probe's step (whose memory stays mapped), and
-            # the activations; on a GPU they live on the device (the CUDA plan, trainers/cuda_plan.py).
-            process = process_mb()
-            if self.device.type == "cuda":
-                activations = (0, "on the GPU: see the CUDA plan")
-            else:
-                size, how = probe_activations(self.model, self.autocast, self.task, self.shapes, loader_cfg.batch_size)
-                activations = (size, f"{how}: one forward/backward at batch {loader_cfg.batch_size}")
-            self._host_measured = process, activations
-        process, activations = self._host_measured
-        return host_plan(self.prepared, self.config, loader_cfg, options, self.model, activations, process=process)
+        return self.planner.plan(loader_cfg or self.loader_cfg)
 
     # --- the run ----------------------------------------------------------------------
     def preflight(self):

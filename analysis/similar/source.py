@@ -71,23 +71,21 @@ class RawVectors:
 
 
 class ModelVectors:
-    """x (B, L, F) normalized as the run trains -> model.embed(x) (B, D) float32."""
+    """x (B, L, F) normalized as the run trains -> model.embed(x) (B, D) float32, through the run's
+    Forecaster (trainers/forecaster.py)."""
 
     kind = "model"
 
-    def __init__(self, model, name, lookback, n_features):
-        if not callable(getattr(model, "embed", None)):
+    def __init__(self, forecaster, name, lookback, n_features):
+        if not callable(getattr(forecaster.model, "embed", None)):
             raise InputError(f"--run: model {name!r} has no embed(x) (its last hidden representation); "
                              "similar --run works with gru, lstm, tcn and patchtst runs, or index raw windows "
                              "(leave out --run)")
-        self.model = model
-        self.device = next(model.parameters()).device
-        with torch.no_grad():
-            self.dim = int(model.embed(torch.zeros(2, lookback, n_features, device=self.device)).shape[-1])
+        self.forecaster = forecaster
+        self.dim = int(forecaster.embed(torch.zeros(2, lookback, n_features)).shape[-1])
 
-    @torch.no_grad()
     def __call__(self, x, session=None):
-        return self.model.embed(x.to(self.device)).float().cpu().numpy()
+        return self.forecaster.embed(x)
 
 
 @dataclasses.dataclass
@@ -199,7 +197,7 @@ def run_windows(run_dir, similar_cfg, data=None, columns=None, lookback=None, st
     """The windows of a trained run's data (or of other files, `data`, read with the run's columns and
     statistics), as its model sees them; vectors are the model's embeddings."""
     from data.dataset import prepare_new_data
-    from trainers.run import load_run
+    from trainers.forecaster import load_run
     run = load_run(run_dir, checkpoint)
     config, prepared = run.config, run.prepared
     if data:
@@ -217,7 +215,7 @@ def run_windows(run_dir, similar_cfg, data=None, columns=None, lookback=None, st
     if config.data.known_future_columns:
         raise InputError(f"run {run_dir} uses known-future columns; its embedding needs values beyond the "
                          "window: index raw windows instead (leave out --run)")
-    vectors = ModelVectors(run.model, config.model.name, config.data.lookback, len(own))
+    vectors = ModelVectors(run.forecaster(prepared), config.model.name, config.data.lookback, len(own))
     window = index_window(config.data.lookback, stride)
     policy = "ffill" if prepared.nan_policy == "ffill" else "drop"
     view = dataclasses.replace(prepared, window=window, nan_policy=policy, blocks={})
