@@ -66,6 +66,24 @@ def test_prepare_writes_run_dir(tmp_path, capsys):
     assert "train" in stdout and "windows" in stdout
 
 
+def test_prepare_builds_no_trainer_or_optimizer(tmp_path, capsys, monkeypatch):
+    """`prepare` printed its plan through a whole Trainer (optimizer, training loader); now the model and
+    the plan alone. The plan it prints is still the one train checks (tests/test_host_plan.py)."""
+    import torch
+    import trainers.trainer as trainer_module
+    data = tmp_path / "demo.h5"
+    generate(data, sessions=2, rows=800, features=4, progress=False)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("prepare built training machinery")
+    monkeypatch.setattr(torch.optim, "AdamW", refuse)
+    monkeypatch.setattr(trainer_module, "Trainer", refuse)
+    code, stdout, err = run(["prepare", "--run-dir", tmp_path / "run", f"data.paths=[{data}]", "data.lookback=16"],
+                            capsys)
+    assert code == 0, err
+    assert "model + AdamW state + gradients" in stdout and (tmp_path / "run" / "config.yaml").exists()
+
+
 def test_convert_cli(tmp_path, capsys):
     pd.DataFrame({"t": [1, 2, 3], "x": [1.0, 2.0, 3.0]}).to_csv(tmp_path / "a.csv", index=False)
     code, stdout, _ = run(["convert", tmp_path / "a.csv", "--out", tmp_path / "a.h5", "--time-column", "t"], capsys)

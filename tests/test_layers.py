@@ -70,3 +70,23 @@ def test_import_linter_contract_fails_on_an_upward_import(tmp_path):
     result = _lint_imports(tmp_path)
     assert result.returncode != 0
     assert "data.windows -> trainers.metrics" in result.stdout, result.stdout
+
+
+def test_a_run_directory_has_one_owner():
+    """Only trainers/rundir.py names the files of a run directory in code (strings in messages and
+    docstrings aside): every other module asks a RunDir."""
+    names = {"config.yaml", "normalizer.json", "checkpoints", "tensorboard"}
+    found = []
+    for path in sorted(ROOT.rglob("*.py")):
+        relative = path.relative_to(ROOT)
+        if relative.parts[0] not in ("trainers", "main.py", "h5series.py") or relative.name == "rundir.py":
+            continue
+        tree = ast.parse(path.read_text(), str(path))
+        docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                      if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef)) and node.body
+                      and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings \
+                    and (node.value in names or node.value.startswith("metrics_")):
+                found.append(f"{relative}:{node.lineno} {node.value!r}")
+    assert not found, found
