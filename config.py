@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Optional
 
-from models.configs import DLinearConfig, PatchTSTConfig, RecurrentConfig, TCNConfig
+from models.configs import SECTIONS
 from errors import InputError
 from profiles import PROFILES  # noqa: F401  (kept importable from here)
 from schema import from_dict, merge, parse_override, read_yaml, to_dict  # noqa: F401  (read_yaml, to_dict: config's API)
@@ -171,7 +171,7 @@ class DataConfig:
 
 
 @dataclasses.dataclass
-class ModelConfig:
+class _ModelSettings:
     """Which network, for which task; each built-in model's hyperparameters in its own section."""
 
     name: str = "dlinear"
@@ -187,18 +187,6 @@ class ModelConfig:
     session_embedding: int = 0
     """A learned vector of this size per session (the ticker's identity; gru, lstm, tcn, dlinear); sessions
     the run did not train on share one 'unknown' vector. 0 = none."""
-    dlinear: DLinearConfig = dataclasses.field(default_factory=DLinearConfig)
-    """DLinear's settings (used when model.name is dlinear)."""
-    lstm: RecurrentConfig = dataclasses.field(default_factory=RecurrentConfig)
-    """LSTM's settings."""
-    gru: RecurrentConfig = dataclasses.field(default_factory=RecurrentConfig)
-    """GRU's settings."""
-    tcn: TCNConfig = dataclasses.field(default_factory=TCNConfig)
-    """TCN's settings."""
-    patchtst: PatchTSTConfig = dataclasses.field(default_factory=PatchTSTConfig)
-    """PatchTST's settings."""
-    custom: dict = dataclasses.field(default_factory=dict)
-    """Settings of a model given as package.module:ClassName, checked against its `Config` dataclass."""
 
     # Keys of the one flat section before each model had its own (issue 11): where they went.
     MOVED = {"hidden_size": ("dlinear", "lstm", "gru", "tcn"), "num_layers": ("lstm", "gru", "tcn", "patchtst"),
@@ -224,6 +212,18 @@ class ModelConfig:
         if any(b <= a for a, b in zip(q, q[1:])):
             raise InputError(f"model.quantiles is {q}; list them increasing, each once, e.g. {sorted(set(q))}")
         self.quantiles = [float(v) for v in q]
+
+
+# ModelConfig: the settings above, then one section per built-in model (model.<name>, derived from the sections
+# models/configs.py declares: a model's settings are written once, there), then `custom`: the settings of a
+# model given as package.module:ClassName, checked against its `Config` dataclass.
+ModelConfig = dataclasses.make_dataclass(
+    "ModelConfig",
+    [(name, cls, dataclasses.field(default_factory=cls)) for name, cls in SECTIONS.items()]
+    + [("custom", dict, dataclasses.field(default_factory=dict))],
+    bases=(_ModelSettings,))
+ModelConfig.__module__ = __name__             # (pickled by name into loader workers: config.ModelConfig)
+ModelConfig.__doc__ = _ModelSettings.__doc__
 
 
 def _moved_name(key):

@@ -7,16 +7,22 @@ Every model maps x (B, L, F) to
 """
 
 import dataclasses
+import importlib
+import pkgutil
 
 import torch
 
+import models
 from errors import InputError
-# The built-in models register themselves on import.
-from models import baselines, dlinear, patchtst, recurrent, tcn  # noqa: F401
 from models.configs import SECTIONS
 from models.registry import is_import_path, model_class, registered  # noqa: F401
 
 TASKS = ("forecast", "classify")
+
+# The built-in models register themselves on import: every module of the package (a new model is its own file).
+for _module in pkgutil.iter_modules(models.__path__):
+    if _module.name != "build":
+        importlib.import_module(f"models.{_module.name}")
 
 
 @dataclasses.dataclass(frozen=True)

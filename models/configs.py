@@ -1,10 +1,27 @@
 """Each built-in model's own hyperparameters: one dataclass per model, its section of the config
-(`model.gru.hidden_size`, `model.patchtst.d_model`). Kept free of torch so reading a config stays
-light; the models (models/*.py) register themselves with these (models/registry.py)."""
+(`model.gru.hidden_size`, `model.patchtst.d_model`). `@section(name)` is the one list of sections:
+config.py derives ModelConfig's fields from SECTIONS, and @register (models/registry.py) gives the model of
+that name this class. Kept free of torch (.importlinter holds it so) so that reading a config, which every
+command does, never imports torch (~2.7 s and ~180 MB here): this module belongs to the config layer.
+"""
 
 import dataclasses
 
 from errors import InputError
+
+SECTIONS = {}     # model.name -> its hyperparameters' dataclass, in the order config.yaml lists them
+
+
+def section(*names):
+    """Class decorator: the config section model.<name> of each of `names` is this dataclass."""
+    def add(cls):
+        for name in names:
+            if name in SECTIONS:
+                raise ValueError(f"config section model.{name} is declared twice ({SECTIONS[name].__name__}, "
+                                 f"{cls.__name__})")
+            SECTIONS[name] = cls
+        return cls
+    return add
 
 
 def _at_least_one(section, obj, names):
@@ -18,6 +35,7 @@ def _dropout(section, value):
         raise InputError(f"model.{section}.dropout must be within [0, 1), got {value}")
 
 
+@section("dlinear")
 @dataclasses.dataclass
 class DLinearConfig:
     """DLinear: a linear map over time of the trend and of the remainder."""
@@ -33,6 +51,7 @@ class DLinearConfig:
         _at_least_one("dlinear", self, ("kernel_size", "hidden_size"))
 
 
+@section("lstm", "gru")
 @dataclasses.dataclass
 class RecurrentConfig:
     """LSTM / GRU: stacked recurrent layers; the last hidden state feeds the head."""
@@ -49,6 +68,7 @@ class RecurrentConfig:
         _dropout("gru/lstm", self.dropout)
 
 
+@section("tcn")
 @dataclasses.dataclass
 class TCNConfig:
     """TCN: causal dilated convolutions with residual connections."""
@@ -67,6 +87,7 @@ class TCNConfig:
         _dropout("tcn", self.dropout)
 
 
+@section("patchtst")
 @dataclasses.dataclass
 class PatchTSTConfig:
     """PatchTST: a transformer over patches of each channel."""
@@ -99,7 +120,3 @@ class PatchTSTConfig:
             raise InputError(f"model.patchtst.n_heads ({self.n_heads}) must divide model.patchtst.d_model "
                              f"({self.d_model})")
 
-
-# The config section of each built-in model, by model.name (repeat_last has no hyperparameters).
-SECTIONS = {"dlinear": DLinearConfig, "lstm": RecurrentConfig, "gru": RecurrentConfig, "tcn": TCNConfig,
-            "patchtst": PatchTSTConfig}

@@ -7,7 +7,6 @@ over time per part (shared across channels, or one per channel) forecasts each.
 import torch
 from torch import nn
 
-from models.configs import DLinearConfig
 from models.heads import ChannelMap, SessionEmbedding, VectorHead
 from models.registry import register
 
@@ -27,7 +26,7 @@ class MovingAverage(nn.Module):
         return self.pool(padded.transpose(1, 2)).transpose(1, 2)   # (B, L, F)
 
 
-@register("dlinear", DLinearConfig)
+@register("dlinear")
 class DLinear(nn.Module):
     def __init__(self, cfg, shapes):
         super().__init__()

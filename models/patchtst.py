@@ -12,7 +12,6 @@ import torch
 from torch import nn
 
 from errors import InputError
-from models.configs import PatchTSTConfig
 from models.heads import ChannelMap, RevIN, VectorHead
 from models.registry import register
 
@@ -65,7 +64,7 @@ class EncoderLayer(nn.Module):
         return z, scores
 
 
-@register("patchtst", PatchTSTConfig)
+@register("patchtst")
 class PatchTST(nn.Module):
     def __init__(self, cfg, shapes):
         super().__init__()

@@ -12,7 +12,6 @@ import re
 
 from torch import nn
 
-from models.configs import RecurrentConfig
 from models.heads import VectorHead
 from models.registry import register
 
@@ -45,12 +44,12 @@ class RecurrentNet(nn.Module):
         return self.head(self.embed(x), session, future)   # (B, H, K) or (B, C)
 
 
-@register("lstm", RecurrentConfig)
+@register("lstm")
 class LSTMNet(RecurrentNet):
     cell = nn.LSTM
 
 
-@register("gru", RecurrentConfig)
+@register("gru")
 class GRUNet(RecurrentNet):
     cell = nn.GRU
 

@@ -18,8 +18,14 @@ _REGISTRY = {}
 
 
 def register(name, config=None):
-    """Class decorator: `model.name: <name>` builds this class; `config` is its hyperparameters'
-    dataclass (its section of the config)."""
+    """Class decorator: `model.name: <name>` builds this class; its hyperparameters are the dataclass of
+    its config section model.<name> (models/configs.py, found by name; `config`, when given, must be it)."""
+    from models.configs import SECTIONS
+    config = config or SECTIONS.get(name)
+    if name in SECTIONS and config is not SECTIONS[name]:
+        raise ValueError(f"model {name!r}: config section model.{name} is {SECTIONS[name].__name__}, "
+                         f"not {config.__name__}")
+
     def add(cls):
         if name in _REGISTRY and _REGISTRY[name] is not cls:
             raise ValueError(f"model name {name!r} is registered twice ({_REGISTRY[name].__name__}, {cls.__name__})")

@@ -4,7 +4,6 @@ with residual connections; the last time step feeds the head."""
 import torch.nn.functional as F
 from torch import nn
 
-from models.configs import TCNConfig
 from models.heads import VectorHead
 from models.registry import register
 
@@ -24,7 +23,7 @@ class CausalBlock(nn.Module):
         return F.relu(h + self.skip(x))             # (B, C, L)
 
 
-@register("tcn", TCNConfig)
+@register("tcn")
 class TCN(nn.Module):
     def __init__(self, cfg, shapes):
         super().__init__()

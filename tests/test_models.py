@@ -118,3 +118,19 @@ def test_quantile_outputs_are_per_target_and_level(name, target_channels):
         changed[:, :, 0] += 3.0                          # a channel that is not a target
         model.eval()
         torch.testing.assert_close(model(x), model(changed))
+
+
+def test_a_models_settings_are_declared_once():
+    """A built-in model's hyperparameters are one dataclass in models/configs.py (@section): ModelConfig's
+    section fields and the class @register gives the model are derived from it, and every module of models/ is
+    imported without a list to keep (models/build.py)."""
+    import dataclasses
+    from models import model_class, registered
+    from models.configs import SECTIONS
+    fields = {f.name: f for f in dataclasses.fields(ModelConfig)}
+    for name, cls in SECTIONS.items():
+        assert fields[name].type is cls and isinstance(getattr(ModelConfig(), name), cls)
+        assert model_class(name).Config is cls
+    assert set(registered()) == set(SECTIONS) | {"repeat_last"}
+    assert [f for f in fields if f not in SECTIONS] == ["name", "task", "n_classes", "quantiles", "session_embedding",
+                                                          "custom"]
