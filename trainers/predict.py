@@ -41,37 +41,13 @@ def predict(run_dir, out, split=None, *, data=None, latest=False, fit_new_sessio
     prediction HDF5 file, or with a .csv name a CSV of read_predictions' long table); with `plot` N, also
     a PNG beside it (out with .png) of N sessions' forecasts vs truth. `strict`: --latest refuses a
     session shorter than the lookback instead of skipping it. Returns {"out", "windows", "sessions"[, "plot"]}."""
-    if latest and split is not None:
-        raise InputError("--latest predicts from each session's last rows; it cannot be combined with --split")
-    if data is not None and split is not None:
-        raise InputError("--data scores every window of the given files; it cannot be combined with --split")
-    if fit_new_sessions is not None and data is None:
-        raise InputError("--fit-new-sessions fits statistics of sessions in --data files; give --data")
-    if plot < 0:
-        raise InputError(f"--plot {plot}: give the number of sessions to draw (1 or more)")
-    # What the run directory holds that predict reads (its own predictions files are outputs to replace)
-    reads = RunDir(run_dir).inputs() + list(data or [])
-    # before the work (issue 10, case 14)
-    check_output(out, overwrite, reads=reads, suffixes=HDF5_SUFFIXES + (".csv",))
+    picture = _check_arguments(run_dir, out, split, data, latest, fit_new_sessions, overwrite, plot)
     as_csv = Path(out).suffix.lower() == ".csv"
     # A CSV is made from the prediction file, written first beside it as a temporary (removed after).
     h5_out = Path(out).with_name(f".{Path(out).name}.tmp-{writer_tag()}-h5") if as_csv else Path(out)
-    picture = Path(out).with_suffix(".png") if plot else None
-    if picture is not None:
-        check_output(picture, overwrite, reads=reads)
     split = split or "test"
-    run = load_run(run_dir, checkpoint)
-    config, prepared = run.config, run.prepared
-    if run.data_changed and data is None:
-        print(f"warning: {run_dir}: the data changed since checkpoint {run.checkpoint} was trained "
-              f"({'; '.join(run.data_changed)}); predicting the data as it is now (the file says so: data_changed)",
-              file=sys.stderr)
-    for path in (out, picture):
-        if path is not None:
-            check_not_input(path, prepared.catalog.paths)         # the run's own data
-    if data is not None:
-        prepared = prepare_new_data(config.data, data, prepared.normalizer, fit_new_sessions=fit_new_sessions,
-                                    progress=False)
+    run, prepared = _load(run_dir, checkpoint, data, fit_new_sessions, (out, picture))
+    config = run.config
     scorer = run.forecaster(prepared)
     sessions = prepared.catalog.sessions
     # Windows are read in order, session after session: a session is not read again once passed, so
@@ -130,6 +106,43 @@ def predict(run_dir, out, split=None, *, data=None, latest=False, fit_new_sessio
     finally:
         if as_csv:
             h5_out.unlink(missing_ok=True)          # the prediction file the CSV was made from
+
+
+def _load(run_dir, checkpoint, data, fit_new_sessions, outputs):
+    """(the run, the data to predict): its own, or the --data files read with its columns and statistics."""
+    run = load_run(run_dir, checkpoint)
+    config, prepared = run.config, run.prepared
+    if run.data_changed and data is None:
+        print(f"warning: {run_dir}: the data changed since checkpoint {run.checkpoint} was trained "
+              f"({'; '.join(run.data_changed)}); predicting the data as it is now (the file says so: data_changed)",
+              file=sys.stderr)
+    for path in outputs:
+        if path is not None:
+            check_not_input(path, prepared.catalog.paths)         # the run's own data
+    if data is not None:
+        prepared = prepare_new_data(config.data, data, prepared.normalizer, fit_new_sessions=fit_new_sessions,
+                                    progress=False)
+    return run, prepared
+
+
+def _check_arguments(run_dir, out, split, data, latest, fit_new_sessions, overwrite, plot):
+    """The arguments and outputs checked before any work (issue 10, case 14); returns the PNG's path
+    (None without --plot)."""
+    if latest and split is not None:
+        raise InputError("--latest predicts from each session's last rows; it cannot be combined with --split")
+    if data is not None and split is not None:
+        raise InputError("--data scores every window of the given files; it cannot be combined with --split")
+    if fit_new_sessions is not None and data is None:
+        raise InputError("--fit-new-sessions fits statistics of sessions in --data files; give --data")
+    if plot < 0:
+        raise InputError(f"--plot {plot}: give the number of sessions to draw (1 or more)")
+    # What the run directory holds that predict reads (its own predictions files are outputs to replace)
+    reads = RunDir(run_dir).inputs() + list(data or [])
+    check_output(out, overwrite, reads=reads, suffixes=HDF5_SUFFIXES + (".csv",))
+    picture = Path(out).with_suffix(".png") if plot else None
+    if picture is not None:
+        check_output(picture, overwrite, reads=reads)
+    return picture
 
 
 def _split_batches(prepared, split, training_cfg, device):

@@ -193,7 +193,63 @@ def _check_positive(block, names, prices):
                          "with --return-column")
 
 
+class _Accounts:
+    """The bookkeeping of the walk: each strategy's portfolio with its net and gross performance, active
+    return and turnover, and the equal-weight benchmark, stepped one block of periods at a time."""
+
+    def __init__(self, strategies, base, n):
+        self.books = {s: Portfolio(dataclasses.replace(base, name=s), n) for s in strategies}
+        self.perf = {s: (Performance(None), Performance(None)) for s in strategies}     # (net, gross)
+        self.bench, self.active = Performance(None), {s: Moments() for s in strategies}
+        self.turnover = {s: Moments() for s in strategies}
+
+    def _all(self):
+        return [self.bench] + [x for pair in self.perf.values() for x in pair]
+
+    def start(self, first_time):
+        for p in self._all():
+            p.peak_time = first_time                   # the starting capital is the first peak
+
+    def step(self, signal, has_price, r1, ends, columns):
+        """One block's periods: (m, N) signal, tradable names and next-period returns; adds the benchmark's
+        and each strategy's per-period columns to `columns`."""
+        columns["benchmark"] = benchmark_returns(has_price, r1)
+        self.bench.update(columns["benchmark"], ends)
+        for s, book in self.books.items():
+            res = book.step(signal, has_price, r1)
+            self.perf[s][0].update(res["net"], ends)
+            self.perf[s][1].update(res["gross"], ends)
+            self.active[s].update(res["net"] - columns["benchmark"])
+            self.turnover[s].update(res["turnover"])
+            columns.update({f"{s}.{key}": v for key, v in res.items()})
+
+    def summary(self, ppy):
+        """(benchmark summary, {strategy: its figures}) annualized with `ppy` periods a year."""
+        for p in self._all():
+            p.periods_per_year = ppy
+        portfolios = {}
+        for s, book in self.books.items():
+            ir = self.active[s].summary()["ir"] * math.sqrt(ppy)
+            portfolios[s] = {"net": self.perf[s][0].summary(), "gross": self.perf[s][1].summary(),
+                             "information_ratio": ir, "turnover_per_period": self.turnover[s].mean,
+                             "turnover_per_year": self.turnover[s].mean * ppy, "final_value": book.value,
+                             "final_weights": book.weights, "settings": dataclasses.asdict(book.spec)}
+        return self.bench.summary(), portfolios
+
+
+def _periods_per_year(times):
+    """infer_periods_per_year, or one line asking for --periods-per-year."""
+    ppy = infer_periods_per_year(times)
+    if ppy is None:
+        spacing = np.median(np.diff(times)) / 1e9 if len(times) > 1 else float("nan")
+        raise InputError(f"bars are {spacing:g} s apart: give --periods-per-year (e.g. 252 x bars a day) "
+                         "to annualize returns")
+    return ppy
+
+
 def _walk(cfg, names, prices, fields, strategies, base, work, span=None):
+    """The walk over time blocks: the signal analysis and the accounts stepped block by block, per-period
+    rows appended to periods.h5; returns the result's figures."""
     n = len(names)
     rows = block_rows_for(cfg, n)
     # Each session is read ahead in pieces of this many rows (time, price, signal: 24 bytes a row),
@@ -203,23 +259,14 @@ def _walk(cfg, names, prices, fields, strategies, base, work, span=None):
     last_signal = span[1] if span else None
     ffill = ForwardFill(n)
     analysis = SignalAnalysis(n, cfg.quantiles, cfg.decay)
-    books = {s: Portfolio(dataclasses.replace(base, name=s), n) for s in strategies}
-    perf = {s: (Performance(None), Performance(None)) for s in strategies}     # (net, gross)
-    bench, active = Performance(None), {s: Moments() for s in strategies}
-    turnover = {s: Moments() for s in strategies}
+    accounts = _Accounts(strategies, base, n)
     ppy = cfg.periods_per_year
-    total_rows = max(p.n_rows for p in prices.values())
-    bar = progress.bar(total=total_rows, desc="backtest", unit="bar", enabled=cfg.progress)
+    bar = progress.bar(total=max(p.n_rows for p in prices.values()), desc="backtest", unit="bar", enabled=cfg.progress)
     periods = report.PeriodWriter(work / "periods.h5", strategies)
     first = last_time = None
     try:
         for block in panel.blocks(lookahead=cfg.decay if cfg.analysis else 1):
-            if ppy is None:
-                ppy = infer_periods_per_year(block.times)
-                if ppy is None:
-                    spacing = np.median(np.diff(block.times)) / 1e9 if len(block.times) > 1 else float("nan")
-                    raise InputError(f"bars are {spacing:g} s apart: give --periods-per-year (e.g. 252 x bars a day) "
-                                     "to annualize returns")
+            ppy = ppy or _periods_per_year(block.times)
             if last_signal is not None and block.times[0] > last_signal:
                 break                                    # past the last signal: no position is set any more
             if last_signal is not None:          # rows after the last signal only serve as look-ahead
@@ -240,36 +287,18 @@ def _walk(cfg, names, prices, fields, strategies, base, work, span=None):
             times, ends = block.times[:m], block.times[1:m + 1]
             if first is None:
                 first = int(times[0])
-                for p in [bench] + [x for pair in perf.values() for x in pair]:
-                    p.peak_time = first                   # the starting capital is the first peak
+                accounts.start(first)
             last_time = ends[-1]
-            r1 = forward[1][:m]
             columns = {key: v[:m] for key, v in columns.items()}
-            columns["benchmark"] = benchmark_returns(has_price[:m], r1)
-            bench.update(columns["benchmark"], ends)
-            for s, book in books.items():
-                res = book.step(signal[:m], has_price[:m], r1)
-                perf[s][0].update(res["net"], ends)
-                perf[s][1].update(res["gross"], ends)
-                active[s].update(res["net"] - columns["benchmark"])
-                turnover[s].update(res["turnover"])
-                columns.update({f"{s}.{key}": v for key, v in res.items()})
+            accounts.step(signal[:m], has_price[:m], forward[1][:m], ends, columns)
             periods.append(times, ends, columns)
             bar.update(own)
     finally:
         bar.close()
         periods.close()
-    for p in [bench] + [x for pair in perf.values() for x in pair]:
-        p.periods_per_year = ppy
-    result = {"signal_analysis": analysis.summary() if cfg.analysis else {"coverage": analysis.summary()["coverage"]}, "periods_per_year": ppy, "block_rows": rows,
-              "first_period": iso(first), "last_period_end": iso(last_time),
-              "signal_rows_without_price": panel.unmatched.get("signal", 0), "benchmark": bench.summary(), "portfolios": {}}
-    for s in strategies:
-        net, gross = perf[s][0].summary(), perf[s][1].summary()
-        ir = active[s].summary()["ir"] * math.sqrt(ppy)
-        result["portfolios"][s] = {"net": net, "gross": gross, "information_ratio": ir,
-                                   "turnover_per_period": turnover[s].mean, "turnover_per_year": turnover[s].mean * ppy,
-                                   "final_value": books[s].value, "final_weights": books[s].weights,
-                                   "settings": dataclasses.asdict(books[s].spec)}
-    result["names"] = names
-    return result
+    benchmark, portfolios = accounts.summary(ppy)
+    summary = analysis.summary()
+    return {"signal_analysis": summary if cfg.analysis else {"coverage": summary["coverage"]},
+            "periods_per_year": ppy, "block_rows": rows, "first_period": iso(first), "last_period_end": iso(last_time),
+            "signal_rows_without_price": panel.unmatched.get("signal", 0), "benchmark": benchmark,
+            "portfolios": portfolios, "names": names}

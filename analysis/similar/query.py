@@ -304,32 +304,8 @@ def run_query(cfg, similar_cfg):
     index = SimilarIndex(cfg.index)
     try:
         s = index.settings
-        for path in (cfg.out, cfg.forecast, cfg.plot):
-            if path is not None:
-                check_not_input(path, s["data"])             # the data the index was built from
-        if cfg.columns and list(cfg.columns) != list(s["columns"]):
-            raise InputError(f"--columns {list(cfg.columns)}: index {cfg.index} was built on {s['columns']}; query "
-                             "with its columns or build another index")
-        if cfg.lookback is not None and cfg.lookback != s["lookback"]:
-            raise InputError(f"--lookback {cfg.lookback}: index {cfg.index} holds {s['lookback']}-row windows; query "
-                             "with that lookback or build another index")
-        if cfg.k > index.n:
-            raise InputError(f"--k {cfg.k}: the index holds {index.n} windows; ask for fewer neighbours")
-        if cfg.nprobe and s["kind"] != "ivfpq":
-            raise InputError(f"--nprobe {cfg.nprobe}: index {cfg.index} is exact ({s['kind']}), it searches every "
-                             "window; leave out --nprobe")
-        if cfg.nprobe and not 1 <= cfg.nprobe <= s["nlist"]:
-            raise InputError(f"--nprobe {cfg.nprobe}: index {cfg.index} has {s['nlist']} clusters; give 1 .. "
-                             f"{s['nlist']} (0: the index's {s['nprobe']})")
-        windows = windows_from_settings(s, similar_cfg)
-        longest = max(session.n_rows for session in windows.catalog.sessions)
-        if cfg.ahead >= longest:
-            raise InputError(f"--ahead {cfg.ahead}: no session has a row that far after a window (the longest has "
-                             f"{longest:,} rows); give fewer rows ahead")
-        kind = "price" if cfg.price_column else "log_return"
-        outcomes = Outcomes(windows.catalog, cfg.price_column or cfg.return_column, kind, cfg.ahead)
-        searcher = Searcher(index, outcomes, cfg.k, past_only=cfg.past_only, random=cfg.random, nprobe=cfg.nprobe,
-                            seed=cfg.seed)
+        _check_against_index(cfg, index)
+        windows, outcomes, searcher = _open_search(cfg, index, similar_cfg)
         opened_s = time.perf_counter() - t_start
         # While FAISS reads its file (in its thread): the first batch of queries (resolved: their errors come
         # before any output is opened), the windows each may use, and the first reads of what followed.
@@ -394,6 +370,43 @@ def run_query(cfg, similar_cfg):
         return summary
     finally:
         index.close()
+
+
+def _check_against_index(cfg, index):
+    """The query's settings against the index's, before any data is read: outputs never on the data it
+    was built from, its columns and lookback, k within its size, nprobe within its clusters."""
+    s = index.settings
+    for path in (cfg.out, cfg.forecast, cfg.plot):
+        if path is not None:
+            check_not_input(path, s["data"])             # the data the index was built from
+    if cfg.columns and list(cfg.columns) != list(s["columns"]):
+        raise InputError(f"--columns {list(cfg.columns)}: index {cfg.index} was built on {s['columns']}; query "
+                         "with its columns or build another index")
+    if cfg.lookback is not None and cfg.lookback != s["lookback"]:
+        raise InputError(f"--lookback {cfg.lookback}: index {cfg.index} holds {s['lookback']}-row windows; query "
+                         "with that lookback or build another index")
+    if cfg.k > index.n:
+        raise InputError(f"--k {cfg.k}: the index holds {index.n} windows; ask for fewer neighbours")
+    if cfg.nprobe and s["kind"] != "ivfpq":
+        raise InputError(f"--nprobe {cfg.nprobe}: index {cfg.index} is exact ({s['kind']}), it searches every "
+                         "window; leave out --nprobe")
+    if cfg.nprobe and not 1 <= cfg.nprobe <= s["nlist"]:
+        raise InputError(f"--nprobe {cfg.nprobe}: index {cfg.index} has {s['nlist']} clusters; give 1 .. "
+                         f"{s['nlist']} (0: the index's {s['nprobe']})")
+
+
+def _open_search(cfg, index, similar_cfg):
+    """(windows, outcomes, searcher): the index's data opened, what followed a window, and the search."""
+    windows = windows_from_settings(index.settings, similar_cfg)
+    longest = max(session.n_rows for session in windows.catalog.sessions)
+    if cfg.ahead >= longest:
+        raise InputError(f"--ahead {cfg.ahead}: no session has a row that far after a window (the longest has "
+                         f"{longest:,} rows); give fewer rows ahead")
+    kind = "price" if cfg.price_column else "log_return"
+    outcomes = Outcomes(windows.catalog, cfg.price_column or cfg.return_column, kind, cfg.ahead)
+    searcher = Searcher(index, outcomes, cfg.k, past_only=cfg.past_only, random=cfg.random, nprobe=cfg.nprobe,
+                        seed=cfg.seed)
+    return windows, outcomes, searcher
 
 
 def _pit_note(settings, cfg, not_pit, n_queries):
