@@ -99,3 +99,17 @@ def test_a_run_directory_has_one_owner():
                     and (node.value in names or node.value.startswith("metrics_")):
                 found.append(f"{relative}:{node.lineno} {node.value!r}")
     assert not found, found
+
+
+def test_no_library_function_is_longer_than_80_lines():
+    """A function a reader can hold at once (STYLE.md): the library's longest stay under 80 lines."""
+    long = []
+    for path in sorted(ROOT.rglob("*.py")):
+        relative = path.relative_to(ROOT)
+        owner = relative.parts[0] if len(relative.parts) > 1 else relative.stem
+        if owner not in LAYER:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 >= 80:
+                long.append(f"{relative}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)")
+    assert not long, long

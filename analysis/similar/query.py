@@ -125,9 +125,9 @@ class _RawWindows:
             from config import DataConfig
             s = self.settings
             data_cfg = DataConfig(paths=s["data"], lookback=s["lookback"], stride=s["stride"], feature_columns=s["columns"])
-            windows = raw_windows(data_cfg, dataclasses.replace(self.similar_cfg, segments=s["segments"]), s["columns"])
+            windows = raw_windows(data_cfg, dataclasses.replace(self.similar_cfg, segments=s["segments"]), s["columns"],
+                                  catalog=self.catalog)       # (the query's sessions, read through its pool)
             windows.split_spec = self.split_spec
-            windows.catalog.sessions[:] = self.catalog.sessions     # (the query's sessions, read through its pool)
             self._loader_windows = windows
         return self._loader_windows
 

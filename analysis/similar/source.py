@@ -174,9 +174,13 @@ class WindowSet:
                 "nan_policy": self.prepared.nan_policy}
 
 
-def raw_windows(data_cfg, similar_cfg, columns, split="all"):
-    """The windows of data_cfg.paths (columns, lookback, stride, split and reading settings from it)."""
-    catalog = open_catalog(data_cfg.paths, pool=make_pool(data_cfg), allow_external_links=data_cfg.allow_external_links)
+def raw_windows(data_cfg, similar_cfg, columns, split="all", catalog=None):
+    """The windows of data_cfg.paths (columns, lookback, stride, split and reading settings from it);
+    `catalog`: those files already open (a query's, read through its own pool), used as they are."""
+    given = catalog is not None
+    if not given:
+        catalog = open_catalog(data_cfg.paths, pool=make_pool(data_cfg),
+                               allow_external_links=data_cfg.allow_external_links)
     columns = list(columns or data_cfg.feature_columns)
     if not columns:
         raise InputError(f"give the columns windows are made of: --columns NAME ... (features of the data: "
@@ -187,7 +191,8 @@ def raw_windows(data_cfg, similar_cfg, columns, split="all"):
     vectors = RawVectors(data_cfg.lookback, len(columns), segments)
     normalizer = Normalizer("none", cols.feature_names, cols.target_names, None, None)
     prepared = PreparedData(catalog, window, cols, {}, {}, normalizer, "drop")
-    catalog.close()
+    if not given:
+        catalog.close()                 # (reopened by whoever reads: the loader's workers fork)
     return _checked(WindowSet(prepared, vectors, data_cfg.split, split, data_cfg.block_rows,
                               similar_cfg.batch_windows))
 
