@@ -29,7 +29,8 @@ from data.dataset import prepare_data
 from data.demo import generate as make_demo
 from data.predictions import read_predictions
 from trainers.predict import predict
-from trainers.run import evaluate, load_run, train
+from trainers.forecaster import load_run
+from trainers.run import evaluate, train
 from trainers.trainer import Trainer
 
 

@@ -19,7 +19,7 @@ from models import check_model_config, is_import_path
 from trainers.checkpoint import Checkpointer
 from trainers.distributed import Group
 from trainers.evaluator import Evaluator
-from trainers.forecaster import LoadedRun, load_run  # noqa: F401  (re-exported: the run API's names)
+from trainers.forecaster import load_run
 from trainers.rundir import RunDir, restore, data_changes
 from trainers.trainer import Trainer
 
