@@ -149,16 +149,9 @@ def build_parser():
 
 
 def cmd_make_demo(args):
-    from data.demo import PRESETS, generate
-    preset = PRESETS.get(args.preset or "demo")
-    if preset is None:
-        from errors import InputError
-        raise InputError(f"--preset {args.preset!r} is unknown; choose {', '.join(PRESETS)}")
-    sizes = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in preset.items()}
-    from atomic import check_output
-    from data.catalog import HDF5_SUFFIXES
-    check_output(args.out, args.overwrite, suffixes=HDF5_SUFFIXES)     # a user's file is not replaced unasked
-    summary = generate(args.out, seed=args.seed, compression=args.compression, overwrite=args.overwrite, **sizes)
+    from data.demo import make_demo
+    summary = make_demo(args.out, args.preset, seed=args.seed, compression=args.compression, overwrite=args.overwrite,
+                        sessions=args.sessions, rows=args.rows, features=args.features)
     print(f"wrote {summary['sessions']} sessions x {summary['rows']} rows x "
           f"{len(summary['features'])} features to {summary['out']}")
 
@@ -207,15 +200,9 @@ def cmd_inspect(args):
 
 
 def cmd_index(args):
-    from data.catalog import other_output, resolve_paths, write_index
-    from data.session import open_file
-    searched = set()
-    for path in resolve_paths(args.paths, searched):
-        if path in searched:
-            with open_file(path) as h5file:
-                if other_output(h5file):
-                    continue                   # a prediction or index file in the folder: not data to index
-        print(f"indexed {write_index(path)} sessions in {path}")
+    from data.catalog import index_files
+    for path, n_sessions in index_files(args.paths):
+        print(f"indexed {n_sessions} sessions in {path}")
 
 
 def cmd_config(args):
@@ -227,10 +214,8 @@ def cmd_config(args):
 
 def cmd_train(args):
     from config import load_config, resume_config
-    from data.demo import ensure_demo
     from errors import InputError
-    from trainers import distributed
-    from trainers.run import load_run_config, train
+    from trainers.run import launch, load_run_config
     if args.resume:
         given = [flag for flag, value in (("--profile", args.profile_given), ("--config", args.config_file),
                                           ("--run-dir", args.run_dir)) if value]
@@ -240,20 +225,11 @@ def cmd_train(args):
         config = resume_config(load_run_config(args.resume), args.overrides)
     else:
         config = load_config(args.profile, args.config_file, args.overrides)
-    group = distributed.setup(config.training.device)     # a no-op without torchrun
-    if not group.is_main:
-        log.setLevel(logging.WARNING)                      # rank 0 speaks for the run
-    try:
-        if group.is_main and not args.resume:
-            ensure_demo(config.data)
-        group.barrier()
-        source = "from --profile" if args.profile_given else "main.py's SELECTED_CONFIG, no --profile given" + (
-            "; for your own data choose --profile default" if args.profile == "quick_demo" else "")
-        result = train(config, args.resume or args.run_dir, resume=bool(args.resume), group=group,
-                       overwrite=args.overwrite, profile_source=source)
-    finally:
-        distributed.shutdown(group)
-    if not group.is_main:
+    source = "from --profile" if args.profile_given else "main.py's SELECTED_CONFIG, no --profile given" + (
+        "; for your own data choose --profile default" if args.profile == "quick_demo" else "")
+    result, is_main = launch(config, args.resume or args.run_dir, resume=bool(args.resume), overwrite=args.overwrite,
+                             profile_source=source)
+    if not is_main:
         return 0 if "test" in result else 143
     if "test" in result:
         test = result["test"]

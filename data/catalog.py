@@ -482,3 +482,16 @@ def describe(paths, *, allow_external_links=False):
         "min_rows": int(np.min([s.n_rows for s in catalog.sessions])),
         "max_rows": int(np.max([s.n_rows for s in catalog.sessions])),
     }
+
+
+def index_files(paths):
+    """`index`: write a session index into each HDF5 file of `paths` (files, folders, globs); a prediction
+    or index file found in a folder is not data and is left alone. Yields (path, sessions indexed)."""
+    from data.session import open_file
+    searched = set()
+    for path in resolve_paths(paths, searched):
+        if path in searched:
+            with open_file(path) as h5file:
+                if other_output(h5file):
+                    continue
+        yield path, write_index(path)

@@ -108,3 +108,16 @@ def ensure_demo(data_cfg):
     log.info("demo data missing: generating %s", DEMO_PATH)
     generate(DEMO_PATH, **PRESETS["demo"])
     return True
+
+
+def make_demo(out, preset=None, *, seed=0, compression="none", overwrite=False, **sizes):
+    """`make-demo`: a preset's sessions (demo by default) with any of its sizes (sessions, rows, features)
+    given instead (None: the preset's), written to `out`, which is checked first."""
+    from atomic import check_output
+    from data.catalog import HDF5_SUFFIXES
+    chosen = PRESETS.get(preset or "demo")
+    if chosen is None:
+        raise InputError(f"--preset {preset!r} is unknown; choose {', '.join(PRESETS)}")
+    sizes = {k: sizes[k] if sizes.get(k) is not None else v for k, v in chosen.items()}
+    check_output(out, overwrite, suffixes=HDF5_SUFFIXES)     # a user's file is not replaced unasked
+    return generate(out, seed=seed, compression=compression, overwrite=overwrite, **sizes)

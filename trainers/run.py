@@ -43,6 +43,25 @@ def check_run_dir(run_dir):
 log = logging.getLogger("h5series")
 
 
+def launch(config, run_dir=None, resume=False, overwrite=False, profile_source=None):
+    """`train` as the command line runs it: in this process, or as one rank under torchrun (the process group
+    set up from the environment and shut down after; ranks other than 0 log warnings only), the demo data
+    made first when a new run reads it. Returns (train's result, whether this is rank 0)."""
+    from data.demo import ensure_demo
+    from trainers import distributed
+    group = distributed.setup(config.training.device)     # a no-op without torchrun
+    if not group.is_main:
+        log.setLevel(logging.WARNING)                      # rank 0 speaks for the run
+    try:
+        if group.is_main and not resume:
+            ensure_demo(config.data)
+        group.barrier()
+        result = train(config, run_dir, resume=resume, group=group, overwrite=overwrite, profile_source=profile_source)
+    finally:
+        distributed.shutdown(group)
+    return result, group.is_main
+
+
 def train(config, run_dir=None, resume=False, group=None, overwrite=False, profile_source=None):
     """Train (or resume) a run; evaluates the best checkpoint on the test split at the end.
 
