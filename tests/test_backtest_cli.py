@@ -233,3 +233,32 @@ def test_the_report_reads_plainly(tmp_path, files, capsys):
     assert figs["ic"].axes[0].get_ylabel().startswith("rank IC")
     labels = [line.get_label() for line in figs["equity"].axes[0].get_lines()]
     assert "topk (gross, before costs)" in labels and "topk (net)" in labels
+
+
+def test_every_headline_figure_carries_its_sample_and_interval(tmp_path, files, capsys):
+    """80 daily periods: the annual figures say they come from under a year, each carries its periods, a
+    95% bootstrap interval and the PSR, the IC its HAC t (checked against the periods' own series), and the
+    DSR appears with --trials."""
+    import h5py
+    from analysis.backtest.uncertainty import hac_t_stat, newey_west_lags
+    price_path, pred, *_ = files
+    out = tmp_path / "bt"
+    assert main.main(["backtest", "--prices", str(price_path), "--price-column", "close", "--predictions", str(pred),
+                      "--out", str(out), "--no-tensorboard", "--no-plots", "--k", "3", "--trials", "20"]) == 0
+    text = capsys.readouterr().out
+    result = report(out)
+    assert result["warnings"] == ["annualized from 79 periods (0.31 years at 252 a year): under one year, the annual "
+                                  "figures extrapolate"]
+    assert "warning: annualized from 79 periods" in text and "95% CI" in text and "HAC t" in text
+    assert "deflated Sharpe (20 configurations tried)" in text
+    for book in [result["benchmark"]] + [b["net"] for b in result["portfolios"].values()]:
+        low, high = book["annual_return_ci95"]
+        assert low < high and book["periods"] == 79 and book["years"] == pytest.approx(79 / 252)
+        assert book["sharpe_ci95"][0] < book["sharpe_ci95"][1] and 0 <= book["psr"] <= 1
+    assert 0 <= result["portfolios"]["topk"]["net"]["dsr"] <= result["portfolios"]["topk"]["net"]["psr"]
+    rank = result["signal_analysis"]["rank_ic"]
+    with h5py.File(out / "periods.h5") as f:
+        series = f["rank_ic"][:]
+    assert rank["hac_lags"] == newey_west_lags(79, 1)
+    assert rank["hac_t"] == pytest.approx(hac_t_stat(series, rank["hac_lags"])[2], rel=1e-12)
+    assert result["uncertainty"]["trials"] == 20

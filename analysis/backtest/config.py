@@ -46,5 +46,9 @@ class BacktestConfig:
                        choices=("process", "thread", "serial"))
     plots: bool = option(True, "no PNGs", flag="--no-plots")
     tensorboard: bool = option(True, "no TensorBoard events", flag="--no-tensorboard")
+    trials: int = option(None, "configurations tried to find this one (parameter searches, sweeps, walk-forward "
+                         "variants): the deflated Sharpe ratio discounts the best of that many by chance")
+    bootstrap: int = option(1000, "stationary-bootstrap resamples behind the 95%% intervals of annual return and "
+                            "Sharpe")
     overwrite: bool = option(False, "replace --out if it exists")
     progress: bool = True                  # a bar / log lines on long work (not a flag: the API's switch)

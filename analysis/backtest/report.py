@@ -136,7 +136,7 @@ def figures(work, result):
         if style == "-":
             ax_dd.plot(when, equity / np.maximum.accumulate(np.maximum(equity, 1.0)) - 1, label=label, color=color)
     ax.set_ylabel("value of 1")
-    ax.set_title(f"{result['signal']}: equity")
+    ax.set_title(f"{result['signal']}: equity\n{_headline(result)}", fontsize=9)
     ax.legend(loc="best", fontsize=8)
     ax_dd.set_ylabel("drawdown")
     figs["equity"] = fig
@@ -152,7 +152,8 @@ def figures(work, result):
     ax.axhline(0, color="black", lw=0.5)
     ax.set_ylabel("rank IC (Spearman, per period)")
     summary = result["signal_analysis"]["rank_ic"]
-    ax.set_title(f"rank IC one period ahead: mean {summary['mean']:.4f}, t {summary['t_stat']:.2f}")
+    ax.set_title(f"rank IC one period ahead: mean {summary['mean']:.4f}, HAC t {_f(summary.get('hac_t'), 2)} "
+                 f"({summary.get('hac_lags')} lags), {summary['periods']:,} periods")
     ax.legend(loc="best", fontsize=8)
     figs["ic"] = fig
     fig = Figure(figsize=(7, 4))
@@ -233,11 +234,27 @@ def write_json(path, result):
     path.write_text(json.dumps(_clean(clean), indent=2) + "\n")
 
 
+def _interval(pair, fmt):
+    return "n/a" if not pair or any(v is None or not math.isfinite(v) for v in pair) else \
+        f"[{fmt(pair[0])}, {fmt(pair[1])}]"
+
+
+def _headline(result):
+    """The first strategy's figures with their sample size and intervals (the PNG titles)."""
+    name, book = next(iter(result["portfolios"].items()))
+    net = book["net"]
+    return (f"{name} net: annual {_pct(net['annual_return'])} {_interval(net.get('annual_return_ci95'), _pct)}, "
+            f"Sharpe {_f(net['sharpe'], 2)} {_interval(net.get('sharpe_ci95'), lambda v: _f(v, 2))}, "
+            f"PSR {_f(net.get('psr'), 2)}; {net['periods']:,} periods ({_f(net.get('years'), 2)} years)")
+
+
 def summary_lines(result):
-    """The report in a few lines for the terminal."""
+    """The report in a few lines for the terminal: every annualized figure with its periods and its 95%
+    interval, the IC's t from HAC standard errors, and a warning when the record is under a year."""
     sa = result["signal_analysis"]
     lines = [f"signal {result['signal']}: {result['sessions']} sessions, periods {result['first_period']} .. "
              f"{result['last_period_end']} ({result['periods_per_year']:g} a year)"]
+    lines += [f"  warning: {w}" for w in result.get("warnings", [])]
     scope = result.get("predictions_scope")
     if scope in ("train", "val"):
         lines.append(f"  note: these are predictions of the run's {scope} split, which "
@@ -251,21 +268,27 @@ def summary_lines(result):
         lines.append("  note: an analog forecast from an IVF-PQ index trained on data after some of its queries: "
                      "not point-in-time (similar index --train-until, then query after that time)")
     if "ic" in sa:
-        lines.append(f"  IC {_f(sa['ic']['mean'])} (t {_f(sa['ic']['t_stat'], 2)}), rank IC {_f(sa['rank_ic']['mean'])} "
-             f"(t {_f(sa['rank_ic']['t_stat'], 2)}, ICIR {_f(sa['rank_ic']['ir'], 3)}, positive "
-                     f"{_f(sa['rank_ic']['positive_share'], 3)}), top-bottom {_f(sa['top_minus_bottom']['mean'] * 1e4, 2)} bps")
+        ic, rank = sa["ic"], sa["rank_ic"]
+        lines.append(f"  IC {_f(ic['mean'])} (HAC t {_f(ic.get('hac_t'), 2)}), rank IC {_f(rank['mean'])} "
+                     f"(HAC t {_f(rank.get('hac_t'), 2)}, {rank.get('hac_lags')} lags; ICIR {_f(rank['ir'], 3)}, positive "
+                     f"{_f(rank['positive_share'], 3)}, {rank['periods']:,} periods), top-bottom "
+                     f"{_f(sa['top_minus_bottom']['mean'] * 1e4, 2)} bps")
     rows = [(s, b["net"], b.get("information_ratio"), b.get("turnover_per_period")) for s, b in result["portfolios"].items()]
     rows += [(f"{s} (gross)", b["gross"], None, None) for s, b in result["portfolios"].items()]
     rows.append(("benchmark", result["benchmark"], None, None))
     width = max(len("strategy"), *(len(name) for name, *_ in rows))      # ("longshort (gross)" broke a fixed 12)
-    cells = [(name, _pct(p["annual_return"]), _pct(p["annual_volatility"]), _f(p["sharpe"], 2),
-              _pct(p["max_drawdown"]), _f(ir, 2), _f(turn, 3)) for name, p, ir, turn in rows]
-    widths = [width] + [max(len(h), *(len(c[i]) for c in cells)) for i, h in
-                        enumerate(("annual", "vol", "sharpe", "max dd", "IR", "turnover"), start=1)]
-    header = ("strategy", "annual", "vol", "sharpe", "max dd", "IR", "turnover")
+    cells = [(name, _pct(p["annual_return"]), _interval(p.get("annual_return_ci95"), _pct), _pct(p["annual_volatility"]),
+              _f(p["sharpe"], 2), _interval(p.get("sharpe_ci95"), lambda v: _f(v, 2)), _f(p.get("psr"), 2),
+              _pct(p["max_drawdown"]), _f(ir, 2), _f(turn, 3), f"{p['periods']:,}") for name, p, ir, turn in rows]
+    header = ("strategy", "annual", "95% CI", "vol", "sharpe", "95% CI", "PSR", "max dd", "IR", "turnover", "periods")
+    widths = [width] + [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(header[1:], start=1)]
     for row in [header] + cells:
         lines.append("  " + " ".join(f"{row[0]:<{widths[0]}}" if i == 0 else f"{row[i]:>{widths[i]}}"
                                      for i in range(len(row))))
+    dsr = {s: b["net"].get("dsr") for s, b in result["portfolios"].items()}
+    if any(v is not None for v in dsr.values()):
+        lines.append(f"  deflated Sharpe ({result['uncertainty']['trials']} configurations tried): "
+                     + ", ".join(f"{s} {_f(v, 2)}" for s, v in dsr.items()))
     return lines
 
 

@@ -27,6 +27,7 @@ from analysis.backtest.portfolio import STRATEGIES, Portfolio, StrategySpec, ben
 from analysis.backtest.returns import ForwardFill, forward_returns
 from analysis.backtest.config import BacktestConfig  # noqa: F401  (run_backtest's argument; re-exported)
 from analysis.backtest.stats import Moments, Performance, iso
+from analysis.backtest.uncertainty import add_uncertainty
 from errors import InputError
 
 NS_PER_DAY = 86_400 * 10**9
@@ -44,7 +45,10 @@ def _check(cfg):
             raise InputError(f"{name} {value:g}: not a number; give a cost of 0 or more")
         if value < low:
             raise InputError(f"{name} {value:g}: costs cannot be negative; give 0 or more")
+    if cfg.trials is not None and cfg.trials < 1:
+        raise InputError(f"--trials {cfg.trials}: give the number of configurations tried (1 or more)")
     for name, value, low in (("--k", cfg.k, 0), ("--drop", cfg.drop, 0), ("--rebalance", cfg.rebalance, 1),
+                             ("--bootstrap", cfg.bootstrap, 10),
                              ("--quantiles", cfg.quantiles, 2), ("--decay", cfg.decay, 1),
                              ("--workers", cfg.workers, 1)):
         if value < low:
@@ -143,6 +147,10 @@ def _run(cfg, work, t_start, names, prices, spec, strategies, base, predictions,
     if not result["signal_analysis"]["coverage"]["periods_with_signal"]:
         raise InputError(f"{cfg.predictions or cfg.signal}: no period has a signal where a price is known; "
                          "check that the signal and price files cover the same sessions and times")
+    t0 = time.perf_counter()
+    add_uncertainty(result, work / "periods.h5", horizon=cfg.step if cfg.predictions else 1, trials=cfg.trials,
+                    n_boot=cfg.bootstrap)
+    timings["uncertainty_s"] = time.perf_counter() - t0
     shutil.rmtree(work / "signals", ignore_errors=True)
     t0 = time.perf_counter()
     report.write_all(work, result, plots=cfg.plots, tensorboard=cfg.tensorboard)

@@ -14,11 +14,12 @@ against statsmodels, a simulation and the published formulas.
 import math
 from statistics import NormalDist
 
+import h5py
 import numpy as np
 
 EULER_GAMMA = 0.5772156649015329
 _NORMAL = NormalDist()
-BOOTSTRAP_CELLS = 1 << 22        # resampled values held at once (32 MB of float64), whatever the history
+BOOTSTRAP_CELLS = 1 << 20        # resampled values held at once (8 MB of float64), whatever the history
 
 
 def newey_west_lags(n, horizon=1):
@@ -63,33 +64,42 @@ def _resample(rng, n, mean_block):
 def bootstrap_intervals(returns, periods_per_year, *, n_boot=1000, mean_block=None, level=0.95, seed=0):
     """95% (`level`) percentile intervals of the annual return (compounded) and the annualized Sharpe ratio
     of per-period `returns`, from a stationary bootstrap (blocks of geometric length with mean `mean_block`,
-    default n^(1/3): it keeps the series' short-range dependence). Resamples are drawn a batch at a time
-    (BOOTSTRAP_CELLS values), so memory does not grow with the history."""
+    default n^(1/3): it keeps the series' short-range dependence). `returns` (n,) one series, or (S, n) series
+    of the same periods resampled together (one draw of periods serves them all; a period any of them lacks
+    is left out). Resamples are drawn a batch at a time (BOOTSTRAP_CELLS values), so memory does not grow
+    with the history. Returns a dict, or a list of S dicts for (S, n)."""
     r = np.asarray(returns, np.float64)
-    r = r[np.isfinite(r)]
-    n = len(r)
-    out = {"n_boot": n_boot, "level": level, "mean_block": None, "annual_return": [math.nan, math.nan],
-           "sharpe": [math.nan, math.nan]}
-    if n < 3 or np.any(r <= -1.0):
-        return out
+    single = r.ndim == 1
+    r = np.atleast_2d(r)
+    r = r[:, np.isfinite(r).all(axis=0)]
+    s, n = r.shape
+    empty = {"n_boot": n_boot, "level": level, "mean_block": None, "annual_return": [math.nan, math.nan],
+             "sharpe": [math.nan, math.nan]}
+    if n < 3:
+        return dict(empty) if single else [dict(empty) for _ in range(s)]
     block = float(mean_block or max(1.0, round(n ** (1 / 3))))
-    out["mean_block"] = block
-    logs = np.log1p(r)
-    annual, sharpe = np.empty(n_boot), np.empty(n_boot)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        logs = np.log1p(r)                    # (a period losing 100% or more: -inf / NaN, an interval of n/a)
+    annual, sharpe = np.empty((s, n_boot)), np.empty((s, n_boot))
     batch = max(1, BOOTSTRAP_CELLS // n)
     for a in range(0, n_boot, batch):
         index = np.stack([_resample(np.random.default_rng([seed, i]), n, block) for i in range(a, min(n_boot, a + batch))])
-        sample = r[index]                                                 # (b, n)
-        mean, sd = sample.mean(axis=1), sample.std(axis=1, ddof=1)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            sharpe[a:a + len(index)] = np.where(sd > 0, mean / sd * math.sqrt(periods_per_year), np.nan)
-        annual[a:a + len(index)] = _annual(logs[index].sum(axis=1), n, periods_per_year)
+        for row in range(s):
+            sample = r[row][index]                                        # (b, n)
+            mean, sd = sample.mean(axis=1), sample.std(axis=1, ddof=1)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                sharpe[row, a:a + len(index)] = np.where(sd > 0, mean / sd * math.sqrt(periods_per_year), np.nan)
+                annual[row, a:a + len(index)] = _annual(logs[row][index].sum(axis=1), n, periods_per_year)
     tail = (1 - level) / 2 * 100
-    for name, values in (("annual_return", annual), ("sharpe", sharpe)):
-        values = values[np.isfinite(values)]
-        if len(values):
-            out[name] = [float(v) for v in np.percentile(values, [tail, 100 - tail])]
-    return out
+    results = []
+    for row in range(s):
+        out = dict(empty, mean_block=block)
+        for name, values in (("annual_return", annual[row]), ("sharpe", sharpe[row])):
+            values = values[np.isfinite(values)]
+            if len(values) == n_boot:
+                out[name] = [float(v) for v in np.percentile(values, [tail, 100 - tail])]
+        results.append(out)
+    return results[0] if single else results
 
 
 def moments(returns):
@@ -147,3 +157,44 @@ def annualized_note(periods, periods_per_year):
         return (f"annualized from {periods:,} periods ({periods / periods_per_year:.2f} years at "
                 f"{periods_per_year:g} a year): under one year, the annual figures extrapolate")
     return None
+
+
+def _with_uncertainty(summary, returns, boot, periods_per_year, trials):
+    """A performance summary (stats.Performance) with its intervals, PSR / DSR and its length in years."""
+    summary.update(annual_return_ci95=boot["annual_return"], sharpe_ci95=boot["sharpe"],
+                   psr=probabilistic_sharpe(returns),
+                   dsr=deflated_sharpe(returns, trials) if trials else None,
+                   years=summary["periods"] / periods_per_year if periods_per_year else math.nan)
+
+
+def add_uncertainty(result, periods_path, *, horizon=1, trials=None, n_boot=1000):
+    """Adds to a backtest's result, from its per-period series (periods.h5): the HAC t of the mean IC and rank
+    IC (`hac_t`, `hac_se`, `hac_lags`), each portfolio's and the benchmark's intervals, PSR and DSR (with
+    `trials`), `uncertainty` (the methods and their settings) and `warnings` (annualized from under a year)."""
+    ppy = result["periods_per_year"]
+    sa = result["signal_analysis"]
+    with h5py.File(periods_path, "r") as f:
+        lags = newey_west_lags(f["time"].shape[0] if "time" in f else 0, horizon)
+        for key in ("ic", "rank_ic"):
+            if key in sa and key in f:
+                _, se, t = hac_t_stat(f[key][:], lags)
+                sa[key].update(hac_t=t, hac_se=se, hac_lags=lags)
+        # the strategies and the benchmark over the same periods: one draw of periods for all of them
+        books = [(book["net"], f[f"{name}.net"][:]) for name, book in result["portfolios"].items()]
+        books += [(result["benchmark"], f["benchmark"][:])] if "benchmark" in f else []
+    boots = bootstrap_intervals(np.stack([r for _, r in books]), ppy, n_boot=n_boot) if books else []
+    for (summary, returns), boot in zip(books, boots):
+        _with_uncertainty(summary, returns, boot, ppy, trials)
+    boot = boots[0] if boots else {}
+    result["uncertainty"] = {
+        "ic_t": f"Newey-West (HAC) standard errors, Bartlett weights, {lags} lags (at least the horizon, {horizon})",
+        "intervals": f"95% percentile intervals from a stationary block bootstrap ({n_boot} resamples, mean block "
+                     f"{boot.get('mean_block')} periods)",
+        "psr": "probabilistic Sharpe ratio against 0 (Bailey and Lopez de Prado 2012)",
+        "dsr": (f"deflated Sharpe ratio for {trials} configurations tried (Bailey and Lopez de Prado 2014)"
+                if trials else "not computed: give --trials N, the configurations tried"),
+        "trials": trials}
+    periods = result["benchmark"].get("periods", 0)
+    note = annualized_note(periods, ppy)
+    result["warnings"] = [note] if note else []
+    return result
