@@ -37,7 +37,7 @@ class SplitSpec:
     end: Optional[object] = None                    # timestamps: rows at or after it are unused
     rows: Optional[dict] = None                     # rows: {"train": [0, 8640], "val": [...], ...}
     gap: Optional[int] = None                       # embargo rows; None = lookback + horizon - 1
-    inputs_before_border: bool = False              # val/test windows may take inputs from before their range
+    inputs_before_border: bool = True               # val/test windows take inputs from before their range (targets stay inside, after the gap)
     holdout_val: tuple = ()                         # session names or globs kept whole for val
     holdout_test: tuple = ()                        # session names or globs kept whole for test
 

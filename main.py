@@ -330,7 +330,7 @@ def cmd_similar(args):
 def cmd_prepare(args):
     from config import load_config
     from data.memory_plan import format_plan
-    from trainers.run import prepare
+    from trainers.run import describe_splits, prepare
     config = load_config(args.profile, args.config_file, args.overrides)
     prepared, run_dir = prepare(config, args.run_dir, show_plan=lambda plan: print(format_plan(plan, config.memory_budget_mb)))
     catalog = prepared.catalog
@@ -338,8 +338,7 @@ def cmd_prepare(args):
           f"{len(prepared.columns.feature_names)} features -> {len(prepared.columns.target_names)} "
           f"targets ({prepared.columns.target_source}), window {prepared.window.lookback}+"
           f"{prepared.window.horizon}")
-    for split in ("train", "val", "test"):
-        print(f"  {split:<5} {prepared.n_windows(split):>12,} windows in {len(prepared.blocks[split]):,} blocks")
+    print("\n".join(describe_splits(prepared)))
     info = prepared.normalizer.info
     if info:
         print(f"normalization: {prepared.normalizer.mode}, from {info['rows_used']:,} of "

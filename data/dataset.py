@@ -44,6 +44,24 @@ class PreparedData:
     def n_windows(self, split):
         return int(self.blocks[split][:, 2].sum()) if len(self.blocks[split]) else 0
 
+    def predicted_span(self, split):
+        """(first, last) time a forecast of `split` is made for (its targets' times, int64 ns), over every
+        session; None without timestamps or windows. Two timestamp reads per session."""
+        table = np.asarray(self.blocks[split]).reshape(-1, 3)
+        if not len(table) or not all(s.has_timestamps for s in self.catalog.sessions):
+            return None
+        w, lead = self.window, self.target_lead
+        first, last = [], []
+        for session in np.unique(table[:, 0]):
+            rows = table[table[:, 0] == session]
+            a = int(rows[:, 1].min()) + w.first_target + lead
+            b = int((rows[:, 1] + (rows[:, 2] - 1) * w.stride).max()) + w.first_target + w.horizon - 1 + lead
+            stamps = self.catalog.sessions[int(session)]
+            a, b = min(a, stamps.n_rows - 1), min(b, stamps.n_rows - 1)    # (a look-ahead label's last time)
+            first.append(int(stamps.read_timestamps(a, a + 1)[0]))
+            last.append(int(stamps.read_timestamps(b, b + 1)[0]))
+        return min(first), max(last)
+
     def fingerprint(self):
         """What a checkpoint's loader positions refer to, as plain data: every session's name and rows,
         the window, and digests of the split borders and block plan. A resume compares it with the data

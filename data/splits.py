@@ -10,9 +10,10 @@ plus whole sessions held out for val or test.
 Every window of a split lies inside its range, so with gap = lookback + horizon - 1
 (the default) no val/test window's input or target shares a row with a training
 window, and a label that looks ahead (next-row return) cannot reach across.
-With inputs_before_border, val/test windows may take their inputs from before their
-range (the past, known at prediction time) while their targets stay inside it, after
+With inputs_before_border (the default), val/test windows take their inputs from before
+their range (the past, known at prediction time) while their targets stay inside it, after
 the gap: the first prediction then falls right after the gap instead of a lookback later.
+Their inputs still come after every train target (tests/test_splits.py).
 """
 
 import fnmatch

@@ -27,7 +27,8 @@ def window_rows(blocks, spec):
 def test_fractions_with_default_gap(ramp_file):
     catalog = open_catalog(ramp_file)
     spec = WindowSpec(lookback=10, horizon=2)
-    ranges = split_ranges(catalog, SplitSpec(fractions=(0.6, 0.2, 0.2)), spec)
+    # (the exclusive layout: every window inside its range; the default takes val/test inputs from before)
+    ranges = split_ranges(catalog, SplitSpec(fractions=(0.6, 0.2, 0.2), inputs_before_border=False), spec)
     gap = spec.span - 1
     # session s0 has 500 rows: train [0, 300), val [300 + gap, 400), test [400 + gap, 500)
     assert ranges["train"][0] == (0, 0, 300)
@@ -50,7 +51,8 @@ def test_timestamp_split_finds_rows_by_binary_search(tmp_path, rng):
     with h5py.File(path, "w") as f:
         write_session(f, "a", rng.normal(size=(100, 2)), timestamps=stamps)
     catalog = open_catalog(path)
-    spec = SplitSpec(method="timestamps", val_start="2020-02-10", test_start="2020-03-01", gap=0)
+    spec = SplitSpec(method="timestamps", val_start="2020-02-10", test_start="2020-03-01", gap=0,
+                     inputs_before_border=False)
     ranges = split_ranges(catalog, spec, WindowSpec(lookback=5))
     assert ranges["train"] == [(0, 0, 40)] and ranges["val"] == [(0, 40, 60)] and ranges["test"] == [(0, 60, 100)]
 
@@ -93,13 +95,15 @@ def test_bad_split_config():
 
 @needs_etth1
 @pytest.mark.parametrize("target_offset", [0, 1])
-def test_no_leakage_on_etth1(tmp_path, target_offset):
-    """With the default embargo gap, no val/test window's input or target touches a train target."""
+@pytest.mark.parametrize("before_border", [False, True])
+def test_no_leakage_on_etth1(tmp_path, target_offset, before_border):
+    """With the default embargo gap, no val/test window's input or target touches a train target, whether
+    val/test inputs stay inside their range or (the default) come from before its border."""
     path = tmp_path / "etth1.h5"
     convert([str(ETTH1)], path)
     catalog = open_catalog(path)
     spec = WindowSpec(lookback=96, horizon=24, target_offset=target_offset)
-    ranges = split_ranges(catalog, SplitSpec(fractions=(0.6, 0.2, 0.2)), spec)
+    ranges = split_ranges(catalog, SplitSpec(fractions=(0.6, 0.2, 0.2), inputs_before_border=before_border), spec)
     plans = {name: window_rows(plan_blocks(r, spec, 500), spec) for name, r in ranges.items()}
     train_targets = plans["train"][0][1]
     train_rows = plans["train"][0][0] | train_targets
@@ -107,10 +111,16 @@ def test_no_leakage_on_etth1(tmp_path, target_offset):
     for name in ("val", "test"):
         inputs, targets = plans[name][0]
         assert not (inputs | targets) & train_targets
-        # Stronger: at least `gap` rows separate the two splits' windows.
-        assert min(inputs) - max(train_rows) > spec.span - 1
+        if before_border:
+            # Inputs are the past (after every train target); targets at least `gap` rows after the train part.
+            assert min(inputs) > max(train_targets) and min(targets) - max(train_rows) > spec.span - 1
+        else:
+            # Stronger: at least `gap` rows separate the two splits' windows.
+            assert min(inputs) - max(train_rows) > spec.span - 1
     val_rows = plans["val"][0][0] | plans["val"][0][1]
-    assert not (plans["test"][0][0] | plans["test"][0][1]) & val_rows
+    assert not (plans["test"][0][0] | plans["test"][0][1]) & plans["val"][0][1]
+    if not before_border:
+        assert not (plans["test"][0][0] | plans["test"][0][1]) & val_rows
 
 
 @needs_etth1
@@ -138,3 +148,24 @@ def test_inputs_before_border_keeps_targets_after_the_gap(ramp_file):
     train_targets = window_rows(plan_blocks(before["train"], window, 50), window)[0][1]
     val_targets = window_rows(plan_blocks(before["val"], window, 50), window)[0][1]
     assert min(val_targets) - max(train_targets) > gap
+
+
+def test_the_printed_split_says_what_each_part_predicts(tmp_path, rng):
+    """By default a test part's first forecast is for the first row after the gap (its inputs come from
+    before the border), and the split lines name the times each part predicts."""
+    from config import load_config
+    from data.dataset import prepare_data
+    from trainers.run import describe_splits
+    path = tmp_path / "d.h5"
+    day = 86_400 * 10**9
+    stamps = to_ns("2020-01-01") + np.arange(100, dtype=np.int64) * day
+    with h5py.File(path, "w") as f:
+        write_session(f, "a", rng.normal(size=(100, 2)), timestamps=stamps)
+    config = load_config("default", overrides=[f"data.paths=[{path}]", "data.lookback=5", "data.horizon=1",
+                                               "data.split.fractions=[0.6, 0.2, 0.2]"])
+    prepared = prepare_data(config.data, progress=False)
+    gap = prepared.window.default_gap
+    assert prepared.predicted_span("test") == (stamps[80 + gap], stamps[99])
+    assert prepared.predicted_span("val") == (stamps[60 + gap], stamps[79])
+    lines = describe_splits(prepared)
+    assert lines[2].strip().startswith("test") and f"predicting 2020-03-{21 + gap:02d} .. 2020-04-09" in lines[2]

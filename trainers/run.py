@@ -107,6 +107,21 @@ def prepare(config, run_dir=None, show_plan=None):
     return prepared, run.path
 
 
+def describe_splits(prepared):
+    """A line per split: its windows and blocks, and the times its forecasts are for (how many days each
+    part predicts: a test part of a few weeks annualizes nothing)."""
+    from data.catalog import time_text
+    lines = []
+    for split in ("train", "val", "test"):
+        line = f"  {split:<5} {prepared.n_windows(split):>12,} windows in {len(prepared.blocks[split]):,} blocks"
+        span = prepared.predicted_span(split)
+        if span is not None:
+            days = (span[1] - span[0]) / 86_400e9
+            line += f", predicting {time_text(span[0])} .. {time_text(span[1])} ({days:,.0f} calendar days)"
+        lines.append(line)
+    return lines
+
+
 def describe_run(config, profile_source=None):
     """The first line of a run: which profile (and why, when the CLI says), and what it will do."""
     tc, m = config.training, config.model
@@ -148,6 +163,8 @@ def _train(config, run_dir, resume, group, overwrite, profile_source=None):
     # empty run directory behind (issue 10, case 15), and a run replaced with --overwrite is moved aside
     # only once the data checks out, and put back if anything later fails (RunDir.starting).
     prepared = prepare_data(config.data, seed=config.seed, normalizer=normalizer, progress=group.is_main)
+    if group.is_main:
+        print("\n".join(describe_splits(prepared)))
     run = RunDir(run_dir)
     with run.starting(replacing, new=not resume, enabled=group.is_main):
         group.barrier()
