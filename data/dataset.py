@@ -51,12 +51,13 @@ class PreparedData:
         if not len(table) or not all(s.has_timestamps for s in self.catalog.sessions):
             return None
         w, lead = self.window, self.target_lead
+        table = table[np.argsort(table[:, 0], kind="stable")]
+        sessions, at = np.unique(table[:, 0], return_index=True)
+        starts = np.minimum.reduceat(table[:, 1], at) + w.first_target + lead                # each session's first ...
+        ends = np.maximum.reduceat(table[:, 1] + (table[:, 2] - 1) * w.stride, at) + w.first_target + w.horizon - 1 + lead
         first, last = [], []
-        for session in np.unique(table[:, 0]):
-            rows = table[table[:, 0] == session]
-            a = int(rows[:, 1].min()) + w.first_target + lead
-            b = int((rows[:, 1] + (rows[:, 2] - 1) * w.stride).max()) + w.first_target + w.horizon - 1 + lead
-            stamps = self.catalog.sessions[int(session)]
+        for session, a, b in zip(sessions.tolist(), starts.tolist(), ends.tolist()):        # ... and last target row
+            stamps = self.catalog.sessions[session]
             a, b = min(a, stamps.n_rows - 1), min(b, stamps.n_rows - 1)    # (a look-ahead label's last time)
             first.append(int(stamps.read_timestamps(a, a + 1)[0]))
             last.append(int(stamps.read_timestamps(b, b + 1)[0]))

@@ -14,21 +14,19 @@ from errors import InputError
 from trainers.distributed import Group
 from trainers.losses import training_loss
 from trainers.metrics import ClassificationMetrics, RegressionMetrics
-from trainers.forecaster import Forecaster
 from trainers.quantiles import QuantileMetrics, denormalize_quantiles
 
 log = logging.getLogger("h5series")
 
 
 class Evaluator:
-    """`model` on `prepared`'s splits: `loader_cfg` the loader settings (a config's training section),
-    `autocast` the run's AMP context, `session_codes` (S,) embedding codes of the catalog's sessions or None."""
+    """A model on `prepared`'s splits through its `forecaster` (trainers/forecaster.py: the model, device,
+    autocast and session codes); `loader_cfg` the loader settings (a config's training section)."""
 
-    def __init__(self, config, prepared, model, device, autocast, loader_cfg, *, group=None, session_codes=None):
-        self.config, self.prepared, self.model, self.device = config, prepared, model, device
-        self.loader_cfg = loader_cfg
+    def __init__(self, config, prepared, forecaster, loader_cfg, *, group=None):
+        self.config, self.prepared, self.forecaster, self.loader_cfg = config, prepared, forecaster, loader_cfg
+        self.model, self.device = forecaster.model, forecaster.device
         self.group = group or Group()
-        self.forecaster = Forecaster(model, config, prepared.normalizer, device, autocast, session_codes)
         self.task = config.model.task
         self.loss_fn = training_loss(config)              # None for classify (cross-entropy)
         self.quantiles = list(config.model.quantiles)     # [] for point forecasts

@@ -24,15 +24,6 @@ from trainers.rundir import RunDir, restore, data_changes
 from trainers.trainer import Trainer
 
 
-def new_run_dir(config):
-    """A fresh run directory's path (trainers/rundir.py)."""
-    return RunDir.new(config).path
-
-
-def save_config(config, run_dir):
-    RunDir(run_dir).save_config(config)
-
-
 def load_run_config(run_dir):
     return RunDir(run_dir).load_config()
 
@@ -71,7 +62,7 @@ def train(config, run_dir=None, resume=False, group=None, overwrite=False, profi
     """
     group = group or Group()
     if not resume and group.is_main:
-        run_dir = check_run_dir(run_dir) if run_dir else new_run_dir(config)
+        run_dir = (RunDir(run_dir).check() if run_dir else RunDir.new(config)).path
     run_dir = Path(group.broadcast_object(str(run_dir)))   # one directory for all ranks (named by rank 0)
     with RunDir(run_dir).lock(enabled=group.is_main):
         return _train(config, run_dir, resume, group, overwrite, profile_source)
@@ -230,10 +221,8 @@ def evaluate(run_dir, split="test", *, prepared=None, config=None, trainer=None,
         # A saved run: its model and an Evaluator alone (no optimizer, no training loader, no memory probe).
         run = load_run(run_dir, checkpoint, config)
         config, prepared, checkpoint, epoch, changes = run.config, run.prepared, run.checkpoint, run.epoch, run.data_changed
-        forecaster = run.forecaster()
-        evaluator = Evaluator(config, prepared, run.model, forecaster.device, forecaster.autocast,
-                              config.training,           # (build_loader turns num_workers=-1 into its auto count)
-                              session_codes=forecaster.session_codes)
+        evaluator = Evaluator(config, prepared, run.forecaster(),
+                              config.training)           # (build_loader turns num_workers=-1 into its auto count)
         result, is_main = evaluator.evaluate(split), True
     else:
         config, state, prepared, checkpoint = restore(run_dir, config, prepared, checkpoint)

@@ -25,7 +25,7 @@ from trainers.checkpoint import Checkpointer
 from trainers.cuda_plan import cuda_plan, format_cuda_plan
 from trainers.distributed import Group
 from trainers.evaluator import Evaluator, global_sum
-from trainers.forecaster import model_shapes, session_codes
+from trainers.forecaster import Forecaster, model_shapes, session_codes
 from trainers.host_plan import HostPlanner, probe_activations  # noqa: F401  (tests patch probe_activations here)
 from trainers.losses import training_loss
 from trainers.plots import ForecastSample, figure
@@ -79,8 +79,8 @@ class Trainer:
         self.loader_cfg = self.planner.loader_config()
         self.train_loader = build_loader(prepared, "train", self.loader_cfg, seed=config.seed, rank=self.rank,
                                          world_size=self.world_size, device=self.device, return_ids=True)
-        self.evaluator = Evaluator(config, prepared, self.model, self.device, self.autocast, self.loader_cfg,
-                                   group=self.group, session_codes=self.session_codes)
+        forecaster = Forecaster(self.model, config, prepared.normalizer, self.device, self.autocast, self.session_codes)
+        self.evaluator = Evaluator(config, prepared, forecaster, self.loader_cfg, group=self.group)
         self.steps_per_epoch = self._steps_per_epoch()
         self.scheduler = build_scheduler(self.optimizer, tc, self.steps_per_epoch)
         # monitor=False: a trainer built only to evaluate or predict writes no TensorBoard files.

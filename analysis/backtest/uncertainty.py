@@ -120,15 +120,25 @@ def sharpe_ratio_sd(sharpe, n, skew, kurt):
     return math.sqrt(max(1 - skew * sharpe + (kurt - 1) / 4 * sharpe ** 2, 0.0) / (n - 1))
 
 
+def _psr(m, benchmark_sharpe):
+    n, mean, sd, skew, kurt = m
+    if n < 3 or not sd > 0:
+        return math.nan
+    spread = sharpe_ratio_sd(mean / sd, n, skew, kurt)
+    return _NORMAL.cdf((mean / sd - benchmark_sharpe) / spread) if spread > 0 else math.nan
+
+
+def _dsr(m, trials):
+    n, mean, sd, skew, kurt = m
+    if n < 3 or not sd > 0:
+        return math.nan
+    return _psr(m, expected_max_sharpe(trials, sharpe_ratio_sd(mean / sd, n, skew, kurt)))
+
+
 def probabilistic_sharpe(returns, benchmark_sharpe=0.0):
     """PSR: the probability that the true per-period Sharpe ratio exceeds `benchmark_sharpe` (per period),
     given the sample's length, skewness and kurtosis."""
-    n, mean, sd, skew, kurt = moments(returns)
-    if n < 3 or not sd > 0:
-        return math.nan
-    sharpe = mean / sd
-    spread = sharpe_ratio_sd(sharpe, n, skew, kurt)
-    return _NORMAL.cdf((sharpe - benchmark_sharpe) / spread) if spread > 0 else math.nan
+    return _psr(moments(returns), benchmark_sharpe)
 
 
 def expected_max_sharpe(trials, sharpe_sd):
@@ -144,11 +154,7 @@ def deflated_sharpe(returns, trials):
     """DSR: the PSR against the best Sharpe ratio `trials` skill-less configurations would show by chance. The
     spread of the trials' Sharpe ratios is taken as this estimate's own standard deviation (the trials are
     not at hand: only their number)."""
-    n, mean, sd, skew, kurt = moments(returns)
-    if n < 3 or not sd > 0:
-        return math.nan
-    threshold = expected_max_sharpe(trials, sharpe_ratio_sd(mean / sd, n, skew, kurt))
-    return probabilistic_sharpe(returns, threshold)
+    return _dsr(moments(returns), trials)
 
 
 def annualized_note(periods, periods_per_year):
@@ -161,9 +167,9 @@ def annualized_note(periods, periods_per_year):
 
 def _with_uncertainty(summary, returns, boot, periods_per_year, trials):
     """A performance summary (stats.Performance) with its intervals, PSR / DSR and its length in years."""
-    summary.update(annual_return_ci95=boot["annual_return"], sharpe_ci95=boot["sharpe"],
-                   psr=probabilistic_sharpe(returns),
-                   dsr=deflated_sharpe(returns, trials) if trials else None,
+    m = moments(returns)
+    summary.update(annual_return_ci95=boot["annual_return"], sharpe_ci95=boot["sharpe"], psr=_psr(m, 0.0),
+                   dsr=_dsr(m, trials) if trials else None,
                    years=summary["periods"] / periods_per_year if periods_per_year else math.nan)
 
 
